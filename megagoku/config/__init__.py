@@ -1,0 +1,30 @@
+"""Typed configuration: dataclasses, YAML loading with overrides, validation before any work."""
+
+from megagoku.config.loader import (ConfigError, load_model_config, load_training_config, to_dict,
+                                    training_config_from_dict)
+from megagoku.config.schema import (
+    DataConfig,
+    FlowConfig,
+    LatentConfig,
+    ModelConfig,
+    SampleConfig,
+    TextConfig,
+    TrainConfig,
+    TrainingConfig,
+)
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "FlowConfig",
+    "LatentConfig",
+    "ModelConfig",
+    "SampleConfig",
+    "TextConfig",
+    "TrainConfig",
+    "TrainingConfig",
+    "load_model_config",
+    "load_training_config",
+    "to_dict",
+    "training_config_from_dict",
+]

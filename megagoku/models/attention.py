@@ -1,0 +1,164 @@
+"""Attention over packed (Patch n' Pack) sequences: self-attention never crosses samples, and
+each sample's tokens cross-attend only to their own caption.
+
+Backends, all computing the same block-diagonal attention:
+- `flash`: flash-attn's varlen kernel (GPU, fp16/bf16), selected by `auto` when installed.
+- `sdpa_padded`: gathers each sample into a padded (samples, longest, heads, dim) batch and runs
+  SDPA with a key-padding mask: sum_i n_i * n_max work instead of L^2. The CPU default.
+- `sdpa_blockmask`: one SDPA call over the whole pack with an (L_q, L_k) block-diagonal mask.
+  Quadratic in the pack length; kept as the plainest statement of the semantics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megagoku.models.norms import RMSNorm
+from megagoku.ops import apply_rope
+from megagoku.parallel import ColumnParallelLinear, RowParallelLinear
+
+
+@cache
+def _flash_attn_varlen():
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
+
+
+@dataclass
+class SeqLayout:
+    """Where each sample sits in a packed sequence, with the index tensors the backends need."""
+
+    cu_seqlens: torch.Tensor  # (B + 1,) int32 offsets
+    max_len: int
+    segment: torch.Tensor  # (L,) sample index of every token
+    pad_index: torch.Tensor  # (B, max_len) token index of each padded slot (clamped)
+    pad_valid: torch.Tensor  # (B, max_len) True where the slot holds a real token
+
+    @classmethod
+    def from_cu_seqlens(cls, cu_seqlens: torch.Tensor) -> "SeqLayout":
+        cu = cu_seqlens.to(torch.int64)
+        lengths = cu[1:] - cu[:-1]
+        if bool((lengths <= 0).any()):
+            raise ValueError(f"every packed sample needs at least one token, got lengths "
+                             f"{lengths.tolist()}")
+        max_len = int(lengths.max())
+        segment = torch.repeat_interleave(torch.arange(len(lengths), device=cu.device), lengths)
+        slots = torch.arange(max_len, device=cu.device)
+        pad_valid = slots[None, :] < lengths[:, None]
+        pad_index = torch.minimum(cu[:-1, None] + slots[None, :], cu[1:, None] - 1)
+        return cls(cu_seqlens.to(torch.int32), max_len, segment, pad_index, pad_valid)
+
+    @property
+    def num_samples(self) -> int:
+        return self.cu_seqlens.numel() - 1
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        return "flash" if device.type == "cuda" and _flash_attn_varlen() is not None \
+            else "sdpa_padded"
+    if backend == "flash" and _flash_attn_varlen() is None:
+        raise RuntimeError("attention_backend 'flash' needs the flash-attn package on a GPU")
+    return backend
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     q_layout: SeqLayout, k_layout: SeqLayout, backend: str) -> torch.Tensor:
+    """q (Lq, H, D), k and v (Lk, H, D): sample i of q attends to sample i of k only."""
+    backend = resolve_backend(backend, q.device)
+    if backend == "flash":
+        dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+        out = _flash_attn_varlen()(
+            q.to(dtype), k.to(dtype), v.to(dtype), q_layout.cu_seqlens, k_layout.cu_seqlens,
+            q_layout.max_len, k_layout.max_len)
+        return out.to(q.dtype)
+    if backend == "sdpa_padded":
+        qp = q[q_layout.pad_index].transpose(1, 2)  # (B, H, Nq, D)
+        kp = k[k_layout.pad_index].transpose(1, 2)
+        vp = v[k_layout.pad_index].transpose(1, 2)
+        mask = k_layout.pad_valid[:, None, None, :]  # (B, 1, 1, Nk)
+        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask)
+        return out.transpose(1, 2)[q_layout.pad_valid]
+    if backend == "sdpa_blockmask":
+        mask = q_layout.segment[:, None] == k_layout.segment[None, :]
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+            attn_mask=mask[None, None])
+        return out[0].transpose(0, 1)
+    raise ValueError(f"unknown attention backend {backend!r}")
+
+
+class SelfAttention(nn.Module):
+    """Full self-attention with RMSNorm on Q and K (per head) and 3D RoPE, heads split over TP.
+
+    The fused QKV projection is laid out per head ([head][q, k, v][head_dim], megatron's
+    interleaving), so concatenating the tensor-parallel shards gives the same model at every size.
+    """
+
+    def __init__(self, dim: int, num_heads: int, tp_size: int, mp_config, eps: float,
+                 backend: str, init_method):
+        super().__init__()
+        self.head_dim = dim // num_heads
+        self.local_heads = num_heads // tp_size
+        self.backend = backend
+        self.qkv = ColumnParallelLinear(dim, 3 * dim, config=mp_config, init_method=init_method,
+                                        bias=False, gather_output=False)
+        self.q_norm = RMSNorm(self.head_dim, eps)
+        self.k_norm = RMSNorm(self.head_dim, eps)
+        self.proj = RowParallelLinear(dim, dim, config=mp_config, init_method=init_method,
+                                      bias=False, input_is_parallel=True, skip_bias_add=False)
+
+    def forward(self, x: torch.Tensor, angles: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
+        qkv, _ = self.qkv(x)
+        q, k, v = qkv.view(x.shape[0], self.local_heads, 3, self.head_dim).unbind(2)
+        q = apply_rope(self.q_norm(q), angles)
+        k = apply_rope(self.k_norm(k), angles)
+        out = varlen_attention(q, k, v, layout, layout, self.backend)
+        out, _ = self.proj(out.reshape(x.shape[0], -1))
+        return out
+
+
+class CrossAttention(nn.Module):
+    """Cross-attention from video tokens to their own caption's token features.
+
+    As in Goku's model file the queries may be rotated by their 3D position (keys stay
+    unrotated): without it every frame asks the caption the same question, and a prompt
+    cannot say where the shape should be in frame 0 versus frame 7.
+    """
+
+    def __init__(self, dim: int, text_dim: int, num_heads: int, tp_size: int, mp_config,
+                 eps: float, backend: str, rope_queries: bool, init_method):
+        super().__init__()
+        self.head_dim = dim // num_heads
+        self.local_heads = num_heads // tp_size
+        self.backend = backend
+        self.rope_queries = rope_queries
+        self.q = ColumnParallelLinear(dim, dim, config=mp_config, init_method=init_method,
+                                      bias=False, gather_output=False)
+        self.kv = ColumnParallelLinear(text_dim, 2 * dim, config=mp_config,
+                                       init_method=init_method, bias=False, gather_output=False)
+        self.q_norm = RMSNorm(self.head_dim, eps)
+        self.k_norm = RMSNorm(self.head_dim, eps)
+        self.proj = RowParallelLinear(dim, dim, config=mp_config, init_method=init_method,
+                                      bias=False, input_is_parallel=True, skip_bias_add=False)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, angles: torch.Tensor,
+                layout: SeqLayout, text_layout: SeqLayout) -> torch.Tensor:
+        q, _ = self.q(x)
+        kv, _ = self.kv(text)
+        q = self.q_norm(q.view(x.shape[0], self.local_heads, self.head_dim))
+        k, v = kv.view(text.shape[0], self.local_heads, 2, self.head_dim).unbind(2)
+        k = self.k_norm(k)
+        if self.rope_queries:
+            q = apply_rope(q, angles)
+        out = varlen_attention(q, k, v, layout, text_layout, self.backend)
+        out, _ = self.proj(out.reshape(x.shape[0], -1))
+        return out

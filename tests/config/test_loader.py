@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+
+from megagoku.config import ConfigError, load_model_config, load_training_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path, text, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_shipped_configs_load():
+    cfg = load_training_config(ROOT / "configs/tiny.yaml")
+    assert cfg.model.name == "tiny" and cfg.model.text_dim == 384 and cfg.data.height == 16
+    for name in ("goku_1b", "goku_2b", "goku_8b", "tiny"):
+        load_model_config(ROOT / f"configs/models/{name}.yaml")
+    assert load_model_config(ROOT / "configs/models/goku_8b.yaml").num_heads == 48
+
+
+def test_overrides_apply_to_preset_and_sections():
+    cfg = load_training_config(ROOT / "configs/tiny.yaml",
+                               ["model.depth=2", "train.lr=3e-4", "data.displacement=[0.2, 0.3]"])
+    assert cfg.model.depth == 2 and cfg.model.hidden_size == 128
+    assert cfg.train.lr == 3e-4 and cfg.data.displacement == (0.2, 0.3)
+
+
+def test_unknown_key_names_file_and_field(tmp_path):
+    path = write(tmp_path, "model: models/tiny.yaml\ntrain:\n  stepz: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_training_config(path)
+    assert str(e.value).startswith(f"{path}: train.stepz: unknown key")
+    assert "\n" not in str(e.value)
+
+
+def test_wrong_type_names_field(tmp_path):
+    path = write(tmp_path, "train:\n  steps: many\n")
+    with pytest.raises(ConfigError, match=r"cfg.yaml: train.steps: expected int, got 'many'"):
+        load_training_config(path)
+    path = write(tmp_path, "train:\n  steps: true\n")  # a bool is not an int
+    with pytest.raises(ConfigError, match="train.steps: expected int"):
+        load_training_config(path)
+    path = write(tmp_path, "model:\n  patch_size: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"model.patch_size: expected a list of 3 ints"):
+        load_training_config(path)
+    path = write(tmp_path, "model:\n  attention_backend: fast\n")
+    with pytest.raises(ConfigError, match="model.attention_backend: expected one of"):
+        load_training_config(path)
+
+
+def test_impossible_combinations_are_rejected(tmp_path):
+    path = write(tmp_path, "model:\n  preset: models/tiny.yaml\n  num_heads: 5\n")
+    with pytest.raises(ConfigError, match=r"model.num_heads: 5 does not divide hidden_size 128"):
+        load_training_config(path)
+    with pytest.raises(ConfigError, match=r"model.rope_split"):
+        load_training_config(ROOT / "configs/tiny.yaml", ["model.rope_split=[8, 8, 8]"])
+    with pytest.raises(ConfigError, match=r"model.in_channels: 16 differs"):
+        load_training_config(ROOT / "configs/tiny.yaml", ["model.in_channels=16"])
+    with pytest.raises(ConfigError, match=r"data.height: 18x16 is not divisible"):
+        load_training_config(ROOT / "configs/tiny.yaml", ["data.height=18"])
+    with pytest.raises(ConfigError, match=r"data.image_fraction"):
+        load_training_config(ROOT / "configs/tiny.yaml", ["model.patch_size=[2, 4, 4]"])
+
+
+def test_bad_yaml_and_missing_preset_name_the_file(tmp_path):
+    path = write(tmp_path, "train: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"cfg.yaml: invalid YAML \(line"):
+        load_training_config(path)
+    path = write(tmp_path, "model: models/nope.yaml\n")
+    with pytest.raises(ConfigError, match=r"model.preset: no such preset file 'models/nope.yaml'"):
+        load_training_config(path)
+    with pytest.raises(ConfigError, match=r"--set oops: expected section.key=value"):
+        load_training_config(ROOT / "configs/tiny.yaml", ["oops"])

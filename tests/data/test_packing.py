@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from megagoku.config import DataConfig
+from megagoku.data import PackingLoader, ShapesDataset, pack, patchify, unpatchify
+from megagoku.data.packing import grid_positions
+
+
+def test_patchify_round_trip_and_positions():
+    latent = torch.randn(3, 4, 6, 8)
+    tokens, grid = patchify(latent, (2, 2, 4))
+    assert grid == (2, 3, 2) and tokens.shape == (12, 3 * 2 * 2 * 4)
+    torch.testing.assert_close(unpatchify(tokens, grid, (2, 2, 4), 3), latent)
+    # Token i holds the patch at grid_positions(grid)[i].
+    for i, (t, h, w) in enumerate(grid_positions(grid).tolist()):
+        patch = latent[:, 2 * t:2 * t + 2, 2 * h:2 * h + 2, 4 * w:4 * w + 4]
+        torch.testing.assert_close(tokens[i], patch.reshape(-1))
+    with pytest.raises(ValueError, match="not divisible"):
+        patchify(torch.randn(3, 3, 6, 8), (2, 2, 4))
+
+
+def test_pack_lays_samples_end_to_end_with_positions_from_zero():
+    latents = [torch.randn(3, 2, 4, 4), torch.randn(3, 1, 2, 6)]
+    batch = pack(latents, ["v", "i"], ["video", "image"], (1, 2, 2))
+    assert batch.cu_seqlens.tolist() == [0, 8, 11]
+    assert batch.segment.tolist() == [0] * 8 + [1] * 3
+    assert batch.positions[8].tolist() == [0, 0, 0] and batch.positions[10].tolist() == [0, 0, 2]
+    for piece, latent, grid in zip(batch.split(batch.tokens), latents, batch.grids):
+        torch.testing.assert_close(unpatchify(piece, grid, (1, 2, 2), 3), latent)
+
+
+def loader(start=0, budget=300):
+    ds = ShapesDataset(DataConfig(image_fraction=0.5))
+    return PackingLoader(ds, lambda x: x, (1, 4, 4), budget, start_index=start)
+
+
+def test_packs_respect_the_budget_and_drop_nothing():
+    ld = loader()
+    seen = []
+    for _ in range(6):
+        batch = ld.next_pack()
+        assert batch.tokens.shape[0] <= 300
+        seen += batch.captions
+    ds = ShapesDataset(DataConfig(image_fraction=0.5))
+    assert seen == [ds[i].caption for i in range(len(seen))]
+    assert ld.next_index == len(seen)
+
+
+def test_loader_resumes_on_the_exact_next_pack():
+    a = loader()
+    for _ in range(3):
+        a.next_pack()
+    b = loader()
+    b.load_state_dict(a.state_dict())
+    pa, pb = a.next_pack(), b.next_pack()
+    assert pa.captions == pb.captions and torch.equal(pa.tokens, pb.tokens)
+
+
+def test_sample_larger_than_budget_is_an_error():
+    ld = loader(budget=64)  # images (16 tokens) fit, videos (128 tokens) do not
+    with pytest.raises(ValueError, match="more than data.tokens_per_step"):
+        for _ in range(20):
+            ld.next_pack()

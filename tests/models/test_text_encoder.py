@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from megagoku.models import TextEncoder
+from megagoku.models.text_encoder import resolve_encoder_path
+
+
+def test_builtin_sentence_encoder_gives_token_features_with_own_lengths():
+    enc = TextEncoder("builtin:all-minilm-l6-v2", max_length=16)
+    assert enc.dim == 384
+    feats, cu = enc.encode(["a red circle", "a blue square moving left", ""])
+    lengths = (cu[1:] - cu[:-1]).tolist()
+    assert lengths[0] < lengths[1] and lengths[2] == 2  # [CLS] [SEP] for the empty caption
+    assert feats.shape == (sum(lengths), 384)
+    # Real pretrained weights: related captions are closer than unrelated ones.
+    pooled = [f.mean(0) for f in feats.split(lengths)]
+    near = torch.cosine_similarity(pooled[0], pooled[1], dim=0)
+    again, _ = enc.encode(["a red circle"])
+    torch.testing.assert_close(again, feats[: lengths[0]])
+    far_feats, _ = enc.encode(["quarterly tax filing deadline"])
+    assert near > torch.cosine_similarity(pooled[0], far_feats.mean(0), dim=0)
+
+
+def test_t5_directory_loads_through_the_same_path(tmp_path):
+    """FLAN-T5 on clusters: a local T5 directory loads as T5EncoderModel. Built here tiny and
+    random, with the built-in tokenizer."""
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    tok = AutoTokenizer.from_pretrained(resolve_encoder_path("builtin:all-minilm-l6-v2"))
+    cfg = T5Config(vocab_size=tok.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                   num_decoder_layers=1, num_heads=4, decoder_start_token_id=0)
+    T5ForConditionalGeneration(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    enc = TextEncoder(str(tmp_path), max_length=8)
+    assert type(enc.model).__name__ == "T5EncoderModel" and enc.dim == 32
+    feats, cu = enc.encode(["a red circle moving left and then far away right"])
+    assert feats.shape == (8, 32) and cu.tolist() == [0, 8]  # truncated to max_length
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"text.encoder: .*\(no config.json\)"):
+        TextEncoder(str(tmp_path / "nope"))

@@ -1,0 +1,57 @@
+"""The command line end to end: train -> sample, and errors that stop before any work."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def megagoku(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "megagoku.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"megagoku {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_bad_config_stops_with_one_line_before_any_work(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = megagoku("train", "--config", "configs/tiny.yaml", "--set", "model.num_heads=3",
+                    "--run-dir", str(run_dir), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: configs/tiny.yaml: model.num_heads: 3 does not divide hidden_size 128")
+    assert not run_dir.exists()
+
+
+def test_text_width_mismatch_is_a_config_error(tmp_path):
+    proc = megagoku("train", "--config", "configs/tiny.yaml", "--set", "model.text_dim=512",
+                    "--run-dir", str(tmp_path / "run"), check=False)
+    assert proc.returncode == 2 and "model.text_dim: 512 differs from the width 384" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_train_then_sample_every_format(tmp_path):
+    run_dir = tmp_path / "run"
+    megagoku("train", "--config", "configs/tiny.yaml", "--run-dir", str(run_dir),
+             "--set", "train.steps=20", "--set", "train.log_every=5", "--set", "model.depth=1")
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 4
+    for name in ("v.gif", "v.mp4", "i.png"):
+        megagoku("sample", "--checkpoint", str(run_dir), "--prompt", "a red circle moving left",
+                 "--steps", "3", "--out", str(tmp_path / name))
+    gif = Image.open(tmp_path / "v.gif")
+    assert gif.n_frames == 8 and gif.size == (128, 128)
+    with av.open(str(tmp_path / "v.mp4")) as container:
+        frames = list(container.decode(video=0))
+    assert len(frames) == 8 and frames[0].width == 128
+    assert Image.open(tmp_path / "i.png").size == (128, 128)
+    proc = megagoku("sample", "--checkpoint", str(tmp_path / "nothing"), "--prompt", "x",
+                    "--out", str(tmp_path / "x.gif"), check=False)
+    assert proc.returncode == 2 and "no checkpoint here" in proc.stderr

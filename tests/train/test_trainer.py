@@ -1,0 +1,32 @@
+import json
+from pathlib import Path
+
+from megagoku.config import load_training_config
+from megagoku.train.checkpoint import load_checkpoint
+from megagoku.train.trainer import lr_lambda, train
+
+ROOT = Path(__file__).resolve().parents[2]
+SHORT = ["train.steps=90", "train.log_every=10", "train.warmup_steps=10", "train.max_minutes=0",
+         "data.tokens_per_step=512", "model.depth=2", "model.hidden_size=64"]
+
+
+def test_short_training_lowers_the_loss_and_writes_its_outputs(tmp_path):
+    cfg = load_training_config(ROOT / "configs/tiny.yaml", SHORT)
+    result = train(cfg, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(10, 91, 10))
+    assert all({"loss", "lr", "grad_norm", "tokens_per_s"} <= r.keys() for r in records)
+    first, last = records[0]["loss"], records[-1]["loss"]
+    assert last < 0.6 * first, (first, last)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    config, state, ckpt = load_checkpoint(tmp_path)
+    assert ckpt == result.checkpoint and ckpt.name == "step_00000090"
+    assert config["model"]["depth"] == 2 and "blocks.1.mlp.fc2.weight" in state
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    cfg = load_training_config(None, ["train.steps=100", "train.warmup_steps=10",
+                                      "train.min_lr_ratio=0.1"]).train
+    assert lr_lambda(cfg, 0) == 0.1 and lr_lambda(cfg, 9) == 1.0
+    assert abs(lr_lambda(cfg, 100) - 0.1) < 1e-9
+    assert 0.1 < lr_lambda(cfg, 55) < 1.0
