@@ -15,16 +15,17 @@ Problem = tuple[str, str]
 
 @dataclass
 class ModelConfig:
-    """GokuTransformer shape. The presets in configs/models/ follow the paper's Table 1."""
+    """GokuTransformer shape. The defaults are the tiny CPU model of the embedded demo (pixels,
+    all-MiniLM-L6-v2 text); the presets in configs/models/ follow the paper's Table 1."""
 
-    name: str = "custom"
-    depth: int = 28
-    hidden_size: int = 1792
-    num_heads: int = 28
+    name: str = "tiny"
+    depth: int = 4
+    hidden_size: int = 128
+    num_heads: int = 4
     mlp_ratio: float = 4.0
-    in_channels: int = 16  # latent channels of the VAE
-    patch_size: tuple[int, int, int] = (1, 2, 2)  # (t, h, w) in latent units
-    text_dim: int = 2048  # width of the text encoder's token features (FLAN-T5-XL: 2048)
+    in_channels: int = 3  # latent channels (16 for the 3D causal VAE)
+    patch_size: tuple[int, int, int] = (1, 4, 4)  # (t, h, w) in latent units; Goku: (1, 2, 2)
+    text_dim: int = 384  # width of the text encoder's token features (FLAN-T5-XL: 2048)
     # Head-dim channels rotated by the t, h and w positions; None splits as 1/4, 3/8, 3/8.
     rope_split: Optional[tuple[int, int, int]] = None
     rope_theta: float = 10000.0

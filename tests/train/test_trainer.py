@@ -6,21 +6,23 @@ from megagoku.train.checkpoint import load_checkpoint
 from megagoku.train.trainer import lr_lambda, train
 
 ROOT = Path(__file__).resolve().parents[2]
-SHORT = ["train.steps=90", "train.log_every=10", "train.warmup_steps=10", "train.max_minutes=0",
-         "data.tokens_per_step=512", "model.depth=2", "model.hidden_size=64"]
+SHORT = ["train.steps=250", "train.log_every=10", "train.warmup_steps=20", "train.max_minutes=0",
+         "data.tokens_per_step=1024", "model.depth=2"]
 
 
 def test_short_training_lowers_the_loss_and_writes_its_outputs(tmp_path):
     cfg = load_training_config(ROOT / "configs/tiny.yaml", SHORT)
     result = train(cfg, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(10, 91, 10))
+    assert [r["step"] for r in records] == list(range(10, 251, 10))
     assert all({"loss", "lr", "grad_norm", "tokens_per_s"} <= r.keys() for r in records)
     first, last = records[0]["loss"], records[-1]["loss"]
-    assert last < 0.6 * first, (first, last)
+    # Predicting the mean velocity (ignoring where the shape is) plateaus near 1.05; getting
+    # well below it takes learning the data (measured: 0.16-0.18 over two seeds).
+    assert first > 1.5 and last < 0.35, (first, last)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     config, state, ckpt = load_checkpoint(tmp_path)
-    assert ckpt == result.checkpoint and ckpt.name == "step_00000090"
+    assert ckpt == result.checkpoint and ckpt.name == "step_00000250"
     assert config["model"]["depth"] == 2 and "blocks.1.mlp.fc2.weight" in state
 
 
