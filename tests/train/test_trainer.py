@@ -1,7 +1,9 @@
 import json
 from pathlib import Path
 
-from megagoku.config import load_training_config
+import pytest
+
+from megagoku.config import ConfigError, load_training_config
 from megagoku.train.checkpoint import load_checkpoint
 from megagoku.train.trainer import lr_lambda, train
 
@@ -32,3 +34,21 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert lr_lambda(cfg, 0) == 0.1 and lr_lambda(cfg, 9) == 1.0
     assert abs(lr_lambda(cfg, 100) - 0.1) < 1e-9
     assert 0.1 < lr_lambda(cfg, 55) < 1.0
+
+
+def test_used_run_dir_is_refused_unless_overwritten(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 9}\n')
+    cfg = load_training_config(ROOT / "configs/tiny.yaml", SHORT + ["train.steps=2"])
+    with pytest.raises(ConfigError, match="run dir already holds checkpoints, metrics.jsonl"):
+        train(cfg, tmp_path)
+    train(cfg, tmp_path, overwrite=True)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2]
+
+
+def test_unknown_holdout_caption_is_a_config_error(tmp_path):
+    cfg = load_training_config(ROOT / "configs/tiny.yaml", ["data.holdout=['purple cube moving up']"])
+    with pytest.raises(ConfigError, match="data.holdout: 'purple cube moving up'"):
+        train(cfg, tmp_path / "run", source="cfg.yaml")
+    assert not (tmp_path / "run").exists()
