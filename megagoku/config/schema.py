@@ -24,7 +24,7 @@ class ModelConfig:
     num_heads: int = 4
     mlp_ratio: float = 4.0
     in_channels: int = 3  # latent channels (16 for the 3D causal VAE)
-    patch_size: tuple[int, int, int] = (1, 4, 4)  # (t, h, w) in latent units; Goku: (1, 2, 2)
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # (t, h, w) in latent units
     text_dim: int = 384  # width of the text encoder's token features (FLAN-T5-XL: 2048)
     # Head-dim channels rotated by the t, h and w positions; None splits as 1/4, 3/8, 3/8.
     rope_split: Optional[tuple[int, int, int]] = None
@@ -178,6 +178,7 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     max_minutes: float = 0.0  # 0: no limit; else stop (and save) after this much training time
     run_dir: str = "checkpoints/run"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when one is present
 
     def problems(self) -> Iterator[Problem]:
         if self.steps <= 0:

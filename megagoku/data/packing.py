@@ -56,11 +56,17 @@ class PackedBatch:
     @property
     def segment(self) -> torch.Tensor:
         """Sample index of every token, (L,)."""
-        lengths = (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).to(torch.int64)
-        return torch.repeat_interleave(torch.arange(self.num_samples), lengths)
+        return torch.repeat_interleave(
+            torch.arange(self.num_samples, device=self.cu_seqlens.device), self.tokens_per_sample())
 
     def tokens_per_sample(self) -> torch.Tensor:
         return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).to(torch.int64)
+
+    def to(self, device: torch.device | str) -> "PackedBatch":
+        return PackedBatch(self.tokens.to(device, non_blocking=True),
+                           self.positions.to(device, non_blocking=True),
+                           self.cu_seqlens.to(device, non_blocking=True),
+                           self.grids, self.captions, self.kinds)
 
     def split(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Cut a packed (L, ...) tensor back into per-sample pieces."""

@@ -68,7 +68,8 @@ class TextEncoder:
         hidden = self.model(input_ids=batch["input_ids"],
                             attention_mask=batch["attention_mask"]).last_hidden_state
         lengths = batch["attention_mask"].sum(dim=1).tolist()
-        return {caption: h[: max(int(n), 1)].float().clone()
+        # Cached on the host: a cluster's caption cache would not fit next to the model.
+        return {caption: h[: max(int(n), 1)].float().cpu().clone()
                 for caption, h, n in zip(captions, hidden, lengths)}
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,4 +83,5 @@ class TextEncoder:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         lengths = torch.tensor([0] + [f.shape[0] for f in feats])
-        return torch.cat(feats, dim=0), lengths.cumsum(0).to(torch.int32)
+        cu_seqlens = lengths.cumsum(0).to(torch.int32)
+        return torch.cat(feats, dim=0).to(self.device), cu_seqlens.to(self.device)

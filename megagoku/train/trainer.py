@@ -63,6 +63,14 @@ def lr_lambda(cfg, step: int) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: 'cuda' asked for, but torch sees no GPU")
+    return torch.device(name)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed)
@@ -97,19 +105,20 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     prepare_run_dir(run_dir, overwrite)
     generator = seed_everything(tcfg.seed)
     ensure_single_process_groups()
+    device = resolve_device(tcfg.device)
 
-    model = build_model(config.model)
+    model = build_model(config.model).to(device)
     ema = EMA(model, tcfg.ema_decay)
     n_params = sum(p.numel() for p in model.parameters())
     latent_space = build_latent_space(config.latent)
-    text_encoder = TextEncoder(config.text.encoder, config.text.max_length)
+    text_encoder = TextEncoder(config.text.encoder, config.text.max_length, device)
     loader = PackingLoader(dataset, latent_space.encode,
                            config.model.patch_size, config.data.tokens_per_step)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas,
                                   weight_decay=tcfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(tcfg, s))
     metrics = MetricsLogger(run_dir, tcfg.steps)
-    log.info("model: %.2fM parameters; run dir %s", n_params / 1e6, run_dir)
+    log.info("model: %.2fM parameters on %s; run dir %s", n_params / 1e6, device, run_dir)
 
     def save(step: int) -> Path:
         weights = model.weights()
@@ -124,7 +133,7 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     model.train()
     for step in range(1, tcfg.steps + 1):
         t0 = time.perf_counter()
-        batch = loader.next_pack()
+        batch = loader.next_pack().to(device)
         drop = torch.rand(batch.num_samples, generator=generator) < config.text.dropout
         captions = ["" if d else c for d, c in zip(drop.tolist(), batch.captions)]
         text, text_cu = text_encoder.encode(captions)

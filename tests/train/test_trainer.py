@@ -52,3 +52,20 @@ def test_unknown_holdout_caption_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="data.holdout: 'purple cube moving up'"):
         train(cfg, tmp_path / "run", source="cfg.yaml")
     assert not (tmp_path / "run").exists()
+
+
+def test_same_seed_same_run(tmp_path):
+    cfg = load_training_config(ROOT / "configs/tiny.yaml", SHORT + ["train.steps=6",
+                                                                    "train.log_every=2"])
+    runs = []
+    for name in ("a", "b"):
+        train(cfg, tmp_path / name)
+        runs.append([json.loads(line)["loss"]
+                     for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()])
+    assert runs[0] == runs[1] and len(runs[0]) == 3
+    other = load_training_config(ROOT / "configs/tiny.yaml", SHORT + ["train.steps=6",
+                                                                      "train.log_every=2",
+                                                                      "train.seed=1"])
+    train(other, tmp_path / "c")
+    assert [json.loads(line)["loss"] for line in
+            (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()] != runs[0]

@@ -1,0 +1,50 @@
+"""The rooms of docs/architecture.md and the arrows between them: every `megagoku.X` import in a
+room must be to the room itself or to one it may import."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "megagoku"
+
+MAY_IMPORT = {
+    "config": set(),
+    "ops": set(),
+    "flow": {"config"},
+    "parallel": {"config"},
+    "data": {"config"},
+    "curation": {"config", "data"},
+    "models": {"config", "ops", "parallel"},
+    "inference": {"config", "models", "flow", "data", "parallel"},
+    "train": {"config", "models", "ops", "flow", "parallel", "data", "inference"},
+    "launch": {"config"},
+}
+
+
+def imported_rooms(path: Path) -> set[str]:
+    rooms = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "megagoku" and len(parts) > 1:
+                rooms.add(parts[1])
+    return rooms
+
+
+@pytest.mark.parametrize("room", sorted(r for r in MAY_IMPORT if (PACKAGE / r).is_dir()))
+def test_room_imports_only_what_it_may(room):
+    allowed = MAY_IMPORT[room] | {room}
+    for path in sorted((PACKAGE / room).rglob("*.py")):
+        bad = imported_rooms(path) - allowed
+        assert not bad, f"{path.relative_to(PACKAGE.parent)} imports {sorted(bad)}"
+
+
+def test_every_room_is_listed():
+    rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert rooms - {"tools"} <= MAY_IMPORT.keys(), rooms - MAY_IMPORT.keys()
