@@ -12,6 +12,7 @@ SHORT = ["train.steps=250", "train.log_every=10", "train.warmup_steps=20", "trai
          "data.tokens_per_step=1024", "model.depth=2"]
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_loss_and_writes_its_outputs(tmp_path):
     cfg = load_training_config(ROOT / "configs/tiny.yaml", SHORT)
     result = train(cfg, tmp_path)
