@@ -37,7 +37,7 @@ class TrainResult:
     run_dir: Path
     checkpoint: Path
     steps: int
-    final_loss: float
+    final_loss: float  # mean over the last logging window
 
 
 def check_text_width(config: TrainingConfig, source: str) -> None:
@@ -129,7 +129,7 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
               "video": [], "image": []}
     window_start = time.perf_counter()
     train_start = window_start
-    checkpoint, loss_value, step = None, float("nan"), 0
+    logged_loss, step = float("nan"), 0
     model.train()
     for step in range(1, tcfg.steps + 1):
         t0 = time.perf_counter()
@@ -180,6 +180,7 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
                 if window[kind]:
                     scalars[f"loss_{kind}"] = float(np.mean(window[kind]))
             metrics.log(step, scalars)
+            logged_loss = scalars["loss"]
             metrics.progress(step, scalars["loss"], scalars["steps_per_s"],
                              scalars["tokens_per_s"])
             window = {k: ([] if isinstance(v, list) else 0) for k, v in window.items()}
@@ -191,4 +192,4 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
             break
     checkpoint = save(step)
     metrics.close()
-    return TrainResult(run_dir, checkpoint, step, loss_value)
+    return TrainResult(run_dir, checkpoint, step, logged_loss)
