@@ -28,8 +28,14 @@ def imported_rooms(path: Path) -> set[str]:
         names = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "megagoku":
+            names = [f"megagoku.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names = [node.module]
+        elif isinstance(node, ast.ImportFrom):  # relative: resolve against the file's package
+            package = path.relative_to(PACKAGE.parent).parent.parts
+            base = package[: len(package) - node.level + 1]
+            names = [".".join((*base, node.module or ""))]
         for name in names:
             parts = name.split(".")
             if parts[0] == "megagoku" and len(parts) > 1:

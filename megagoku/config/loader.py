@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -62,10 +63,9 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin in (list, tuple):
         args = typing.get_args(tp)
-        inner = _type_name(args[0]) if args else "value"
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return f"a list of {len(args)} {inner}s"
-        return f"a list of {inner}s"
+        if origin is tuple:
+            return f"a list of {len(args)} {_type_name(args[0])}s"
+        return f"a list of {_type_name(args[0])}s"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -89,16 +89,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError:
                 continue
         raise bad
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise bad
+    if origin in (list, tuple):  # tuples in the schema have a fixed length
         args = typing.get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise bad
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        item = args[0] if args else Any
-        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        if not isinstance(value, (list, tuple)) or (origin is tuple and len(value) != len(args)):
+            raise bad
+        item_types = args if origin is tuple else [args[0]] * len(value)
+        items = [_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, item_types))]
         return tuple(items) if origin is tuple else items
     if tp is bool:
         if not isinstance(value, bool):
@@ -111,23 +107,27 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise bad from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite float, got {value!r}")
         return float(value)
     if tp is str:
+        # YAML reads `name: 2024` as a number; as a string field it is still that text.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
         if not isinstance(value, str):
             raise bad
-        return value
-    if tp is Any:
         return value
     raise ConfigError(f"{where}: unsupported field type {tp}")
 
 
 def _build(cls: type, data: dict, where: str) -> Any:
     """Instantiate dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    if data is None:  # a section header with nothing under it
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -172,6 +172,12 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
+def _model_file_to_preset(data: dict) -> None:
+    """`model: FILE` means `model: {preset: FILE}`, so that `model.KEY` overrides apply to it."""
+    if isinstance(data.get("model"), str):
+        data["model"] = {"preset": data["model"]}
+
+
 def _resolve_model_section(data: dict, base_dir: Path, source: str) -> None:
     """Replace `model: <preset file>` or `model: {preset: <file>, ...}` by the merged mapping."""
     model = data.get("model")
@@ -211,10 +217,10 @@ def training_config_from_dict(data: dict, source: str, overrides: Iterable[str] 
     """Build and validate a training config from a mapping (a YAML file, or a checkpoint's
     saved config); `source` names it in errors."""
     data = copy.deepcopy(data)
-    if isinstance(data.get("model"), str):
-        data["model"] = {"preset": data["model"]}
+    _model_file_to_preset(data)
     for key, value in parse_overrides(overrides):
         _set_path(data, key, value)
+        _model_file_to_preset(data)
     _resolve_model_section(data, base_dir, source)
     try:
         config = _build(TrainingConfig, data, "")

@@ -36,7 +36,6 @@ class ModelConfig:
     timestep_freq_dim: int = 256
     # "auto": flash-attn varlen on a GPU when installed, else SDPA over padded samples.
     attention_backend: Literal["auto", "flash", "sdpa_padded", "sdpa_blockmask"] = "auto"
-    tensor_parallel_size: int = 1
 
     @property
     def head_dim(self) -> int:
@@ -57,7 +56,7 @@ class ModelConfig:
 
     def problems(self) -> Iterator[Problem]:
         for name in ("depth", "hidden_size", "num_heads", "in_channels", "text_dim",
-                     "timestep_freq_dim", "tensor_parallel_size"):
+                     "timestep_freq_dim"):
             if getattr(self, name) <= 0:
                 yield name, f"must be positive, got {getattr(self, name)}"
         if self.num_heads > 0 and self.hidden_size % self.num_heads:
@@ -73,16 +72,14 @@ class ModelConfig:
         if sum(split) != self.head_dim or any(s < 0 or s % 2 for s in split):
             yield "rope_split", (f"{list(split)} must be three even numbers summing to the head "
                                  f"dim {self.head_dim}")
-        if self.num_heads % self.tensor_parallel_size:
-            yield "tensor_parallel_size", (f"{self.tensor_parallel_size} does not divide "
-                                           f"num_heads {self.num_heads}")
         if self.timestep_freq_dim % 2:
             yield "timestep_freq_dim", f"must be even, got {self.timestep_freq_dim}"
 
 
 @dataclass
 class LatentConfig:
-    """The latent space. `identity` trains on pixels (no compression); the 3D causal VAE
+    """The latent space. `identity` trains on pixels (no compression, so data sizes are latent
+    sizes in the checks below); the 3D causal VAE
     (8x8 spatial, 4x temporal) arrives with the data issue behind the same interface."""
 
     kind: Literal["identity"] = "identity"
@@ -237,6 +234,10 @@ class TrainingConfig:
                                   f"spatial patch {ph}x{pw}")
         if self.data.frames % pt:
             yield "data.frames", f"{self.data.frames} is not divisible by the temporal patch {pt}"
+        video_tokens = (self.data.frames // pt) * (self.data.height // ph) * (self.data.width // pw)
+        if video_tokens > self.data.tokens_per_step:
+            yield "data.tokens_per_step", (f"{self.data.tokens_per_step} cannot hold one video of "
+                                           f"{video_tokens} tokens")
         if self.data.image_fraction > 0 and pt != 1:
             yield "data.image_fraction", (f"images are one frame, which a temporal patch of {pt} "
                                           "cannot cover: set it to 0 or use patch_size [1, h, w]")

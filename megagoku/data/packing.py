@@ -2,7 +2,8 @@
 
 No buckets: a pack takes samples in order until the next one would exceed the token budget; that
 sample opens the next pack (nothing is dropped). The loader's state is one integer (the index of
-the next sample), so a run resumes on exactly the pack it would have seen.
+the next sample), saved in every checkpoint, so a resumed run can continue on exactly the pack it
+would have seen.
 """
 
 from __future__ import annotations

@@ -86,6 +86,9 @@ class ShapesDataset:
         if unknown:
             raise ValueError(f"data.holdout: {sorted(unknown)[0]!r} is not a caption of the "
                              "built-in data (e.g. 'red square moving up')")
+        allowed = self.holdout if split == "holdout" else known - self.holdout
+        if not allowed:
+            raise ValueError(f"data.holdout: leaves no video caption for the {split!r} split")
 
     def __getitem__(self, index: int) -> ShapeSample:
         cfg = self.cfg

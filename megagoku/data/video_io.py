@@ -28,8 +28,19 @@ def frame_strip(frames: np.ndarray, gap: int = 2) -> np.ndarray:
     return strip
 
 
-def write_video(path: str | Path, video: torch.Tensor, fps: int = 8, upscale: int = 1) -> Path:
+FORMATS = (".mp4", ".gif", ".png")
+
+
+def check_output_path(path: str | Path) -> Path:
+    """Reject an unknown output format before any work is spent on the video."""
     path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise ValueError(f"--out {path}: unknown format {path.suffix!r} (use .mp4, .gif or .png)")
+    return path
+
+
+def write_video(path: str | Path, video: torch.Tensor, fps: int = 8, upscale: int = 1) -> Path:
+    path = check_output_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = to_uint8_frames(video, upscale)
     suffix = path.suffix.lower()
@@ -40,10 +51,8 @@ def write_video(path: str | Path, video: torch.Tensor, fps: int = 8, upscale: in
         images = [Image.fromarray(f) for f in frames]
         images[0].save(path, save_all=True, append_images=images[1:], loop=0,
                        duration=max(1, round(1000 / fps)))
-    elif suffix == ".mp4":
-        _write_mp4(path, frames, fps)
     else:
-        raise ValueError(f"--out {path}: unknown format {suffix!r} (use .mp4, .gif or .png)")
+        _write_mp4(path, frames, fps)
     return path
 
 

@@ -33,7 +33,9 @@ def time_shift_for(cfg: FlowConfig, tokens: torch.Tensor) -> torch.Tensor:
 
 def sample_timesteps(cfg: FlowConfig, tokens_per_sample: torch.Tensor,
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """One t in (0, 1) per sample: logit-normal (or uniform), then the time shift."""
+    """One t in (0, 1) per sample: logit-normal (or uniform), then the time shift. Drawn on the
+    host, where the generator lives, whatever device the batch is on."""
+    tokens_per_sample = tokens_per_sample.cpu()
     n = tokens_per_sample.numel()
     if cfg.time_sampling == "logit_normal":
         u = torch.randn(n, generator=generator) * cfg.logit_std + cfg.logit_mean

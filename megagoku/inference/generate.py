@@ -15,7 +15,7 @@ from megagoku.config import TrainingConfig, training_config_from_dict
 from megagoku.data.packing import grid_positions, unpatchify
 from megagoku.flow import euler_sample, guided_velocity, sampling_schedule, time_shift_for
 from megagoku.models import GokuTransformer, TextEncoder, build_latent_space, build_model
-from megagoku.parallel import ensure_single_process_groups
+from megagoku.parallel import ensure_single_process_groups, resolve_device
 
 
 def _concat_cu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -79,9 +79,10 @@ class Generator:
 
 
 def load_generator(config_dict: dict, state_dict: dict[str, torch.Tensor], source: str,
-                   device: str = "cpu") -> Generator:
+                   device: str = "auto") -> Generator:
     """Build model and text encoder from a checkpoint's config and load its weights."""
     config = training_config_from_dict(config_dict, source)
+    device = resolve_device(device)
     ensure_single_process_groups()
     model = build_model(config.model, device)
     model.load_weights(state_dict)

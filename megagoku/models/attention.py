@@ -2,7 +2,8 @@
 each sample's tokens cross-attend only to their own caption.
 
 Backends, all computing the same block-diagonal attention:
-- `flash`: flash-attn's varlen kernel (GPU, fp16/bf16), selected by `auto` when installed.
+- `flash`: flash-attn's varlen kernel (GPU, fp16/bf16; fp32 inputs are computed in bf16),
+  selected by `auto` on CUDA tensors when flash-attn is installed.
 - `sdpa_padded`: gathers each sample into a padded (samples, longest, heads, dim) batch and runs
   SDPA with a key-padding mask: sum_i n_i * n_max work instead of L^2. The CPU default.
 - `sdpa_blockmask`: one SDPA call over the whole pack with an (L_q, L_k) block-diagonal mask.
@@ -65,8 +66,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         return "flash" if device.type == "cuda" and _flash_attn_varlen() is not None \
             else "sdpa_padded"
-    if backend == "flash" and _flash_attn_varlen() is None:
-        raise RuntimeError("attention_backend 'flash' needs the flash-attn package on a GPU")
+    if backend == "flash" and (_flash_attn_varlen() is None or device.type != "cuda"):
+        raise RuntimeError("attention_backend 'flash' needs the flash-attn package and CUDA "
+                           f"tensors (got {device.type} tensors)")
     return backend
 
 

@@ -111,10 +111,10 @@ class GokuTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        tp_size = tensor_parallel_size()
-        if tp_size != cfg.tensor_parallel_size:
-            raise ValueError(f"model.tensor_parallel_size is {cfg.tensor_parallel_size} but the "
-                             f"process groups have {tp_size} tensor-parallel ranks")
+        tp_size = tensor_parallel_size()  # heads split over the tensor-parallel group
+        if cfg.num_heads % tp_size:
+            raise ValueError(f"model.num_heads: {cfg.num_heads} heads cannot be split over "
+                             f"{tp_size} tensor-parallel ranks")
         mp_config = model_parallel_config(tp_size)
         dim = cfg.hidden_size
         self.rope_split = cfg.resolved_rope_split()

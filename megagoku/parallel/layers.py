@@ -17,7 +17,7 @@ with warnings.catch_warnings():
 def model_parallel_config(tensor_parallel_size: int = 1,
                           params_dtype: torch.dtype = torch.float32) -> ModelParallelConfig:
     """The megatron config our layers share. CPU initialisation builds the full weight with the
-    same seed on every rank and keeps this rank's slice, so every TP size gives the same model;
+    same seed on every rank and keeps this rank's slice, so that every TP size builds the same model;
     it also lets the layers be constructed on the meta device for counting."""
     return ModelParallelConfig(
         tensor_model_parallel_size=tensor_parallel_size,

@@ -3,6 +3,7 @@ process; a world-size-1 gloo group over an in-memory store needs no port and no 
 
 import warnings
 
+import torch
 import torch.distributed as dist
 
 with warnings.catch_warnings():
@@ -23,3 +24,12 @@ def tensor_parallel_size() -> int:
     if not parallel_state.model_parallel_is_initialized():
         return 1
     return parallel_state.get_tensor_model_parallel_world_size()
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: the GPU when torch sees one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for, but torch sees no GPU")
+    return torch.device(name)

@@ -110,8 +110,11 @@ def run(args: argparse.Namespace) -> int:
     shutil.rmtree(samples_dir, ignore_errors=True)
     report = {}
     all_rows = []
-    for split, prompts in (("held_out", list(config.data.holdout)), ("seen", SEEN_PROMPTS)):
-        prompts = [p if p.startswith("a ") else f"a {p}" for p in prompts]
+    held_out = [p if p.startswith("a ") else f"a {p}" for p in config.data.holdout]
+    seen = [p for p in SEEN_PROMPTS if p.removeprefix("a ") not in config.data.holdout]
+    for split, prompts in (("held_out", held_out), ("seen", seen)):
+        if not prompts:
+            continue
         report[split], rows = evaluate_and_write(generator, prompts, args.seeds,
                                                  samples_dir / split, config.sample.upscale,
                                                  config.sample.fps)
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     curve = plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
     print()
     print(f"trained {result.steps} steps; final loss {result.final_loss:.4f}")
-    for split in ("held_out", "seen"):
+    for split in report:
         s = report[split]["summary"]
         print(f"{split:>8} prompts: colour right {s['colour_ok']:.0%}, "
               f"direction right {s['direction_ok']:.0%} "

@@ -5,7 +5,6 @@ and FLOPs per token, as JSON. The model is built on the meta device: nothing is 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from collections import defaultdict
 
@@ -17,7 +16,7 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
     from megagoku.parallel import ensure_single_process_groups
 
     ensure_single_process_groups()
-    model = build_model(dataclasses.replace(cfg, tensor_parallel_size=1), device="meta")
+    model = build_model(cfg, device="meta")
     parts: dict[str, int] = defaultdict(int)
     for name, param in model.named_parameters():
         top = name.split(".")[0]

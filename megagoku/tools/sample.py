@@ -22,16 +22,26 @@ def register(subparsers) -> None:
     p.add_argument("--fps", type=int)
     p.add_argument("--upscale", type=int, help="nearest-neighbour upscaling of the written file")
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: the GPU when one is present")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from megagoku.data.video_io import write_video
+    from megagoku.config import ConfigError
+    from megagoku.data.video_io import check_output_path, write_video
     from megagoku.inference import load_generator
     from megagoku.train.checkpoint import load_checkpoint
 
+    try:
+        check_output_path(args.out)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for name in ("frames", "height", "width", "steps", "fps", "upscale"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise ConfigError(f"--{name}: must be positive, got {getattr(args, name)}")
     config_dict, state, ckpt = load_checkpoint(args.checkpoint, args.weights)
-    gen = load_generator(config_dict, state, f"{ckpt}/config.yaml")
+    gen = load_generator(config_dict, state, f"{ckpt}/config.yaml", args.device)
     data, sample = gen.config.data, gen.config.sample
     pick = lambda value, default: default if value is None else value  # noqa: E731
     frames = pick(args.frames, 1 if args.out.lower().endswith(".png") else data.frames)

@@ -55,7 +55,8 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
     root = Path(run_dir) / "checkpoints"
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in root.glob(".tmp_step_*"):  # left by a save that crashed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     contiguous = lambda sd: {k: v.detach().contiguous().cpu() for k, v in sd.items()}  # noqa: E731
     save_file(contiguous(model_state), str(tmp / "model.safetensors"))
@@ -68,9 +69,15 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
     for name in (*FILES, "manifest.json"):
         with open(tmp / name, "rb") as f:
             os.fsync(f.fileno())
-    shutil.rmtree(final, ignore_errors=True)
+    _fsync_dir(tmp)
+    # Re-saving a step: move the old copy aside first, so a good checkpoint exists at every moment.
+    old = root / f".old_step_{step:08d}"
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
     os.replace(tmp, final)
     _fsync_dir(root)
+    shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -79,16 +86,18 @@ def verify_checkpoint(path: Path) -> None:
     manifest_path = path / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{manifest_path}: missing or unreadable manifest ({e})") from None
-    for name, meta in manifest.items():
+        entries = {name: (int(manifest[name]["bytes"]), str(manifest[name]["sha256"]))
+                   for name in FILES}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{manifest_path}: missing, unreadable or incomplete manifest "
+                              f"({type(e).__name__}: {e})") from None
+    for name, (size, digest) in entries.items():
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{file}: missing")
-        size = file.stat().st_size
-        if size != meta["bytes"]:
-            raise CheckpointError(f"{file}: {size} bytes, manifest says {meta['bytes']}")
-        if _sha256(file) != meta["sha256"]:
+        if file.stat().st_size != size:
+            raise CheckpointError(f"{file}: {file.stat().st_size} bytes, manifest says {size}")
+        if _sha256(file) != digest:
             raise CheckpointError(f"{file}: checksum differs from the manifest")
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
@@ -18,6 +20,42 @@ def format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+@dataclass
+class LogWindow:
+    """What happened since the last logged step; `scalars()` turns it into rates and means."""
+
+    start: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    loss_sum: float = 0.0
+    tokens: int = 0
+    samples: int = 0
+    data_seconds: float = 0.0
+    errors: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, loss: float, tokens: int, kinds: list[str], per_sample: list[float],
+            data_seconds: float) -> None:
+        self.steps += 1
+        self.loss_sum += loss
+        self.tokens += tokens
+        self.samples += len(kinds)
+        self.data_seconds += data_seconds
+        for kind, err in zip(kinds, per_sample):
+            self.errors[kind].append(err)
+
+    def scalars(self) -> dict[str, float]:
+        dt = time.perf_counter() - self.start
+        out = {
+            "loss": self.loss_sum / self.steps,
+            "steps_per_s": self.steps / dt,
+            "tokens_per_s": self.tokens / dt,
+            "samples_per_s": self.samples / dt,
+            "data_wait_fraction": self.data_seconds / dt,
+        }
+        for kind, errors in sorted(self.errors.items()):
+            out[f"loss_{kind}"] = sum(errors) / len(errors)  # per modality: video, image
+        return out
+
+
 class MetricsLogger:
     def __init__(self, run_dir: Path, total_steps: int, stream=sys.stderr):
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -28,7 +66,7 @@ class MetricsLogger:
         self.start = time.perf_counter()
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
-        record = {"step": step, **{k: round(float(v), 6) for k, v in scalars.items()}}
+        record = {"step": step, **{k: float(f"{float(v):.6g}") for k, v in scalars.items()}}
         self.jsonl.write(json.dumps(record) + "\n")
         for key, value in scalars.items():
             self.tensorboard.add_scalar(key, value, step)

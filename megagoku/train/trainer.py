@@ -7,7 +7,6 @@ their own issues; everything here already runs through the same megatron layers.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -23,11 +22,11 @@ from megagoku.config import ConfigError, TrainingConfig, to_dict
 from megagoku.data import PackingLoader, ShapesDataset
 from megagoku.flow.rectified_flow import training_loss
 from megagoku.models import TextEncoder, build_latent_space, build_model
-from megagoku.models.text_encoder import resolve_encoder_path
-from megagoku.parallel import ensure_single_process_groups
+from megagoku.models.text_encoder import encoder_width
+from megagoku.parallel import ensure_single_process_groups, resolve_device
 from megagoku.train.checkpoint import save_checkpoint
 from megagoku.train.ema import EMA
-from megagoku.train.metrics import MetricsLogger
+from megagoku.train.metrics import LogWindow, MetricsLogger
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +43,9 @@ def check_text_width(config: TrainingConfig, source: str) -> None:
     """The model's text_dim must match the encoder's width; read from its config.json, before
     any weights are loaded."""
     try:
-        path = resolve_encoder_path(config.text.encoder)
+        width = encoder_width(config.text.encoder)
     except FileNotFoundError as e:
         raise ConfigError(f"{source}: {e}") from None
-    meta = json.loads((path / "config.json").read_text())
-    width = meta.get("d_model") or meta.get("hidden_size")
     if width != config.model.text_dim:
         raise ConfigError(f"{source}: model.text_dim: {config.model.text_dim} differs from the "
                           f"width {width} of text encoder {config.text.encoder}")
@@ -61,14 +58,6 @@ def lr_lambda(cfg, step: int) -> float:
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: 'cuda' asked for, but torch sees no GPU")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -102,10 +91,13 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
         dataset = ShapesDataset(config.data)
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from None
+    try:
+        device = resolve_device(tcfg.device)
+    except RuntimeError as e:
+        raise ConfigError(f"{source}: train.device: {e}") from None
     prepare_run_dir(run_dir, overwrite)
     generator = seed_everything(tcfg.seed)
     ensure_single_process_groups()
-    device = resolve_device(tcfg.device)
 
     model = build_model(config.model).to(device)
     ema = EMA(model, tcfg.ema_decay)
@@ -125,10 +117,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
         return save_checkpoint(run_dir, step, weights, ema.state_dict(weights),
                                to_dict(config), {"loader": loader.state_dict()})
 
-    window = {"loss": 0.0, "steps": 0, "tokens": 0, "samples": 0, "data_s": 0.0,
-              "video": [], "image": []}
-    window_start = time.perf_counter()
-    train_start = window_start
+    window = LogWindow()
+    train_start = window.start
     logged_loss, step = float("nan"), 0
     model.train()
     for step in range(1, tcfg.steps + 1):
@@ -137,7 +127,7 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
         drop = torch.rand(batch.num_samples, generator=generator) < config.text.dropout
         captions = ["" if d else c for d, c in zip(drop.tolist(), batch.captions)]
         text, text_cu = text_encoder.encode(captions)
-        window["data_s"] += time.perf_counter() - t0
+        data_seconds = time.perf_counter() - t0
 
         def velocity(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return model(x_t, t, batch.positions, batch.cu_seqlens, text, text_cu)
@@ -148,6 +138,7 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
             model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
         optimizer.step()
         scheduler.step()
         ema.update(model)
@@ -155,37 +146,21 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss became {loss_value} at step {step}")
-        window["loss"] += loss_value
-        window["steps"] += 1
-        window["tokens"] += batch.tokens.shape[0]
-        window["samples"] += batch.num_samples
-        for kind, err in zip(batch.kinds, per_sample.tolist()):
-            window[kind].append(err)
+        window.add(loss_value, batch.tokens.shape[0], batch.kinds, per_sample.tolist(),
+                   data_seconds)
 
         elapsed_total = time.perf_counter() - train_start
         out_of_time = tcfg.max_minutes > 0 and elapsed_total > 60 * tcfg.max_minutes
         if step % tcfg.log_every == 0 or step == tcfg.steps or out_of_time:
-            dt = time.perf_counter() - window_start
-            scalars = {
-                "loss": window["loss"] / window["steps"],
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
-                "steps_per_s": window["steps"] / dt,
-                "tokens_per_s": window["tokens"] / dt,
-                "samples_per_s": window["samples"] / dt,
-                "data_wait_fraction": window["data_s"] / dt,
-                "elapsed_s": elapsed_total,
-            }
-            for kind in ("video", "image"):
-                if window[kind]:
-                    scalars[f"loss_{kind}"] = float(np.mean(window[kind]))
+            scalars = {**window.scalars(), "lr": lr, "grad_norm": float(grad_norm),
+                       "elapsed_s": elapsed_total}
             metrics.log(step, scalars)
-            logged_loss = scalars["loss"]
             metrics.progress(step, scalars["loss"], scalars["steps_per_s"],
                              scalars["tokens_per_s"])
-            window = {k: ([] if isinstance(v, list) else 0) for k, v in window.items()}
-            window_start = time.perf_counter()
-        if tcfg.save_every and step % tcfg.save_every == 0 and step != tcfg.steps:
+            logged_loss = scalars["loss"]
+            window = LogWindow()
+        if tcfg.save_every and step % tcfg.save_every == 0 and step != tcfg.steps \
+                and not out_of_time:  # the final save below covers those
             save(step)
         if out_of_time:
             log.warning("train.max_minutes=%s reached at step %d: stopping", tcfg.max_minutes, step)

@@ -74,3 +74,20 @@ def test_bad_yaml_and_missing_preset_name_the_file(tmp_path):
         load_training_config(path)
     with pytest.raises(ConfigError, match=r"--set oops: expected section.key=value"):
         load_training_config(ROOT / "configs/tiny.yaml", ["oops"])
+
+
+def test_yaml_spellings_users_write(tmp_path):
+    cfg = load_training_config(ROOT / "configs/tiny.yaml",
+                               ["name=2024", "train.lr=3e-4", "model=models/goku_2b.yaml",
+                                "latent.channels=16", "model.text_dim=384",
+                                "data.image_fraction=0", "data.tokens_per_step=4096"])
+    assert cfg.name == "2024" and cfg.train.lr == 3e-4 and cfg.model.depth == 28
+    path = write(tmp_path, "model: models/tiny.yaml\ntrain:\n")  # an empty section
+    assert load_training_config(path).train.steps == 1000
+    with pytest.raises(ConfigError, match="train.lr: expected a finite float, got nan"):
+        load_training_config(ROOT / "configs/tiny.yaml", ["train.lr=nan"])
+
+
+def test_token_budget_must_hold_one_video():
+    with pytest.raises(ConfigError, match="data.tokens_per_step: 100 cannot hold one video of 128"):
+        load_training_config(ROOT / "configs/tiny.yaml", ["data.tokens_per_step=100"])

@@ -37,6 +37,17 @@ def test_text_width_mismatch_is_a_config_error(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_sample_rejects_bad_options_before_loading_anything(tmp_path, capsys):
+    from megagoku.cli import main
+
+    assert main(["sample", "--checkpoint", str(tmp_path), "--prompt", "x",
+                 "--out", str(tmp_path / "clip.avi")]) == 2
+    assert "clip.avi: unknown format '.avi'" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", str(tmp_path), "--prompt", "x", "--frames", "0",
+                 "--out", str(tmp_path / "clip.gif")]) == 2
+    assert "--frames: must be positive, got 0" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_train_then_sample_every_format(tmp_path):
     run_dir = tmp_path / "run"

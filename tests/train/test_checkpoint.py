@@ -1,3 +1,4 @@
+import json
 import logging
 
 import pytest
@@ -45,3 +46,26 @@ def test_altered_or_unfinished_checkpoints_are_rejected(tmp_path):
         find_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="no checkpoint here"):
         find_checkpoint(tmp_path / "empty")
+
+
+def test_resaving_a_step_replaces_it_and_stale_temporaries_are_cleared(tmp_path):
+    save(tmp_path, 7, 1.0)
+    stale = tmp_path / "checkpoints" / ".tmp_step_00000003"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half a file")
+    path = save(tmp_path, 7, 2.0)
+    _, state, _ = load_checkpoint(path, "model")
+    torch.testing.assert_close(state["w"], torch.full((3,), 2.0))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000007"]
+
+
+def test_manifest_that_omits_a_file_is_rejected(tmp_path):
+    ckpt = save(tmp_path, 3, 1.0)
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    del manifest["ema.safetensors"]
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="incomplete manifest"):
+        find_checkpoint(ckpt)
+    (ckpt / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="incomplete manifest"):
+        find_checkpoint(ckpt)

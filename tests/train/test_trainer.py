@@ -29,6 +29,19 @@ def test_short_training_lowers_the_loss_and_writes_its_outputs(tmp_path):
     assert config["model"]["depth"] == 2 and "blocks.1.mlp.fc2.weight" in state
 
 
+def test_periodic_checkpoints_record_the_loader_position(tmp_path):
+    cfg = load_training_config(ROOT / "configs/tiny.yaml",
+                               SHORT + ["train.steps=4", "train.save_every=2",
+                                        "data.image_fraction=0"])
+    train(cfg, tmp_path)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step_00000002", "step_00000004"]
+    # 1024-token packs of 128-token videos: 8 videos a step.
+    for name, consumed in zip(names, (16, 32)):
+        state = json.loads((tmp_path / "checkpoints" / name / "state.json").read_text())
+        assert state["loader"] == {"next_index": consumed}
+
+
 def test_learning_rate_warms_up_then_decays_to_the_floor():
     cfg = load_training_config(None, ["train.steps=100", "train.warmup_steps=10",
                                       "train.min_lr_ratio=0.1"]).train
