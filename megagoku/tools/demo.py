@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from megagoku.config import load_training_config
+from megagoku.config import ConfigError, load_training_config
 
 SEEN_PROMPTS = ["a red circle moving right", "a blue square moving left",
                 "a green circle moving up", "a yellow triangle moving down"]
@@ -97,6 +97,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_training_config(args.config, args.overrides)
+    if args.seeds <= 0:
+        raise ConfigError(f"--seeds: must be positive, got {args.seeds}")
     from megagoku.inference import load_generator
     from megagoku.train.checkpoint import load_checkpoint
     from megagoku.train.trainer import train
