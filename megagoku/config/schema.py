@@ -78,9 +78,9 @@ class ModelConfig:
 
 @dataclass
 class LatentConfig:
-    """The latent space. `identity` trains on pixels (no compression, so data sizes are latent
-    sizes in the checks below); the 3D causal VAE
-    (8x8 spatial, 4x temporal) arrives with the data issue behind the same interface."""
+    """The latent space. `identity` trains on pixels (no compression, so the data sizes are the
+    latent sizes in TrainingConfig's checks); the 3D causal VAE (8x8 spatial, 4x temporal)
+    arrives with the data issue behind the same interface."""
 
     kind: Literal["identity"] = "identity"
     channels: int = 3

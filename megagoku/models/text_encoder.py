@@ -29,10 +29,14 @@ def resolve_encoder_path(spec: str) -> Path:
     return path
 
 
+def _width(path: Path) -> int:
+    meta = json.loads((path / "config.json").read_text())
+    return int(meta.get("d_model") or meta["hidden_size"])  # T5 family: d_model
+
+
 def encoder_width(spec: str) -> int:
     """Width of the encoder's token features, read from its config.json (no weights loaded)."""
-    meta = json.loads((resolve_encoder_path(spec) / "config.json").read_text())
-    return int(meta.get("d_model") or meta["hidden_size"])
+    return _width(resolve_encoder_path(spec))
 
 
 class TextEncoder:
@@ -62,7 +66,7 @@ class TextEncoder:
         else:
             model = AutoModel.from_pretrained(path, local_files_only=True)
         self.model = model.to(device).eval().requires_grad_(False)
-        self.dim = encoder_width(spec)
+        self.dim = _width(path)
         self.max_length = max_length
         self.device = torch.device(device)
         self.cache_size = cache_size

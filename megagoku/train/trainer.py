@@ -39,16 +39,21 @@ class TrainResult:
     final_loss: float  # mean over the last logging window
 
 
-def check_text_width(config: TrainingConfig, source: str) -> None:
-    """The model's text_dim must match the encoder's width; read from its config.json, before
-    any weights are loaded."""
+def preflight(config: TrainingConfig, source: str) -> tuple[ShapesDataset, torch.device]:
+    """What the config cannot check alone (the encoder's width, the held-out captions, the
+    device), checked before any work; every failure is a ConfigError naming `source`."""
     try:
         width = encoder_width(config.text.encoder)
-    except FileNotFoundError as e:
+        dataset = ShapesDataset(config.data)
+        device = resolve_device(config.train.device)
+    except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"{source}: {e}") from None
+    except RuntimeError as e:
+        raise ConfigError(f"{source}: train.device: {e}") from None
     if width != config.model.text_dim:
         raise ConfigError(f"{source}: model.text_dim: {config.model.text_dim} differs from the "
                           f"width {width} of text encoder {config.text.encoder}")
+    return dataset, device
 
 
 def lr_lambda(cfg, step: int) -> float:
@@ -86,15 +91,7 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
           overwrite: bool = False) -> TrainResult:
     tcfg = config.train
     run_dir = Path(run_dir)
-    check_text_width(config, source)
-    try:
-        dataset = ShapesDataset(config.data)
-    except ValueError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    try:
-        device = resolve_device(tcfg.device)
-    except RuntimeError as e:
-        raise ConfigError(f"{source}: train.device: {e}") from None
+    dataset, device = preflight(config, source)
     prepare_run_dir(run_dir, overwrite)
     generator = seed_everything(tcfg.seed)
     ensure_single_process_groups()
