@@ -176,6 +176,8 @@ class TrainConfig:
     max_minutes: float = 0.0  # 0: no limit; else stop (and save) after this much training time
     run_dir: str = "checkpoints/run"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when one is present
+    # auto: bf16 autocast over fp32 master weights on a GPU, fp32 on the CPU.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     def problems(self) -> Iterator[Problem]:
         if self.steps <= 0:
@@ -192,6 +194,39 @@ class TrainConfig:
             yield "log_every", f"must be positive, got {self.log_every}"
         if self.grad_clip < 0:
             yield "grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip}"
+
+
+@dataclass
+class ParallelConfig:
+    """How one training step is split over processes. The data-parallel size is what is left:
+    world_size / (tensor_parallel * ulysses). Gradients are averaged over data x Ulysses ranks.
+    """
+
+    tensor_parallel: int = 1  # megatron-core TP: heads and MLP columns split over this many ranks
+    # Megatron sequence parallelism inside the TP group: the residual stream (norms, adaLN
+    # modulation, residual adds) holds 1/TP of the tokens; needs tensor_parallel > 1 to save memory.
+    sequence_parallel: bool = False
+    # Ulysses sequence parallelism: each rank holds 1/ulysses of the packed tokens; attention
+    # trades the split for a split of heads by an all-to-all.
+    ulysses: int = 1
+    zero_stage: int = 0  # DeepSpeed ZeRO over the data-parallel ranks: 0 (plain DP), 1, 2, 3
+    # Selective activation checkpointing, applied after the model is built: recompute this part
+    # of every `checkpoint_every`-th block in the backward pass instead of keeping its activations.
+    activation_checkpointing: Literal["none", "attention", "mlp", "full"] = "none"
+    checkpoint_every: int = 1
+    # Distributed backend: auto = NCCL when a GPU is present, else gloo.
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+    def problems(self) -> Iterator[Problem]:
+        for name in ("tensor_parallel", "ulysses", "checkpoint_every"):
+            if getattr(self, name) <= 0:
+                yield name, f"must be positive, got {getattr(self, name)}"
+        if self.zero_stage not in (0, 1, 2, 3):
+            yield "zero_stage", f"must be 0, 1, 2 or 3, got {self.zero_stage}"
+
+    @property
+    def model_parallel_size(self) -> int:
+        return self.tensor_parallel * self.ulysses
 
 
 @dataclass
@@ -222,9 +257,14 @@ class TrainingConfig:
     data: DataConfig = field(default_factory=DataConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def problems(self) -> Iterator[Problem]:
+        split = self.parallel.model_parallel_size
+        if self.model.num_heads % split:
+            yield "parallel.ulysses", (f"{self.model.num_heads} heads cannot be split over "
+                                       f"tensor_parallel x ulysses = {split} ranks")
         if self.model.in_channels != self.latent.channels:
             yield "model.in_channels", (f"{self.model.in_channels} differs from the latent "
                                         f"space's channels {self.latent.channels}")

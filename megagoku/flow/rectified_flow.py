@@ -11,7 +11,7 @@ resolution-dependent shift a = time_shift * sqrt(tokens / time_shift_ref_tokens)
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -50,38 +50,67 @@ def interpolate(x1: torch.Tensor, x0: torch.Tensor, t_per_token: torch.Tensor) -
     return t * x1 + (1.0 - t) * x0
 
 
-def flow_loss(pred: torch.Tensor, target: torch.Tensor, segment: torch.Tensor,
-              num_samples: int, weighting: str = "token") -> tuple[torch.Tensor, torch.Tensor]:
-    """MSE between predicted and target velocity over a pack.
+def loss_weights(segment: torch.Tensor, tokens_per_sample: torch.Tensor,
+                 weighting: str = "token") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token weights of the pack's loss (they sum to 1), and 1 / (the token's sample size).
 
-    Returns (loss, per-sample mean squared error). `token`: every token weighs the same, so a
-    sample weighs by its token count; `sample`: each sample's mean counts once.
-    """
-    per_token = (pred.float() - target.float()).pow(2).mean(dim=-1)
-    sums = torch.zeros(num_samples, device=pred.device).index_add_(0, segment, per_token)
-    counts = torch.bincount(segment, minlength=num_samples).to(sums.dtype)
-    per_sample = sums / counts
+    `token`: every token weighs the same, so a sample weighs by its token count; `sample`: each
+    sample's mean counts once."""
+    counts = tokens_per_sample.to(segment.device, torch.float32)
+    inv_count = (1.0 / counts)[segment]
     if weighting == "token":
-        loss = per_token.mean()
+        weights = torch.full_like(inv_count, 1.0 / segment.numel())
     elif weighting == "sample":
-        loss = per_sample.mean()
+        weights = inv_count / counts.numel()
     else:
         raise ValueError(f"flow.loss_weighting: unknown weighting {weighting!r}")
-    return loss, per_sample.detach()
+    return weights, inv_count
+
+
+def weighted_flow_loss(pred: torch.Tensor, target: torch.Tensor, segment: torch.Tensor,
+                       weights: torch.Tensor, inv_count: torch.Tensor,
+                       num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum_i w_i * |pred_i - target_i|^2 / D, and each sample's mean squared error. Rows with
+    weight 0 and inv_count 0 (sequence-parallel padding) count for nothing; over a slice of the
+    pack both results are that slice's share, and summing the slices gives the pack's."""
+    per_token = (pred.float() - target.float()).pow(2).mean(dim=-1)
+    loss = (per_token * weights).sum()
+    per_sample = torch.zeros(num_samples, device=pred.device).index_add_(
+        0, segment, per_token.detach() * inv_count)
+    return loss, per_sample
+
+
+def flow_loss(pred: torch.Tensor, target: torch.Tensor, segment: torch.Tensor,
+              num_samples: int, weighting: str = "token") -> tuple[torch.Tensor, torch.Tensor]:
+    """MSE between predicted and target velocity over a whole pack: (loss, per-sample MSE)."""
+    counts = torch.bincount(segment, minlength=num_samples)
+    weights, inv_count = loss_weights(segment, counts, weighting)
+    return weighted_flow_loss(pred, target, segment, weights, inv_count, num_samples)
 
 
 def training_loss(velocity, x1: torch.Tensor, segment: torch.Tensor,
                   tokens_per_sample: torch.Tensor, cfg: FlowConfig,
-                  generator: Optional[torch.Generator] = None
+                  generator: Optional[torch.Generator] = None,
+                  local: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One rectified-flow loss over a pack of clean latent tokens x1 (L, D).
 
     `velocity(x_t, t)` is the model with everything but the noisy tokens and the per-sample
     times bound. Returns (loss, per-sample error, per-sample t).
+
+    `local` (sequence parallelism): maps a packed (L, ...) tensor to this rank's rows, zeros past
+    the pack's end. Noise and times are drawn for the whole pack (the same on every rank of the
+    pack), the model sees only this rank's rows, and the loss and per-sample errors returned are
+    this rank's shares: their sum over the ranks is the pack's.
     """
     t = sample_timesteps(cfg, tokens_per_sample, generator).to(x1.device)
     x0 = torch.randn(x1.shape, generator=generator).to(x1)
-    pred = velocity(interpolate(x1, x0, t[segment]), t)
-    loss, per_sample = flow_loss(pred, x1 - x0, segment, tokens_per_sample.numel(),
-                                 cfg.loss_weighting)
+    x_t, target = interpolate(x1, x0, t[segment]), x1 - x0
+    weights, inv_count = loss_weights(segment, tokens_per_sample, cfg.loss_weighting)
+    if local is not None:
+        x_t, target, weights, inv_count, segment = (
+            local(x) for x in (x_t, target, weights, inv_count, segment))
+    pred = velocity(x_t, t)
+    loss, per_sample = weighted_flow_loss(pred, target, segment, weights, inv_count,
+                                          tokens_per_sample.numel())
     return loss, per_sample, t

@@ -21,7 +21,8 @@ from torch import nn
 
 from megagoku.models.norms import RMSNorm
 from megagoku.ops import apply_rope
-from megagoku.parallel import ColumnParallelLinear, RowParallelLinear
+from megagoku.parallel import (ColumnParallelLinear, RowParallelLinear, grad_summed_over_tp,
+                               heads_to_seq, seq_to_heads)
 
 
 @cache
@@ -44,17 +45,19 @@ class SeqLayout:
     pad_valid: torch.Tensor  # (B, max_len) True where the slot holds a real token
 
     @classmethod
-    def from_cu_seqlens(cls, cu_seqlens: torch.Tensor) -> "SeqLayout":
+    def from_cu_seqlens(cls, cu_seqlens: torch.Tensor, allow_empty: bool = False) -> "SeqLayout":
+        """`allow_empty`: samples may have no tokens here (queries of a Ulysses slice that
+        holds none of a sample's tokens); keys always need at least one."""
         cu = cu_seqlens.to(torch.int64)
         lengths = cu[1:] - cu[:-1]
-        if bool((lengths <= 0).any()):
+        if bool((lengths < 0).any()) or (not allow_empty and bool((lengths == 0).any())):
             raise ValueError(f"every packed sample needs at least one token, got lengths "
                              f"{lengths.tolist()}")
-        max_len = int(lengths.max())
+        max_len = max(1, int(lengths.max()))
         segment = torch.repeat_interleave(torch.arange(len(lengths), device=cu.device), lengths)
         slots = torch.arange(max_len, device=cu.device)
         pad_valid = slots[None, :] < lengths[:, None]
-        pad_index = torch.minimum(cu[:-1, None] + slots[None, :], cu[1:, None] - 1)
+        pad_index = torch.minimum(cu[:-1, None] + slots[None, :], cu[1:, None] - 1).clamp(min=0)
         return cls(cu_seqlens.to(torch.int32), max_len, segment, pad_index, pad_valid)
 
     @property
@@ -103,6 +106,8 @@ class SelfAttention(nn.Module):
 
     The fused QKV projection is laid out per head ([head][q, k, v][head_dim], megatron's
     interleaving), so concatenating the tensor-parallel shards gives the same model at every size.
+    Under Ulysses the rank holds a slice of the tokens: Q, K and V are normed and rotated there,
+    then an all-to-all gives every rank all tokens for a share of the heads, and back.
     """
 
     def __init__(self, dim: int, num_heads: int, tp_size: int, mp_config, eps: float,
@@ -113,18 +118,24 @@ class SelfAttention(nn.Module):
         self.backend = backend
         self.qkv = ColumnParallelLinear(dim, 3 * dim, config=mp_config, init_method=init_method,
                                         bias=False, gather_output=False)
-        self.q_norm = RMSNorm(self.head_dim, eps)
-        self.k_norm = RMSNorm(self.head_dim, eps)
+        # One weight shared by all heads, and each TP rank holds only some heads.
+        self.q_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1)
+        self.k_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1)
         self.proj = RowParallelLinear(dim, dim, config=mp_config, init_method=init_method,
                                       bias=False, input_is_parallel=True, skip_bias_add=False)
 
     def forward(self, x: torch.Tensor, angles: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
-        qkv, _ = self.qkv(x)
-        q, k, v = qkv.view(x.shape[0], self.local_heads, 3, self.head_dim).unbind(2)
+        """x: this rank's residual tokens; angles: RoPE of this rank's Ulysses slice; layout:
+        the whole (padded) pack."""
+        qkv, _ = self.qkv(x)  # megatron SP all-gathers the TP group's tokens here
+        n = qkv.shape[0]
+        q, k, v = qkv.view(n, self.local_heads, 3, self.head_dim).unbind(2)
         q = apply_rope(self.q_norm(q), angles)
         k = apply_rope(self.k_norm(k), angles)
+        q, k, v = seq_to_heads(torch.stack((q, k, v), dim=1)).unbind(1)
         out = varlen_attention(q, k, v, layout, layout, self.backend)
-        out, _ = self.proj(out.reshape(x.shape[0], -1))
+        out = heads_to_seq(out)
+        out, _ = self.proj(out.reshape(n, -1))  # megatron SP reduce-scatters back to the shard
         return out
 
 
@@ -137,7 +148,7 @@ class CrossAttention(nn.Module):
     """
 
     def __init__(self, dim: int, text_dim: int, num_heads: int, tp_size: int, mp_config,
-                 eps: float, backend: str, rope_queries: bool, init_method):
+                 text_mp_config, eps: float, backend: str, rope_queries: bool, init_method):
         super().__init__()
         self.head_dim = dim // num_heads
         self.local_heads = num_heads // tp_size
@@ -145,22 +156,25 @@ class CrossAttention(nn.Module):
         self.rope_queries = rope_queries
         self.q = ColumnParallelLinear(dim, dim, config=mp_config, init_method=init_method,
                                       bias=False, gather_output=False)
-        self.kv = ColumnParallelLinear(text_dim, 2 * dim, config=mp_config,
+        # Every TP rank holds all caption tokens: no sequence-parallel gather for the keys.
+        self.kv = ColumnParallelLinear(text_dim, 2 * dim, config=text_mp_config,
                                        init_method=init_method, bias=False, gather_output=False)
-        self.q_norm = RMSNorm(self.head_dim, eps)
-        self.k_norm = RMSNorm(self.head_dim, eps)
+        self.q_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1)
+        self.k_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1)
         self.proj = RowParallelLinear(dim, dim, config=mp_config, init_method=init_method,
                                       bias=False, input_is_parallel=True, skip_bias_add=False)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, angles: torch.Tensor,
                 layout: SeqLayout, text_layout: SeqLayout) -> torch.Tensor:
+        """Queries are this rank's Ulysses slice (`layout` counts its tokens per sample, maybe
+        none); every rank holds all captions, so no all-to-all is needed."""
         q, _ = self.q(x)
         kv, _ = self.kv(text)
-        q = self.q_norm(q.view(x.shape[0], self.local_heads, self.head_dim))
+        q = self.q_norm(q.view(q.shape[0], self.local_heads, self.head_dim))
         k, v = kv.view(text.shape[0], self.local_heads, 2, self.head_dim).unbind(2)
         k = self.k_norm(k)
         if self.rope_queries:
             q = apply_rope(q, angles)
         out = varlen_attention(q, k, v, layout, text_layout, self.backend)
-        out, _ = self.proj(out.reshape(x.shape[0], -1))
+        out, _ = self.proj(out.reshape(q.shape[0], -1))
         return out

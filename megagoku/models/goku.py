@@ -11,8 +11,11 @@ packed the same way (`text`, `text_cu_seqlens`).
                     adaLN-Zero(t) -> GELU-tanh MLP
     FinalLayer: adaLN(t) -> linear back to patch values (the velocity)
 
-Every linear layer inside the blocks is a megatron-core Column/RowParallelLinear, so tensor
-parallelism needs no change here: heads split over the tensor-parallel ranks.
+Every linear layer inside the blocks is a megatron-core Column/RowParallelLinear: heads and MLP
+columns split over the tensor-parallel ranks. The model reads the process grid from
+`megagoku.parallel` when it is built: under Ulysses `tokens` and `positions` are this rank's slice
+of the padded pack (`parallel.current_shard()`), and the output is the velocity of that slice;
+under megatron sequence parallelism the residual stream between the TP regions holds 1/TP of it.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from megagoku.config.schema import ModelConfig
-from megagoku.models.attention import CrossAttention, SelfAttention, SeqLayout
+from megagoku.models.attention import CrossAttention, SelfAttention
 from megagoku.models.norms import RMSNorm
+from megagoku.models.pack_context import PackContext, build_pack_context
 from megagoku.ops import rope_angles
-from megagoku.parallel import (ColumnParallelLinear, RowParallelLinear, model_parallel_config,
-                               tensor_parallel_size)
+from megagoku.parallel import (ColumnParallelLinear, RowParallelLinear, current_shard,
+                               gather_sequence, grad_summed_over_tp, layout,
+                               model_parallel_config, scatter_sequence, tensor_parallel_rank)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -56,41 +61,52 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = ColumnParallelLinear(dim, hidden, config=mp_config, init_method=init_method,
                                         bias=True, gather_output=False)
+        # The output bias is added here, after the row-parallel reduction: under megatron SP it
+        # meets only this rank's sequence shard, so its gradient is summed over the TP group.
         self.fc2 = RowParallelLinear(hidden, dim, config=mp_config, init_method=init_method,
-                                     bias=True, input_is_parallel=True, skip_bias_add=False)
+                                     bias=True, input_is_parallel=True, skip_bias_add=True)
+        self.sequence_parallel = mp_config.sequence_parallel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, _ = self.fc1(x)
-        out, _ = self.fc2(F.gelu(h, approximate="tanh"))
-        return out
+        out, bias = self.fc2(F.gelu(h, approximate="tanh"))
+        return out + (grad_summed_over_tp(bias) if self.sequence_parallel else bias)
 
 
 class GokuBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp_size: int, mp_config):
+    def __init__(self, cfg: ModelConfig, tp_size: int, mp_config, replicated_input_config):
+        """`mp_config` for layers on the token stream (megatron SP gathers / scatters their
+        tokens); `replicated_input_config` for layers whose input every TP rank holds whole (the
+        per-sample conditioning, the captions)."""
         super().__init__()
         dim, eps = cfg.hidden_size, cfg.norm_eps
         xavier = nn.init.xavier_uniform_
+        self.sequence_parallel = mp_config.sequence_parallel
         # Per-block adaLN-Zero: shift/scale/gate for attention and MLP. Zero-initialised, so every
         # block starts as the identity. Gathered: each rank modulates the full hidden state.
-        self.adaln = ColumnParallelLinear(dim, 6 * dim, config=mp_config,
+        self.adaln = ColumnParallelLinear(dim, 6 * dim, config=replicated_input_config,
                                           init_method=nn.init.zeros_, bias=True,
                                           gather_output=True)
         self.norm1 = RMSNorm(dim, eps, learnable=False)
         self.attn = SelfAttention(dim, cfg.num_heads, tp_size, mp_config, eps,
                                   cfg.attention_backend, xavier)
-        self.norm2 = RMSNorm(dim, eps)
+        self.norm2 = RMSNorm(dim, eps, grad_over_tp=self.sequence_parallel)
         self.cross_attn = CrossAttention(dim, cfg.text_dim, cfg.num_heads, tp_size, mp_config,
-                                         eps, cfg.attention_backend, cfg.cross_attn_rope, xavier)
+                                         replicated_input_config, eps, cfg.attention_backend,
+                                         cfg.cross_attn_rope, xavier)
         self.norm3 = RMSNorm(dim, eps, learnable=False)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), mp_config, xavier)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, segment: torch.Tensor,
-                angles: torch.Tensor, text: torch.Tensor, layout: SeqLayout,
-                text_layout: SeqLayout) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, angles: torch.Tensor,
+                text: torch.Tensor, ctx: PackContext) -> torch.Tensor:
         mod, _ = self.adaln(F.silu(cond))
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mod[segment].chunk(6, dim=-1)
-        x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), angles, layout)
-        x = x + self.cross_attn(self.norm2(x), text, angles, layout, text_layout)
+        if self.sequence_parallel:  # each TP rank modulates different tokens
+            mod = grad_summed_over_tp(mod)
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = \
+            mod[ctx.residual_segment].chunk(6, dim=-1)
+        x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), angles,
+                                   ctx.self_layout)
+        x = x + self.cross_attn(self.norm2(x), text, angles, ctx.query_layout, ctx.text_layout)
         x = x + gate_m * self.mlp(modulate(self.norm3(x), shift_m, scale_m))
         return x
 
@@ -111,17 +127,21 @@ class GokuTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        tp_size = tensor_parallel_size()  # heads split over the tensor-parallel group
-        if cfg.num_heads % tp_size:
+        self.layout = layout()  # the process grid, fixed when the model is built
+        tp_size = self.layout.tensor_parallel
+        split = tp_size * self.layout.ulysses
+        if cfg.num_heads % split:
             raise ValueError(f"model.num_heads: {cfg.num_heads} heads cannot be split over "
-                             f"{tp_size} tensor-parallel ranks")
-        mp_config = model_parallel_config(tp_size)
+                             f"{tp_size} tensor-parallel x {self.layout.ulysses} Ulysses ranks")
+        mp_config = model_parallel_config(tp_size, self.layout.megatron_sp)
+        replicated_input_config = model_parallel_config(tp_size)
         dim = cfg.hidden_size
         self.rope_split = cfg.resolved_rope_split()
         self.patch_embed = nn.Linear(cfg.patch_dim, dim)  # = Conv3d with kernel = stride = patch
         self.t_embedder = TimestepEmbedder(dim, cfg.timestep_freq_dim)
         self.text_norm = RMSNorm(cfg.text_dim, cfg.norm_eps)
-        self.blocks = nn.ModuleList(GokuBlock(cfg, tp_size, mp_config) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(GokuBlock(cfg, tp_size, mp_config, replicated_input_config)
+                                    for _ in range(cfg.depth))
         self.final = FinalLayer(dim, cfg.patch_dim, cfg.norm_eps)
         self._init_plain_layers()
 
@@ -156,19 +176,34 @@ class GokuTransformer(nn.Module):
                 cu_seqlens: torch.Tensor, text: torch.Tensor,
                 text_cu_seqlens: torch.Tensor) -> torch.Tensor:
         """tokens (L, patch_dim), timesteps (B,), positions (L, 3), cu_seqlens (B+1,),
-        text (S, text_dim), text_cu_seqlens (B+1,) -> velocity (L, patch_dim)."""
-        layout = SeqLayout.from_cu_seqlens(cu_seqlens)
-        text_layout = SeqLayout.from_cu_seqlens(text_cu_seqlens)
-        if layout.num_samples != timesteps.numel() or text_layout.num_samples != layout.num_samples:
-            raise ValueError(f"pack holds {layout.num_samples} samples but got "
-                             f"{timesteps.numel()} timesteps and {text_layout.num_samples} captions")
+        text (S, text_dim), text_cu_seqlens (B+1,) -> velocity (L, patch_dim).
+
+        Under Ulysses, `tokens` and `positions` are this rank's slice of the padded pack
+        (`parallel.current_shard().slice(...)`) and so is the output; `cu_seqlens` always
+        describes the whole pack."""
+        lay = self.layout
+        shard = current_shard()
+        num_samples = cu_seqlens.numel() - 1
+        if num_samples != timesteps.numel() or text_cu_seqlens.numel() - 1 != num_samples:
+            raise ValueError(f"pack holds {num_samples} samples but got {timesteps.numel()} "
+                             f"timesteps and {text_cu_seqlens.numel() - 1} captions")
+        start, stop = shard.bounds(int(cu_seqlens[-1]))
+        if tokens.shape[0] != stop - start or positions.shape[0] != stop - start:
+            raise ValueError(f"this rank's slice of the pack has {stop - start} tokens, got "
+                             f"{tokens.shape[0]} tokens and {positions.shape[0]} positions")
+        ctx = build_pack_context(cu_seqlens, text_cu_seqlens, shard, tensor_parallel_rank(),
+                                 lay.tensor_parallel if lay.megatron_sp else 1)
         x = self.patch_embed(tokens)
+        if lay.megatron_sp:
+            x = scatter_sequence(x)
         cond = self.t_embedder(timesteps)
         angles = rope_angles(positions, self.rope_split, self.cfg.rope_theta)
         text = self.text_norm(text)
         for block in self.blocks:
-            x = block(x, cond, layout.segment, angles, text, layout, text_layout)
-        return self.final(x, cond, layout.segment)
+            x = block(x, cond, angles, text, ctx)
+        if lay.megatron_sp:
+            x = gather_sequence(x)
+        return self.final(x, cond, ctx.slice_segment)
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> GokuTransformer:

@@ -4,13 +4,21 @@ import torch
 from torch import nn
 
 from megagoku.ops import rms_norm
+from megagoku.parallel import grad_summed_over_tp
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6, learnable: bool = True):
+    """`grad_over_tp`: the weight is replicated over the tensor-parallel group but each rank
+    applies it to only part of the data (its heads, or its sequence shard): its gradient is
+    summed over the group, as megatron does for its sequence-parallel norms."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, learnable: bool = True,
+                 grad_over_tp: bool = False):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim)) if learnable else None
+        self.grad_over_tp = grad_over_tp and learnable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+        weight = grad_summed_over_tp(self.weight) if self.grad_over_tp else self.weight
+        return rms_norm(x, weight, self.eps)

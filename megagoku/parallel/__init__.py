@@ -1,17 +1,41 @@
-"""Process groups and the megatron-core layers the model is built from.
+"""Process groups, distributed start, sequence sharding and the megatron-core layers the model
+is built from.
 
 Only this package touches process groups or megatron's global state (docs/architecture.md).
 """
 
-from megagoku.parallel.layers import ColumnParallelLinear, RowParallelLinear, model_parallel_config
-from megagoku.parallel.state import (ensure_single_process_groups, resolve_device,
-                                     tensor_parallel_size)
+from megagoku.parallel.layers import (ColumnParallelLinear, RowParallelLinear, gather_sequence,
+                                      grad_summed_over_tp, model_parallel_config, scatter_sequence)
+from megagoku.parallel.sequence import SequenceShard, current_shard, heads_to_seq, seq_to_heads
+from megagoku.parallel.state import (ParallelLayout, data_parallel_rank, data_parallel_size,
+                                     destroy_groups, ensure_single_process_groups, gradient_group,
+                                     initialize_groups, layout, resolve_device,
+                                     tensor_parallel_group, tensor_parallel_rank,
+                                     tensor_parallel_size, ulysses_group, ulysses_rank)
 
 __all__ = [
     "ColumnParallelLinear",
+    "ParallelLayout",
     "RowParallelLinear",
+    "SequenceShard",
+    "current_shard",
+    "data_parallel_rank",
+    "data_parallel_size",
+    "destroy_groups",
     "ensure_single_process_groups",
+    "gather_sequence",
+    "grad_summed_over_tp",
+    "gradient_group",
+    "heads_to_seq",
+    "initialize_groups",
+    "layout",
     "model_parallel_config",
     "resolve_device",
+    "scatter_sequence",
+    "seq_to_heads",
+    "tensor_parallel_group",
+    "tensor_parallel_rank",
     "tensor_parallel_size",
+    "ulysses_group",
+    "ulysses_rank",
 ]

@@ -1,29 +1,121 @@
-"""Process-group set-up. megatron's parallel layers need `parallel_state` initialised even in one
-process; a world-size-1 gloo group over an in-memory store needs no port and no launcher."""
+"""Process groups: megatron-core's `parallel_state` holds them all.
+
+The grid is TP (fastest varying: neighbouring ranks, one node) x Ulysses (megatron's
+context-parallel dimension carries it) x DP. Gradients are averaged over DP x Ulysses
+(`gradient_group`): Ulysses ranks hold different tokens of the same packs, so their gradients are
+parts of one sum. megatron's layers need `parallel_state` initialised even in one process; a
+world-size-1 gloo group over an in-memory store needs no port and no launcher.
+"""
+
+from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from megagoku.config.schema import ParallelConfig
+from megagoku.parallel import cpu_compat
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from megatron.core import parallel_state
 
 
+@dataclass(frozen=True)
+class ParallelLayout:
+    """What the model needs to know of the grid (set by `initialize_groups`)."""
+
+    tensor_parallel: int = 1
+    ulysses: int = 1
+    sequence_parallel: bool = False  # megatron's, inside the TP group
+
+    @property
+    def megatron_sp(self) -> bool:
+        return self.sequence_parallel and self.tensor_parallel > 1
+
+
+_layout = ParallelLayout()
+
+
+def initialize_groups(cfg: ParallelConfig) -> ParallelLayout:
+    """Build the TP / Ulysses / DP groups over the already started world (see `distributed`)."""
+    global _layout
+    world = dist.get_world_size()
+    split = cfg.tensor_parallel * cfg.ulysses
+    if world % split:
+        raise ValueError(f"parallel: world size {world} is not divisible by tensor_parallel x "
+                         f"ulysses = {cfg.tensor_parallel} x {cfg.ulysses}")
+    cpu_compat.install()
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=cfg.tensor_parallel,
+                                             context_parallel_size=cfg.ulysses)
+    _layout = ParallelLayout(cfg.tensor_parallel, cfg.ulysses, cfg.sequence_parallel)
+    return _layout
+
+
 def ensure_single_process_groups() -> None:
-    """Initialise a one-process gloo world and megatron's model-parallel groups (TP=1) unless a
-    launcher already did. Idempotent."""
+    """Initialise a one-process gloo world and megatron's groups (all sizes 1) unless a launcher
+    or `initialize_groups` already did. Idempotent."""
     if not dist.is_initialized():
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(tensor_model_parallel_size=1)
+        initialize_groups(ParallelConfig())
+
+
+def layout() -> ParallelLayout:
+    return _layout
 
 
 def tensor_parallel_size() -> int:
+    return _layout.tensor_parallel
+
+
+def tensor_parallel_rank() -> int:
+    if _layout.tensor_parallel == 1:
+        return 0
+    return parallel_state.get_tensor_model_parallel_rank()
+
+
+def tensor_parallel_group():
+    return parallel_state.get_tensor_model_parallel_group()
+
+
+def ulysses_group():
+    return parallel_state.get_context_parallel_group()
+
+
+def ulysses_rank() -> int:
+    if _layout.ulysses == 1:
+        return 0
+    return parallel_state.get_context_parallel_rank()
+
+
+def data_parallel_rank() -> int:
+    """Which packs this rank trains on (Ulysses and TP ranks of one replica share them)."""
+    if not parallel_state.model_parallel_is_initialized():
+        return 0
+    return parallel_state.get_data_parallel_rank()
+
+
+def data_parallel_size() -> int:
     if not parallel_state.model_parallel_is_initialized():
         return 1
-    return parallel_state.get_tensor_model_parallel_world_size()
+    return parallel_state.get_data_parallel_world_size()
+
+
+def gradient_group():
+    """DP x Ulysses: the ranks whose gradients are averaged (and over which ZeRO shards)."""
+    return parallel_state.get_data_parallel_group(with_context_parallel=True)
+
+
+def destroy_groups() -> None:
+    global _layout
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    _layout = ParallelLayout()
 
 
 def resolve_device(name: str) -> torch.device:

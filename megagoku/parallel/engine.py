@@ -1,0 +1,109 @@
+"""The optimizer step over the process grid: DeepSpeed ZeRO for more than one process (or when
+ZeRO is asked for), a plain torch loop for one.
+
+DeepSpeed gets megatron's groups through `MegatronMPU`: its "data parallel" group is our gradient
+group (DP x Ulysses), its "model parallel" group is the TP group, so ZeRO shards over DP x Ulysses
+and gradient clipping counts each TP-replicated parameter once. The optimizer is torch's AdamW:
+no DeepSpeed op build on CPU. DeepSpeed's one JIT build on CPU (its shared-memory comm op) is cached
+in TORCH_EXTENSIONS_DIR, by default ~/.cache/megagoku/torch_extensions.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from megagoku.parallel import state
+
+os.environ.setdefault("TORCH_EXTENSIONS_DIR",
+                      str(Path.home() / ".cache" / "megagoku" / "torch_extensions"))
+
+
+class MegatronMPU:
+    """The `mpu` object DeepSpeed calls, answered from megatron-core's parallel_state."""
+
+    def get_data_parallel_group(self):
+        return state.gradient_group()
+
+    def get_data_parallel_world_size(self) -> int:
+        return dist.get_world_size(state.gradient_group())
+
+    def get_data_parallel_rank(self) -> int:
+        return dist.get_rank(state.gradient_group())
+
+    def get_model_parallel_group(self):
+        return state.tensor_parallel_group()
+
+    def get_model_parallel_world_size(self) -> int:
+        return state.tensor_parallel_size()
+
+    def get_model_parallel_rank(self) -> int:
+        return state.tensor_parallel_rank()
+
+    get_tensor_model_parallel_group = get_model_parallel_group
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+
+
+def deepspeed_config(zero_stage: int, grad_clip: float) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": {"stage": zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,  # our metrics log progress
+        "wall_clock_breakdown": False,
+    }
+
+
+class TrainEngine:
+    """backward + clipping + optimizer step, whatever the layout.
+
+    Ulysses ranks each hold a share of one pack's loss; gradients are averaged over the
+    gradient group, so each share is scaled by the Ulysses size before backward.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, zero_stage: int,
+                 grad_clip: float, use_deepspeed: bool | None = None):
+        self.optimizer = optimizer
+        self.grad_clip = grad_clip
+        self.zero_stage = zero_stage
+        self.loss_scale = float(state.layout().ulysses)
+        if use_deepspeed is None:
+            use_deepspeed = dist.get_world_size() > 1 or zero_stage > 0
+        self.deepspeed = None
+        if use_deepspeed:
+            import deepspeed  # imported here: one-process runs never pay for it
+            self.deepspeed, _, _, _ = deepspeed.initialize(
+                model=model, optimizer=optimizer, mpu=MegatronMPU(),
+                config=deepspeed_config(zero_stage, grad_clip), dist_init_required=False)
+        self.model = model
+
+    def backward(self, loss: torch.Tensor) -> None:
+        scaled = loss * self.loss_scale if self.loss_scale != 1 else loss
+        if self.deepspeed is not None:
+            self.deepspeed.backward(scaled)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            scaled.backward()
+
+    def step(self) -> float:
+        """Clip and step; returns the global gradient norm (before clipping)."""
+        if self.deepspeed is not None:
+            self.deepspeed.step()
+            norm = self.deepspeed.get_global_grad_norm()
+            return float(norm) if norm is not None else math.nan
+        clip = self.grad_clip if self.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        return float(norm)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
