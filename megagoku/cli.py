@@ -8,6 +8,7 @@ import os
 import sys
 
 from megagoku.config import ConfigError
+from megagoku.parallel.distributed import strip_local_rank
 from megagoku.tools import demo, info, sample, train
 
 
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("megatron").setLevel(logging.WARNING)
+    # The deepspeed launcher inserts --local_rank=N before our arguments; the rank is read from
+    # the environment (megagoku.parallel.distributed).
+    argv = strip_local_rank(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     from megagoku.train.checkpoint import CheckpointError
 

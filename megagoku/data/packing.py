@@ -102,11 +102,16 @@ class PackingLoader:
     """Turns an indexable dataset into packs of at most `tokens_per_pack` tokens.
 
     `encode` maps a sample's pixels to its latent (the VAE); a single sample larger than the
-    budget is an error, not a silent drop.
+    budget is an error, not a silent drop. `replica = (r, n)`: data-parallel replica r of n reads
+    samples r, r + n, r + 2n, ... (its own stream; `next_index` counts in it).
     """
 
     def __init__(self, dataset: IndexedDataset, encode: Callable[[torch.Tensor], torch.Tensor],
-                 patch: Sequence[int], tokens_per_pack: int, start_index: int = 0):
+                 patch: Sequence[int], tokens_per_pack: int, start_index: int = 0,
+                 replica: tuple[int, int] = (0, 1)):
+        if not 0 <= replica[0] < replica[1]:
+            raise ValueError(f"replica {replica[0]} of {replica[1]} does not exist")
+        self.replica = replica
         self.dataset = dataset
         self.encode = encode
         self.patch = tuple(patch)
@@ -125,7 +130,7 @@ class PackingLoader:
     def _latent(self, index: int) -> tuple[torch.Tensor, Sample, int]:
         if self._carry is not None and self._carry[0] == index:
             return self._carry[1:]
-        sample = self.dataset[index]
+        sample = self.dataset[index * self.replica[1] + self.replica[0]]
         latent = self.encode(sample.pixels)
         n = patchify(latent, self.patch)[0].shape[0]
         if n > self.tokens_per_pack:

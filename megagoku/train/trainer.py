@@ -1,8 +1,13 @@
-"""The training loop (one process): packs -> text features -> rectified-flow loss -> AdamW -> EMA,
-with metrics, progress and checkpoints.
+"""The training loop: packs -> text features -> rectified-flow loss -> AdamW -> EMA, with metrics,
+progress and checkpoints, on one process or on any grid of `parallel` (TP x Ulysses x DP, ZeRO).
 
-Multi-process layouts (TP/SP/ZeRO), multi-stage recipes and exact resume build on this loop in
-their own issues; everything here already runs through the same megatron layers.
+Started by torchrun, the deepspeed launcher, srun or mpirun, each process runs this same loop:
+`parallel.distributed` finds its rank, `parallel.initialize_groups` builds the grid. Data-parallel
+replicas read different samples; the TP and Ulysses ranks of a replica read the same packs (and
+draw the same noise) and each keeps its share. Rank 0 writes metrics and checkpoints, which hold
+the whole model whatever the layout.
+
+Multi-stage recipes and exact resume build on this loop in their own issues.
 """
 
 from __future__ import annotations
@@ -18,15 +23,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import torch.distributed as dist
+
 from megagoku.config import ConfigError, TrainingConfig, to_dict
 from megagoku.data import PackingLoader, ShapesDataset
-from megagoku.flow.rectified_flow import training_loss
 from megagoku.models import TextEncoder, build_latent_space, build_model
 from megagoku.models.text_encoder import encoder_width
-from megagoku.parallel import ensure_single_process_groups, resolve_device
+from megagoku.parallel import (current_shard, data_parallel_rank, data_parallel_size,
+                               gradient_group, initialize_groups, resolve_device)
+from megagoku.parallel.activation_checkpoint import apply_activation_checkpointing
+from megagoku.parallel.distributed import init_distributed, shutdown
+from megagoku.parallel.engine import TrainEngine
+from megagoku.parallel.weights import full_weights, gather_tp, gathered
 from megagoku.train.checkpoint import save_checkpoint
 from megagoku.train.ema import EMA
 from megagoku.train.metrics import LogWindow, MetricsLogger
+from megagoku.train.step import mean_over, pack_total, step_loss
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +53,14 @@ class TrainResult:
 
 def preflight(config: TrainingConfig, source: str) -> tuple[ShapesDataset, torch.device]:
     """What the config cannot check alone (the encoder's width, the held-out captions, the
-    device), checked before any work; every failure is a ConfigError naming `source`."""
+    device, the world size), checked before any work; every failure is a ConfigError naming
+    `source`."""
     try:
         width = encoder_width(config.text.encoder)
         dataset = ShapesDataset(config.data)
         device = resolve_device(config.train.device)
+        if device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"{source}: {e}") from None
     except RuntimeError as e:
@@ -65,11 +80,14 @@ def lr_lambda(cfg, step: int) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int, replica: int = 0) -> torch.Generator:
+    """Every rank builds the same model from `seed`; the returned generator (noise, times,
+    caption dropout) is shared by the ranks of one data-parallel replica and differs between
+    replicas."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed + 1)
+    return torch.Generator().manual_seed(seed + 1 + 1000003 * replica)
 
 
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard")
@@ -87,32 +105,77 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def start_grid(config: TrainingConfig, source: str) -> bool:
+    """Start the process group from the launcher and build the grid. Returns whether this call
+    started the group (and so should end it)."""
+    started = not dist.is_initialized()
+    init_distributed(config.parallel.backend)
+    try:
+        initialize_groups(config.parallel)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return started and dist.get_world_size() > 1
+
+
+class ShardedEMA(EMA):
+    """EMA of this rank's parameters (its TP pieces); under ZeRO-3 each parameter is gathered
+    for its update, so the average costs what ZeRO-1/2 weights cost (4 bytes per local
+    parameter)."""
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for name, param in model.named_parameters():
+            with gathered([param]):
+                self.shadow[name].lerp_(param.detach(), 1.0 - decay)
+
+    def full_state(self, model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict:
+        params = dict(model.named_parameters())
+        return {name: gather_tp(self.shadow[name], params[name]) if name in params else value
+                for name, value in weights.items()}
+
+
 def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
           overwrite: bool = False) -> TrainResult:
     tcfg = config.train
     run_dir = Path(run_dir)
     dataset, device = preflight(config, source)
-    prepare_run_dir(run_dir, overwrite)
-    generator = seed_everything(tcfg.seed)
-    ensure_single_process_groups()
+    owns_group = start_grid(config, source)
+    rank0 = dist.get_rank() == 0
+    if rank0:
+        prepare_run_dir(run_dir, overwrite)
+    dist.barrier()
+    replica, replicas = data_parallel_rank(), data_parallel_size()
+    generator = seed_everything(tcfg.seed, replica)
 
     model = build_model(config.model).to(device)
-    ema = EMA(model, tcfg.ema_decay)
-    n_params = sum(p.numel() for p in model.parameters())
+    ema = ShardedEMA(model, tcfg.ema_decay)  # before ZeRO-3 partitions the parameters
+    apply_activation_checkpointing(model.blocks, config.parallel.activation_checkpointing,
+                                   config.parallel.checkpoint_every)
+    n_params = sum(v.numel() for v in full_weights(model).values())
     latent_space = build_latent_space(config.latent)
     text_encoder = TextEncoder(config.text.encoder, config.text.max_length, device)
-    loader = PackingLoader(dataset, latent_space.encode,
-                           config.model.patch_size, config.data.tokens_per_step)
+    loader = PackingLoader(dataset, latent_space.encode, config.model.patch_size,
+                           config.data.tokens_per_step, replica=(replica, replicas))
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas,
                                   weight_decay=tcfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(tcfg, s))
-    metrics = MetricsLogger(run_dir, tcfg.steps)
-    log.info("model: %.2fM parameters on %s; run dir %s", n_params / 1e6, device, run_dir)
+    engine = TrainEngine(model, optimizer, config.parallel.zero_stage, tcfg.grad_clip)
+    shard = current_shard()
+    metrics = MetricsLogger(run_dir, tcfg.steps) if rank0 else None
+    log.info("model: %.2fM parameters on %s x %d processes (%s); run dir %s", n_params / 1e6,
+             device, dist.get_world_size(), config.parallel, run_dir)
 
-    def save(step: int) -> Path:
-        weights = model.weights()
-        return save_checkpoint(run_dir, step, weights, ema.state_dict(weights),
-                               to_dict(config), {"loader": loader.state_dict()})
+    def save(step: int) -> Path | None:
+        weights = full_weights(model)  # collective: every rank takes part
+        averaged = ema.full_state(model, weights)
+        path = None
+        if rank0:
+            path = save_checkpoint(run_dir, step, weights, averaged, to_dict(config),
+                                   {"loader": loader.state_dict()})
+        dist.barrier()
+        return path
 
     window = LogWindow()
     train_start = window.start
@@ -126,34 +189,34 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
         text, text_cu = text_encoder.encode(captions)
         data_seconds = time.perf_counter() - t0
 
-        def velocity(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return model(x_t, t, batch.positions, batch.cu_seqlens, text, text_cu)
-
-        loss, per_sample, _ = training_loss(velocity, batch.tokens, batch.segment,
-                                            batch.tokens_per_sample(), config.flow, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"))
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-        optimizer.step()
+        loss, per_sample, _ = step_loss(model, batch, text, text_cu, config.flow, generator,
+                                        shard, tcfg.precision)
+        engine.backward(loss)
+        lr = engine.lr  # the rate this step uses
+        grad_norm = engine.step()
         scheduler.step()
         ema.update(model)
 
-        loss_value = float(loss.detach())
+        # The pack's loss (Ulysses shares summed), averaged over the replicas.
+        loss_value = float(mean_over(pack_total(loss), gradient_group()))
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss became {loss_value} at step {step}")
-        window.add(loss_value, batch.tokens.shape[0], batch.kinds, per_sample.tolist(),
-                   data_seconds)
+        window.add(loss_value, batch.tokens.shape[0] * replicas, batch.kinds,
+                   pack_total(per_sample).tolist(), data_seconds)
 
         elapsed_total = time.perf_counter() - train_start
         out_of_time = tcfg.max_minutes > 0 and elapsed_total > 60 * tcfg.max_minutes
+        if dist.get_world_size() > 1:  # every rank stops at the same step
+            flag = torch.tensor([float(out_of_time)])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
         if step % tcfg.log_every == 0 or step == tcfg.steps or out_of_time:
-            scalars = {**window.scalars(), "lr": lr, "grad_norm": float(grad_norm),
+            scalars = {**window.scalars(), "lr": lr, "grad_norm": grad_norm,
                        "elapsed_s": elapsed_total}
-            metrics.log(step, scalars)
-            metrics.progress(step, scalars["loss"], scalars["steps_per_s"],
-                             scalars["tokens_per_s"])
+            if metrics is not None:
+                metrics.log(step, scalars)
+                metrics.progress(step, scalars["loss"], scalars["steps_per_s"],
+                                 scalars["tokens_per_s"])
             logged_loss = scalars["loss"]
             window = LogWindow()
         if tcfg.save_every and step % tcfg.save_every == 0 and step != tcfg.steps \
@@ -163,5 +226,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
             log.warning("train.max_minutes=%s reached at step %d: stopping", tcfg.max_minutes, step)
             break
     checkpoint = save(step)
-    metrics.close()
+    if metrics is not None:
+        metrics.close()
+    if owns_group:
+        shutdown()
     return TrainResult(run_dir, checkpoint, step, logged_loss)

@@ -1,0 +1,123 @@
+"""Per-GPU memory of a training layout, before booking the cluster; and the measurements that
+keep the plan honest.
+
+Bytes per parameter, as this trainer keeps them (fp32 weights; bf16 autocast makes transient
+copies): weights 4, gradients 4, AdamW moments 8; under ZeRO DeepSpeed also keeps an fp32 master
+partition (4). ZeRO-1 shards master + moments over the gradient group (DP x Ulysses), ZeRO-2 also
+the gradients, ZeRO-3 also the weights. Tensor-parallel weights (megatron's `tensor_model_parallel`)
+are split over TP; the rest is replicated.
+
+Activations kept for backward, per token of the rank's Ulysses slice and per block, in elements
+(d = hidden size, f = MLP width), counted from the block's code with flash attention:
+  inside the TP regions (split over TP): QK-norm inputs 2d, attention q k v out 4d, cross-attention
+      query norm, q, out 3d, MLP hidden and its GELU 2f  ->  9d + 2f
+  outside (split over TP only under megatron SP): adaLN modulation 6d, norm / modulate / residual
+      gates 12d  ->  18d
+A checkpointed part keeps only its input: `attention` drops the 9d of attention internals, `mlp`
+the 2f, `full` keeps the block input (d) plus, during backward, one block's recomputation.
+This is an estimate (allocator slack, communication buffers and the CUDA context are not in it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from megagoku.config import ModelConfig
+
+GIB = 1024 ** 3
+
+
+@dataclass
+class MemoryPlan:
+    gpus: int
+    tensor_parallel: int
+    ulysses: int
+    data_parallel: int
+    zero_stage: int
+    seq_len: int
+    checkpointing: str
+    params_per_gpu: int
+    weights_bytes: int
+    grads_bytes: int
+    optimizer_bytes: int
+    activations_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.grads_bytes + self.optimizer_bytes + self.activations_bytes
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["total_bytes"] = self.total_bytes
+        out["gib"] = {k.removesuffix("_bytes"): round(v / GIB, 2) for k, v in out.items()
+                      if k.endswith("_bytes")}
+        return out
+
+
+def split_parameter_counts(cfg: ModelConfig) -> tuple[int, int]:
+    """(parameters split over TP, parameters replicated), from the meta-device model."""
+    from megagoku.models import build_model
+    from megagoku.parallel import ensure_single_process_groups
+
+    ensure_single_process_groups()
+    model = build_model(cfg, device="meta")
+    split = sum(p.numel() for p in model.parameters() if getattr(p, "tensor_model_parallel", False))
+    return split, sum(p.numel() for p in model.parameters()) - split
+
+
+def activation_elements_per_token(cfg: ModelConfig, tp: int, megatron_sp: bool,
+                                  policy: str) -> dict[str, float]:
+    """Per block: kept when the block is not checkpointed, and when it is (see module doc)."""
+    d, f = cfg.hidden_size, int(cfg.hidden_size * cfg.mlp_ratio)
+    outside = 18 * d / (tp if megatron_sp else 1)
+    attention, mlp = 9 * d / tp, 2 * f / tp
+    plain = outside + attention + mlp
+    kept = {"none": plain, "attention": plain - attention, "mlp": plain - mlp,
+            "full": d / (tp if megatron_sp else 1)}[policy]
+    return {"plain": plain, "checkpointed": kept}
+
+
+def plan(cfg: ModelConfig, gpus: int, tp: int = 1, ulysses: int = 1, zero_stage: int = 0,
+         seq_len: int = 4096, checkpointing: str = "none", checkpoint_every: int = 1,
+         megatron_sp: bool = False, activation_bytes: int = 2) -> MemoryPlan:
+    if gpus % (tp * ulysses):
+        raise ValueError(f"--gpus {gpus} is not divisible by --tp {tp} x --sp {ulysses}")
+    if cfg.num_heads % (tp * ulysses):
+        raise ValueError(f"{cfg.num_heads} heads cannot be split over tp x sp = {tp * ulysses}")
+    dp = gpus // (tp * ulysses)
+    shards = dp * ulysses
+    split, replicated = split_parameter_counts(cfg)
+    local = split // tp + replicated
+    weights = 4 * local / (shards if zero_stage >= 3 else 1)
+    grads = 4 * local / (shards if zero_stage >= 2 else 1)
+    optimizer = (8 * local) if zero_stage == 0 else (12 * local / shards)
+    tokens = math.ceil(seq_len / ulysses)
+    per_token = activation_elements_per_token(cfg, tp, megatron_sp, checkpointing)
+    checkpointed = 0 if checkpointing == "none" else math.ceil(cfg.depth / checkpoint_every)
+    elements = tokens * (per_token["checkpointed"] * checkpointed
+                         + per_token["plain"] * (cfg.depth - checkpointed))
+    if checkpointing == "full":  # one block is rebuilt at a time during backward
+        elements += tokens * per_token["plain"]
+    return MemoryPlan(gpus, tp, ulysses, dp, zero_stage, seq_len, checkpointing, local,
+                      int(weights), int(grads), int(optimizer), int(elements * activation_bytes))
+
+
+def saved_activation_bytes(fn, exclude=()) -> tuple[object, int]:
+    """Run `fn()` and count the bytes autograd keeps for backward (distinct storages, not those
+    of `exclude`, e.g. the parameters): what activation checkpointing trades for recomputation.
+    Returns (fn's result, bytes)."""
+    storages: dict[int, int] = {}
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    return result, sum(storages.values())

@@ -1,0 +1,54 @@
+"""`megagoku train` under torchrun on two gloo processes trains the same model as one process:
+same data, same noise, whole-model checkpoints written by rank 0."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from megagoku.config import load_training_config
+from megagoku.train.checkpoint import load_checkpoint
+from megagoku.train.trainer import train
+from tests.distributed.launch import ROOT, free_port
+
+STEPS = ["train.steps=3", "train.log_every=1", "train.warmup_steps=0", "train.max_minutes=0",
+         "data.tokens_per_step=512", "model.depth=2", "train.ema_decay=0.5"]
+LAYOUTS = {
+    "tp2_megatron_sp_full_checkpointing": ["parallel.tensor_parallel=2",
+                                           "parallel.sequence_parallel=true",
+                                           "parallel.activation_checkpointing=full"],
+    "ulysses2_zero2": ["parallel.ulysses=2", "parallel.zero_stage=2"],
+}
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("one")
+    train(load_training_config(ROOT / "configs/tiny.yaml", STEPS), run_dir)
+    return run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_torchrun_training_equals_one_process(layout, one_process, tmp_path):
+    sets = [arg for kv in STEPS + LAYOUTS[layout] for arg in ("--set", kv)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         f"--master_port={free_port()}", "-m", "megagoku", "train", "--config",
+         "configs/tiny.yaml", "--run-dir", str(tmp_path), *sets],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+             "TOKENIZERS_PARALLELISM": "false", "HOME": str(Path.home())})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "x 2 processes" in proc.stderr
+    for weights in ("model", "ema"):
+        config, state, _ = load_checkpoint(tmp_path, weights)
+        _, reference, _ = load_checkpoint(one_process, weights)
+        assert state.keys() == reference.keys()
+        for name in reference:
+            torch.testing.assert_close(state[name], reference[name], atol=5e-5, rtol=1e-4,
+                                       msg=f"{weights} {name}")
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # rank 0 alone writes metrics
