@@ -26,6 +26,7 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6"],
+        "mpi": ["mpi4py>=4"],
         "test": ["pytest>=8"],
     },
     entry_points={"console_scripts": ["megagoku=megagoku.cli:main"]},

@@ -1,6 +1,10 @@
 """`megagoku info --config FILE [--seq-len N] [--text-len N]`: parameter count (total and per part)
 and FLOPs per token, as JSON. The model is built on the meta device: nothing is allocated, so the
-8B preset counts in a second on a laptop."""
+8B preset counts in a second on a laptop.
+
+`--plan --gpus N --tp T --sp S --zero Z --seq-len L [--checkpointing P] [--megatron-sp]` adds the
+per-GPU memory plan of that layout (weights, gradients, optimizer states, activations), to choose
+a layout before booking a cluster (see megagoku/train/memory_plan.py for what is counted)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import argparse
 import json
 from collections import defaultdict
 
-from megagoku.config import ModelConfig, load_model_config
+from megagoku.config import ConfigError, ModelConfig, load_model_config
 
 
 def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
@@ -51,6 +55,19 @@ def register(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--seq-len", type=int, default=4096, help="tokens per sample for FLOPs")
     p.add_argument("--text-len", type=int, default=120, help="caption tokens for FLOPs")
+    plan = p.add_argument_group("memory plan")
+    plan.add_argument("--plan", action="store_true", help="print the per-GPU memory plan")
+    plan.add_argument("--gpus", type=int, default=8)
+    plan.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    plan.add_argument("--sp", type=int, default=1, help="Ulysses sequence-parallel size")
+    plan.add_argument("--zero", type=int, default=0, choices=(0, 1, 2, 3), help="ZeRO stage")
+    plan.add_argument("--checkpointing", default="none",
+                      choices=("none", "attention", "mlp", "full"))
+    plan.add_argument("--checkpoint-every", type=int, default=1)
+    plan.add_argument("--megatron-sp", action="store_true",
+                      help="megatron sequence parallelism inside the TP group")
+    plan.add_argument("--activation-bytes", type=int, default=2,
+                      help="bytes per activation element (2: bf16 autocast, 4: fp32)")
     p.set_defaults(func=run)
 
 
@@ -58,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_model_config(args.config, args.overrides)
     counts = parameter_counts(cfg)
     flops = flops_per_token(cfg, args.seq_len, args.text_len)
-    print(json.dumps({
+    report = {
         "config": args.config,
         "model": cfg.name,
         "parameters": counts["total"],
@@ -68,5 +85,15 @@ def run(args: argparse.Namespace) -> int:
         "text_len": args.text_len,
         "flops_per_token_forward": flops["forward"],
         "flops_per_token_train": flops["train"],
-    }, indent=2))
+    }
+    if args.plan:
+        from megagoku.train.memory_plan import plan
+
+        try:
+            report["memory_plan_per_gpu"] = plan(
+                cfg, args.gpus, args.tp, args.sp, args.zero, args.seq_len, args.checkpointing,
+                args.checkpoint_every, args.megatron_sp, args.activation_bytes).as_dict()
+        except ValueError as e:
+            raise ConfigError(f"{args.config}: {e}") from None
+    print(json.dumps(report, indent=2))
     return 0

@@ -2,9 +2,9 @@
 keep the plan honest.
 
 Bytes per parameter, as this trainer keeps them (fp32 weights; bf16 autocast makes transient
-copies): weights 4, gradients 4, AdamW moments 8; under ZeRO DeepSpeed also keeps an fp32 master
-partition (4). ZeRO-1 shards master + moments over the gradient group (DP x Ulysses), ZeRO-2 also
-the gradients, ZeRO-3 also the weights. Tensor-parallel weights (megatron's `tensor_model_parallel`)
+copies): weights 4, gradients 4, AdamW moments 8; under ZeRO-1/2 DeepSpeed also keeps an fp32
+master partition (4), under ZeRO-3 the fp32 weight partition is the master. ZeRO-1 shards master +
+moments over the gradient group (DP x Ulysses), ZeRO-2 also the gradients, ZeRO-3 also the weights. Tensor-parallel weights (megatron's `tensor_model_parallel`)
 are split over TP; the rest is replicated.
 
 Activations kept for backward, per token of the rank's Ulysses slice and per block, in elements
@@ -93,7 +93,8 @@ def plan(cfg: ModelConfig, gpus: int, tp: int = 1, ulysses: int = 1, zero_stage:
     local = split // tp + replicated
     weights = 4 * local / (shards if zero_stage >= 3 else 1)
     grads = 4 * local / (shards if zero_stage >= 2 else 1)
-    optimizer = (8 * local) if zero_stage == 0 else (12 * local / shards)
+    optimizer = {0: 8 * local, 1: 12 * local / shards, 2: 12 * local / shards,
+                 3: 8 * local / shards}[zero_stage]
     tokens = math.ceil(seq_len / ulysses)
     per_token = activation_elements_per_token(cfg, tp, megatron_sp, checkpointing)
     checkpointed = 0 if checkpointing == "none" else math.ceil(cfg.depth / checkpoint_every)

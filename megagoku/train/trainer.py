@@ -65,6 +65,9 @@ def preflight(config: TrainingConfig, source: str) -> tuple[ShapesDataset, torch
         raise ConfigError(f"{source}: {e}") from None
     except RuntimeError as e:
         raise ConfigError(f"{source}: train.device: {e}") from None
+    if config.train.precision == "bf16" and device.type != "cuda":
+        raise ConfigError(f"{source}: train.precision: bf16 needs a GPU (megatron's layers run "
+                          "their backward under CUDA autocast only); use fp32 or auto on the CPU")
     if width != config.model.text_dim:
         raise ConfigError(f"{source}: model.text_dim: {config.model.text_dim} differs from the "
                           f"width {width} of text encoder {config.text.encoder}")

@@ -73,8 +73,23 @@ def full_grads(model, engine) -> dict[str, torch.Tensor]:
     return out
 
 
+def measured_bytes(model, optimizer, zero_stage: int) -> dict[str, int]:
+    """What this rank holds: its weights, and its optimizer state (AdamW moments, plus the
+    fp32 master partition DeepSpeed keeps under ZeRO-1/2; ZeRO-3 updates the weight partition
+    itself when the model is fp32)."""
+    weights = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+                  for p in model.parameters()) * 4
+    moments = sum(t.numel() * t.element_size() for st in optimizer.state.values()
+                  for k, t in st.items() if k != "step")
+    master = 0
+    if zero_stage in (1, 2):  # the fp32 partitions DeepSpeed points the param groups at
+        master = sum(p.numel() * 4 for g in optimizer.param_groups for p in g["params"])
+    return {"weights_bytes": weights, "optimizer_bytes": moments + master}
+
+
 def run(parallel: ParallelConfig, lr: float = 1e-2) -> dict[str, torch.Tensor]:
-    """Loss and gradients of step 1, weights after STEPS steps, whole, on every rank."""
+    """Loss and gradients of step 1, weights after STEPS steps, whole, on every rank; and the
+    bytes this rank held (`bytes/...`)."""
     model, initial = build(parallel.activation_checkpointing, parallel.checkpoint_every)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, **ADAM)
     engine = TrainEngine(model, optimizer, parallel.zero_stage, grad_clip=0.5)
@@ -90,6 +105,8 @@ def run(parallel: ParallelConfig, lr: float = 1e-2) -> dict[str, torch.Tensor]:
             out["per_sample"] = mean_over(pack_total(per_sample), gradient_group())
             out.update({f"grad/{k}": v for k, v in full_grads(model, engine).items()})
         engine.step()
+    out.update({f"bytes/{k}": torch.tensor(v) for k, v in
+                measured_bytes(model, optimizer, parallel.zero_stage).items()})
     out.update({f"weight/{k}": v for k, v in full_weights(model).items()})
     return out
 

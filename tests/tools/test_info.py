@@ -51,3 +51,25 @@ def test_info_command_prints_json(capsys):
     assert main(["info", "--config", str(ROOT / "configs/models/goku_8b.yaml")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"] == "goku-8b" and 7.6e9 < out["parameters"] < 8.4e9
+
+
+def test_memory_plan_divides_what_each_layout_shards(capsys):
+    cfg = ROOT / "configs/models/goku_2b.yaml"
+    assert main(["info", "--config", str(cfg), "--plan", "--gpus", "8", "--zero", "0"]) == 0
+    plain = json.loads(capsys.readouterr().out)["memory_plan_per_gpu"]
+    total = parameter_counts(load_model_config(cfg))["total"]
+    assert plain["weights_bytes"] == plain["grads_bytes"] == 4 * total
+    assert plain["optimizer_bytes"] == 8 * total
+    assert main(["info", "--config", str(cfg), "--plan", "--gpus", "16", "--tp", "2", "--sp", "2",
+                 "--zero", "3", "--checkpointing", "full"]) == 0
+    split = json.loads(capsys.readouterr().out)["memory_plan_per_gpu"]
+    assert split["data_parallel"] == 4
+    # TP halves the split weights (nearly all of them); ZeRO-3 shards over DP x SP = 8.
+    assert 4 * total / 16 < split["weights_bytes"] < 4 * total / 15
+    assert split["activations_bytes"] < plain["activations_bytes"] / 10
+
+
+def test_memory_plan_rejects_an_impossible_layout(capsys):
+    assert main(["info", "--config", str(ROOT / "configs/models/goku_2b.yaml"), "--plan",
+                 "--gpus", "6", "--tp", "4"]) == 2
+    assert "--gpus 6 is not divisible by --tp 4" in capsys.readouterr().err
