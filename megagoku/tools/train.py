@@ -1,4 +1,6 @@
-"""`megagoku train --config FILE [--set section.key=value ...] [--run-dir DIR]`."""
+"""`megagoku train --config FILE [--set section.key=value ...] [--run-dir DIR]`.
+
+Under a launcher every rank runs this same command; the `parallel` config section sets the grid."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from megagoku.config import load_training_config
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a model on one process",
+    p = subparsers.add_parser("train", help="train a model (one process, or every rank of a "
+                              "torchrun / deepspeed / srun / mpirun launch)",
                               description=__doc__)
     p.add_argument("--config", required=True, help="training config YAML (e.g. configs/tiny.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -30,11 +30,12 @@ from megagoku.data import PackingLoader, ShapesDataset
 from megagoku.models import TextEncoder, build_latent_space, build_model
 from megagoku.models.text_encoder import encoder_width
 from megagoku.parallel import (current_shard, data_parallel_rank, data_parallel_size,
-                               gradient_group, initialize_groups, resolve_device)
+                               gradient_group, initialize_groups, resolve_device,
+                               tensor_parallel_size)
 from megagoku.parallel.activation_checkpoint import apply_activation_checkpointing
 from megagoku.parallel.distributed import init_distributed, shutdown
 from megagoku.parallel.engine import TrainEngine
-from megagoku.parallel.weights import full_weights, gather_tp, gathered
+from megagoku.parallel.weights import full_weights, gather_tp, gathered, is_tp_split
 from megagoku.train.checkpoint import save_checkpoint
 from megagoku.train.ema import EMA
 from megagoku.train.metrics import LogWindow, MetricsLogger
@@ -59,8 +60,6 @@ def preflight(config: TrainingConfig, source: str) -> tuple[ShapesDataset, torch
         width = encoder_width(config.text.encoder)
         dataset = ShapesDataset(config.data)
         device = resolve_device(config.train.device)
-        if device.type == "cuda":
-            device = torch.device("cuda", torch.cuda.current_device())
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"{source}: {e}") from None
     except RuntimeError as e:
@@ -145,6 +144,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     run_dir = Path(run_dir)
     dataset, device = preflight(config, source)
     owns_group = start_grid(config, source)
+    if device.type == "cuda":  # the local rank's GPU, chosen when the group started
+        device = torch.device("cuda", torch.cuda.current_device())
     rank0 = dist.get_rank() == 0
     if rank0:
         prepare_run_dir(run_dir, overwrite)
@@ -156,7 +157,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     ema = ShardedEMA(model, tcfg.ema_decay)  # before ZeRO-3 partitions the parameters
     apply_activation_checkpointing(model.blocks, config.parallel.activation_checkpointing,
                                    config.parallel.checkpoint_every)
-    n_params = sum(v.numel() for v in full_weights(model).values())
+    n_params = sum(p.numel() * (tensor_parallel_size() if is_tp_split(p) else 1)
+                   for p in model.parameters())
     latent_space = build_latent_space(config.latent)
     text_encoder = TextEncoder(config.text.encoder, config.text.max_length, device)
     loader = PackingLoader(dataset, latent_space.encode, config.model.patch_size,
