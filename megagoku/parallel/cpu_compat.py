@@ -6,10 +6,13 @@ paths we use: sequence-parallel all-gather / reduce-scatter (`tensor_parallel/ma
 that call raises. When (and only when) torch sees no GPU, `install()` makes it name the CPU, so
 those buffers land beside the gloo tensors they serve; everything else is megatron's own code.
 
+Its advice to set CUDA_DEVICE_MAX_CONNECTIONS=1 (a CUDA stream setting) is silenced on the CPU.
 Nothing is changed on a machine with a GPU: there the real CUDA device is what megatron wants.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -28,5 +31,6 @@ def install() -> bool:
         return False
     if not _installed:
         torch.cuda.current_device = _cpu_device
+        warnings.filterwarnings("ignore", message=".*CUDA_DEVICE_MAX_CONNECTIONS")
         _installed = True
     return True

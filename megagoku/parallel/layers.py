@@ -1,7 +1,8 @@
 """megatron-core tensor-parallel layers and mappings, imported in one place.
 
 megatron-core warns at import time that Transformer Engine and Apex are missing (they are GPU-only
-accelerators it falls back from); those warnings are silenced here, nothing else.
+accelerators it falls back from), and torch 2.13 warns on every sequence-parallel step that the
+`all_gather_into_tensor` / `reduce_scatter_tensor` megatron calls are deprecated; those warnings are silenced here, nothing else.
 """
 
 import warnings
@@ -16,6 +17,10 @@ with warnings.catch_warnings():
                                                         copy_to_tensor_model_parallel_region,
                                                         gather_from_sequence_parallel_region,
                                                         scatter_to_sequence_parallel_region)
+
+
+warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated",
+                        category=FutureWarning)
 
 
 def model_parallel_config(tensor_parallel_size: int = 1, sequence_parallel: bool = False,

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = train(config, args.run_dir or config.train.run_dir, source=args.config,
                    overwrite=args.overwrite)
-    print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; "
-          f"checkpoint: {result.checkpoint}")
+    if result.checkpoint is not None:  # rank 0 of a launch writes; the others stay quiet
+        print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; "
+              f"checkpoint: {result.checkpoint}")
     return 0
