@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 import torch.distributed as dist
 
 from megagoku.config import ConfigError, TrainingConfig, to_dict
@@ -35,7 +34,7 @@ from megagoku.parallel import (current_shard, data_parallel_rank, data_parallel_
 from megagoku.parallel.activation_checkpoint import apply_activation_checkpointing
 from megagoku.parallel.distributed import init_distributed, shutdown
 from megagoku.parallel.engine import TrainEngine
-from megagoku.parallel.weights import full_weights, gather_tp, gathered, is_tp_split
+from megagoku.parallel.weights import full_weights, is_tp_split
 from megagoku.train.checkpoint import save_checkpoint
 from megagoku.train.ema import EMA
 from megagoku.train.metrics import LogWindow, MetricsLogger
@@ -119,25 +118,6 @@ def start_grid(config: TrainingConfig, source: str) -> bool:
     return started and dist.get_world_size() > 1
 
 
-class ShardedEMA(EMA):
-    """EMA of this rank's parameters (its TP pieces); under ZeRO-3 each parameter is gathered
-    for its update, so the average costs what ZeRO-1/2 weights cost (4 bytes per local
-    parameter)."""
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for name, param in model.named_parameters():
-            with gathered([param]):
-                self.shadow[name].lerp_(param.detach(), 1.0 - decay)
-
-    def full_state(self, model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict:
-        params = dict(model.named_parameters())
-        return {name: gather_tp(self.shadow[name], params[name]) if name in params else value
-                for name, value in weights.items()}
-
-
 def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
           overwrite: bool = False) -> TrainResult:
     tcfg = config.train
@@ -154,7 +134,7 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     generator = seed_everything(tcfg.seed, replica)
 
     model = build_model(config.model).to(device)
-    ema = ShardedEMA(model, tcfg.ema_decay)  # before ZeRO-3 partitions the parameters
+    ema = EMA(model, tcfg.ema_decay)  # before ZeRO-3 partitions the parameters
     apply_activation_checkpointing(model.blocks, config.parallel.activation_checkpointing,
                                    config.parallel.checkpoint_every)
     n_params = sum(p.numel() * (tensor_parallel_size() if is_tp_split(p) else 1)
@@ -174,7 +154,7 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
 
     def save(step: int) -> Path | None:
         weights = full_weights(model)  # collective: every rank takes part
-        averaged = ema.full_state(model, weights)
+        averaged = ema.state_dict(weights, model)
         path = None
         if rank0:
             path = save_checkpoint(run_dir, step, weights, averaged, to_dict(config),
