@@ -21,8 +21,7 @@ from torch import nn
 
 from megagoku.models.norms import RMSNorm
 from megagoku.ops import apply_rope
-from megagoku.parallel import (ColumnParallelLinear, RowParallelLinear, grad_summed_over_tp,
-                               heads_to_seq, seq_to_heads)
+from megagoku.parallel import ColumnParallelLinear, RowParallelLinear, heads_to_seq, seq_to_heads
 
 
 @cache

@@ -43,8 +43,8 @@ def build_pack_context(cu_seqlens: torch.Tensor, text_cu_seqlens: torch.Tensor,
         self_cu = cu if padded == total else torch.cat([cu, cu.new_tensor([padded])])
         layout = SeqLayout.from_cu_seqlens(self_cu)
         start, stop = shard.bounds(total)
-        slice_segment = layout.segment[start:stop].clamp(max=len(cu) - 2)  # pad -> last sample
-        counts = torch.bincount(slice_segment, minlength=len(cu) - 1)
+        held = layout.segment[start:stop].clamp(max=len(cu) - 2)  # pad -> last sample
+        counts = torch.bincount(held, minlength=len(cu) - 1)
         slice_cu = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         slice_layout = SeqLayout.from_cu_seqlens(slice_cu, allow_empty=True)
     slice_segment = slice_layout.segment

@@ -8,7 +8,7 @@ from megagoku.parallel.layers import (ColumnParallelLinear, RowParallelLinear, g
                                       grad_summed_over_tp, model_parallel_config, scatter_sequence)
 from megagoku.parallel.sequence import SequenceShard, current_shard, heads_to_seq, seq_to_heads
 from megagoku.parallel.state import (ParallelLayout, data_parallel_rank, data_parallel_size,
-                                     destroy_groups, ensure_single_process_groups, gradient_group,
+                                     ensure_single_process_groups, gradient_group,
                                      initialize_groups, layout, resolve_device,
                                      tensor_parallel_group, tensor_parallel_rank,
                                      tensor_parallel_size, ulysses_group, ulysses_rank)
@@ -21,7 +21,6 @@ __all__ = [
     "current_shard",
     "data_parallel_rank",
     "data_parallel_size",
-    "destroy_groups",
     "ensure_single_process_groups",
     "gather_sequence",
     "grad_summed_over_tp",

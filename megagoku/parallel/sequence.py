@@ -41,11 +41,6 @@ class SequenceShard:
         pad = x.new_full((stop - max(start, total), *x.shape[1:]), fill)
         return torch.cat([x[start:total], pad]) if start < total else pad
 
-    def valid(self, total: int, device=None) -> torch.Tensor:
-        """True for this rank's rows that hold real tokens (not padding)."""
-        start, stop = self.bounds(total)
-        return torch.arange(start, stop, device=device) < total
-
 
 def current_shard() -> SequenceShard:
     lay = state.layout()

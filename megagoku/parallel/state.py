@@ -111,13 +111,6 @@ def gradient_group():
     return parallel_state.get_data_parallel_group(with_context_parallel=True)
 
 
-def destroy_groups() -> None:
-    global _layout
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
-    _layout = ParallelLayout()
-
-
 def resolve_device(name: str) -> torch.device:
     """`auto`: the GPU when torch sees one, else the CPU."""
     if name == "auto":

@@ -13,7 +13,7 @@ from megagoku.config import FlowConfig, ModelConfig, ParallelConfig
 from megagoku.data.packing import pack
 from megagoku.models import build_model
 from megagoku.parallel import (activation_checkpoint, current_shard, data_parallel_rank,
-                               data_parallel_size, gradient_group, layout)
+                               gradient_group)
 from megagoku.parallel.engine import TrainEngine
 from megagoku.parallel.weights import full_weights, gather_tp, load_full_weights
 from megagoku.train.step import mean_over, pack_total, step_loss
@@ -61,6 +61,14 @@ def build(checkpointing: str = "none", every: int = 1):
     return model, initial
 
 
+def replica_loss(model, step: int, replica: int, shard):
+    """This rank's loss share (and per-sample errors) on replica `replica`'s pack of `step`."""
+    batch, text, text_cu = make_pack(step, replica)
+    g = torch.Generator().manual_seed(1000 * step + replica)
+    loss, per_sample, _ = step_loss(model, batch, text, text_cu, FLOW, g, shard)
+    return loss, per_sample
+
+
 def full_grads(model, engine) -> dict[str, torch.Tensor]:
     out = {}
     for name, p in model.named_parameters():
@@ -96,9 +104,7 @@ def run(parallel: ParallelConfig, lr: float = 1e-2) -> dict[str, torch.Tensor]:
     shard = current_shard()
     out = {f"init/{k}": v for k, v in initial.items()}
     for step in range(STEPS):
-        batch, text, text_cu = make_pack(step, data_parallel_rank())
-        g = torch.Generator().manual_seed(1000 * step + data_parallel_rank())
-        loss, per_sample, _ = step_loss(model, batch, text, text_cu, FLOW, g, shard)
+        loss, per_sample = replica_loss(model, step, data_parallel_rank(), shard)
         engine.backward(loss)
         if step == 0:
             out["loss"] = mean_over(pack_total(loss), gradient_group())
@@ -121,9 +127,7 @@ def reference(data_parallel: int = 1, lr: float = 1e-2) -> dict[str, torch.Tenso
     for step in range(STEPS):
         losses, errors = [], []
         for replica in range(data_parallel):
-            batch, text, text_cu = make_pack(step, replica)
-            g = torch.Generator().manual_seed(1000 * step + replica)
-            loss, per_sample, _ = step_loss(model, batch, text, text_cu, FLOW, g, shard)
+            loss, per_sample = replica_loss(model, step, replica, shard)
             losses.append(loss)
             errors.append(per_sample)
         loss = torch.stack(losses).mean()

@@ -14,7 +14,6 @@ def test_uneven_pack_is_padded_never_dropped():
     assert [p.shape[0] for p in pieces] == [13, 13, 13, 13]
     joined = torch.cat(pieces)[:, 0]
     assert joined[:51].tolist() == list(range(51)) and joined[51:].tolist() == [-1]
-    assert int(sum(s.valid(51).sum() for s in shards)) == 51
 
 
 def test_megatron_sp_pads_to_ulysses_times_tp():
