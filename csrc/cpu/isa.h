@@ -1,0 +1,39 @@
+// The CPU kernels' row bodies, compiled once per instruction set, and the choice among them.
+//
+// Built from source on the machine that installs it, the extension must still run on another
+// CPU (a login node builds, compute nodes run): so no -march=native. The row bodies are compiled
+// for the baseline ISA, AVX2+FMA and AVX-512 (x86-64 with GCC), and the best one the CPU supports
+// is chosen at run time. MEGAGOKU_CPU_ISA=generic|avx2|avx512 (or set_cpu_isa) forces one.
+#pragma once
+
+#include <cstdint>
+
+#include "../kernels/api.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MEGAGOKU_X86_CLONES 1
+#endif
+
+namespace megagoku {
+namespace kernels {
+
+// Tables indexed by DType: f32, f64, bf16 (the CPU has no f16 path).
+struct CpuRowKernels {
+  const char* isa;
+  void (*rms_norm_forward[3])(const RmsNormForward&, int64_t begin, int64_t end);
+  void (*rms_norm_backward[3])(const RmsNormBackward&, int64_t begin, int64_t end, void* dw);
+  void (*rope[3])(const Rope3d&, int64_t begin, int64_t end);
+};
+
+extern const CpuRowKernels kRowsGeneric;
+#if defined(MEGAGOKU_X86_CLONES)
+extern const CpuRowKernels kRowsAvx2;
+extern const CpuRowKernels kRowsAvx512;
+#endif
+
+const CpuRowKernels& cpu_row_kernels();
+// Selects the named ISA; returns nullptr on success, else why not (unknown, or unsupported here).
+const char* set_cpu_isa(const char* name);
+
+}  // namespace kernels
+}  // namespace megagoku

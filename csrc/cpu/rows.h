@@ -1,0 +1,140 @@
+// The per-row (per-token) bodies of the CPU kernels, written once and compiled once per
+// instruction set: rows_generic.cpp, rows_avx2.cpp and rows_avx512.cpp include this header under
+// their own target and fill a CpuRowKernels table with it (cpu/isa.h). Everything here has
+// internal linkage, so each translation unit keeps its own vectorised copy.
+#pragma once
+
+#include <cstdint>
+
+#include "../kernels/api.h"
+#include "../kernels/math.h"
+#include "isa.h"
+#include "reduce.h"
+
+namespace megagoku {
+namespace kernels {
+namespace {
+
+// Rows of a head dim (64, 128) are short enough that loop set-up and peeling cost as much as
+// the arithmetic: those widths get copies compiled for the constant (kCols; 0 = any width).
+#define MG_DISPATCH_WIDTH(body, width, ...)                  \
+  switch (width) {                                           \
+    case 64: return body<T, Acc, 64>(__VA_ARGS__);           \
+    case 128: return body<T, Acc, 128>(__VA_ARGS__);         \
+    default: return body<T, Acc, 0>(__VA_ARGS__);            \
+  }
+
+// ---------------------------------------------------------------- RMSNorm
+template <typename T, typename Acc, int kCols>
+void rms_forward_rows_of(const RmsNormForward& a, int64_t begin, int64_t end) {
+  const Acc* __restrict w = static_cast<const Acc*>(a.weight);
+  const Acc eps = static_cast<Acc>(a.eps);
+  const int64_t cols = kCols > 0 ? kCols : a.cols;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* __restrict x = static_cast<const T*>(a.x) + r * a.x_stride;
+    T* __restrict y = static_cast<T*>(a.y) + r * a.y_stride;
+    const Acc inv = rms_inverse(sum_squares<T, Acc>(x, cols), cols, eps);
+    static_cast<Acc*>(a.rstd)[r] = inv;
+    if (w != nullptr) {
+      for (int64_t c = 0; c < cols; ++c) y[c] = Narrow<T, Acc>::from(to_acc(x[c]) * inv * w[c]);
+    } else {
+      for (int64_t c = 0; c < cols; ++c) y[c] = Narrow<T, Acc>::from(to_acc(x[c]) * inv);
+    }
+  }
+}
+
+template <typename T, typename Acc>
+void rms_forward_rows(const RmsNormForward& a, int64_t begin, int64_t end) {
+  MG_DISPATCH_WIDTH(rms_forward_rows_of, a.cols, a, begin, end)
+}
+
+// `dw` (Acc[cols], or nullptr) collects this range's weight gradient.
+template <typename T, typename Acc, int kCols>
+void rms_backward_rows_of(const RmsNormBackward& a, int64_t begin, int64_t end, void* dw_out) {
+  const Acc* __restrict w = static_cast<const Acc*>(a.weight);
+  Acc* __restrict dw = static_cast<Acc*>(dw_out);
+  const int64_t cols = kCols > 0 ? kCols : a.cols;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* __restrict dy = static_cast<const T*>(a.dy) + r * a.dy_stride;
+    const T* __restrict x = static_cast<const T*>(a.x) + r * a.x_stride;
+    T* __restrict dx = static_cast<T*>(a.dx) + r * a.dx_stride;
+    const Acc inv = static_cast<const Acc*>(a.rstd)[r];
+    const Acc coef = rms_grad_coefficient(sum_products<T, Acc>(dy, w, x, cols), inv, cols);
+    if (w != nullptr && dw != nullptr) {
+      for (int64_t c = 0; c < cols; ++c) {
+        const Acc g = to_acc(dy[c]);
+        const Acc xhat = to_acc(x[c]) * inv;
+        dx[c] = Narrow<T, Acc>::from(rms_input_grad(g * w[c], xhat, coef, inv));
+        dw[c] += g * xhat;
+      }
+    } else if (w != nullptr) {
+      for (int64_t c = 0; c < cols; ++c) {
+        const Acc xhat = to_acc(x[c]) * inv;
+        dx[c] = Narrow<T, Acc>::from(rms_input_grad(to_acc(dy[c]) * w[c], xhat, coef, inv));
+      }
+    } else {
+      for (int64_t c = 0; c < cols; ++c) {
+        const Acc xhat = to_acc(x[c]) * inv;
+        dx[c] = Narrow<T, Acc>::from(rms_input_grad(to_acc(dy[c]), xhat, coef, inv));
+      }
+    }
+  }
+}
+
+template <typename T, typename Acc>
+void rms_backward_rows(const RmsNormBackward& a, int64_t begin, int64_t end, void* dw) {
+  MG_DISPATCH_WIDTH(rms_backward_rows_of, a.cols, a, begin, end, dw)
+}
+
+// ---------------------------------------------------------------- 3D RoPE
+// Each token's cos/sin table is computed once and applied to all of its heads.
+template <typename T, typename Acc, int kHeadDim>
+void rope_tokens_of(const Rope3d& a, int64_t begin, int64_t end) {
+  const int pairs = static_cast<int>((kHeadDim > 0 ? kHeadDim : a.head_dim) / 2);
+  const Acc sign = a.inverse ? Acc(-1) : Acc(1);
+  Acc cos_table[kMaxRopeHeadDim / 2];
+  Acc sin_table[kMaxRopeHeadDim / 2];
+  for (int64_t l = begin; l < end; ++l) {
+    const int64_t* pos = a.positions + 3 * l;
+    for (int j = 0; j < pairs; ++j) {
+      const Acc angle = rope_angle<Acc>(pos[rope_axis(j, a.pairs_t, a.pairs_h)], a.inv_freq[j]);
+      cos_table[j] = std::cos(angle);
+      sin_table[j] = sign * std::sin(angle);
+    }
+    for (int64_t h = 0; h < a.heads; ++h) {
+      // x and out are the same memory when rotating in place: each pair is read before it is
+      // written, by the same iteration.
+      const T* x = static_cast<const T*>(a.x) + l * a.x_token_stride + h * a.x_head_stride;
+      T* out = static_cast<T*>(a.out) + l * a.out_token_stride + h * a.out_head_stride;
+#pragma GCC ivdep
+      for (int j = 0; j < pairs; ++j) {
+        Acc y0, y1;
+        rotate_pair(to_acc(x[2 * j]), to_acc(x[2 * j + 1]), cos_table[j], sin_table[j], y0, y1);
+        out[2 * j] = Narrow<T, Acc>::from(y0);
+        out[2 * j + 1] = Narrow<T, Acc>::from(y1);
+      }
+    }
+  }
+}
+
+template <typename T, typename Acc>
+void rope_tokens(const Rope3d& a, int64_t begin, int64_t end) {
+  MG_DISPATCH_WIDTH(rope_tokens_of, a.head_dim, a, begin, end)
+}
+
+#undef MG_DISPATCH_WIDTH
+
+constexpr CpuRowKernels row_kernel_table(const char* name) {
+  return CpuRowKernels{
+      name,
+      {rms_forward_rows<float, float>, rms_forward_rows<double, double>,
+       rms_forward_rows<bf16, float>},
+      {rms_backward_rows<float, float>, rms_backward_rows<double, double>,
+       rms_backward_rows<bf16, float>},
+      {rope_tokens<float, float>, rope_tokens<double, double>, rope_tokens<bf16, float>},
+  };
+}
+
+}  // namespace
+}  // namespace kernels
+}  // namespace megagoku
