@@ -5,16 +5,26 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+KERNELS := $(VENV)/.kernels
+KERNEL_SOURCES := $(wildcard csrc/*/*.h csrc/*/*.cuh csrc/*/*.cpp csrc/*/*.cu)
 
-.PHONY: install demo test test-fast clean
+.PHONY: install kernels demo test test-fast bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(KERNELS)
 
+# The package itself; the kernels are built in place by the next rule (and rebuilt when csrc/
+# changes), so the editable install skips them.
 $(STAMP): requirements/cpu.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -r requirements/cpu.txt
-	$(BIN)/pip install --no-deps -e .
+	MEGAGOKU_BUILD_KERNELS=0 $(BIN)/pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+kernels: $(KERNELS)
+
+$(KERNELS): $(STAMP) $(KERNEL_SOURCES)
+	$(BIN)/python setup.py build_ext --inplace
+	touch $(KERNELS)
 
 demo: install
 	$(BIN)/megagoku demo --config configs/tiny.yaml --run-dir checkpoints/demo
@@ -25,5 +35,8 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+bench: install
+	$(BIN)/megagoku bench kernels
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache megagoku/ops/_C*.so

@@ -36,6 +36,9 @@ class ModelConfig:
     timestep_freq_dim: int = 256
     # "auto": flash-attn varlen on a GPU when installed, else SDPA over padded samples.
     attention_backend: Literal["auto", "flash", "sdpa_padded", "sdpa_blockmask"] = "auto"
+    # RMSNorm and 3D RoPE: "auto" runs the fused csrc/ kernels where they are built (else the
+    # PyTorch reference, said once in the log); "fused" requires them; "reference" never uses them.
+    kernels: Literal["auto", "fused", "reference"] = "auto"
 
     @property
     def head_dim(self) -> int:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megagoku.models.norms import RMSNorm
-from megagoku.ops import apply_rope
+from megagoku.ops import KernelChoice, Rope3D
 from megagoku.parallel import ColumnParallelLinear, RowParallelLinear, heads_to_seq, seq_to_heads
 
 
@@ -110,7 +110,7 @@ class SelfAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, tp_size: int, mp_config, eps: float,
-                 backend: str, init_method):
+                 backend: str, init_method, kernels: KernelChoice = "auto"):
         super().__init__()
         self.head_dim = dim // num_heads
         self.local_heads = num_heads // tp_size
@@ -118,19 +118,21 @@ class SelfAttention(nn.Module):
         self.qkv = ColumnParallelLinear(dim, 3 * dim, config=mp_config, init_method=init_method,
                                         bias=False, gather_output=False)
         # One weight shared by all heads, and each TP rank holds only some heads.
-        self.q_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1)
-        self.k_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1)
+        self.q_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1, kernels=kernels)
+        self.k_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1, kernels=kernels)
         self.proj = RowParallelLinear(dim, dim, config=mp_config, init_method=init_method,
                                       bias=False, input_is_parallel=True, skip_bias_add=False)
 
-    def forward(self, x: torch.Tensor, angles: torch.Tensor, layout: SeqLayout) -> torch.Tensor:
-        """x: this rank's residual tokens; angles: RoPE of this rank's Ulysses slice; layout:
-        the whole (padded) pack."""
+    def forward(self, x: torch.Tensor, rope: Rope3D, layout: SeqLayout) -> torch.Tensor:
+        """x: this rank's residual tokens; rope: the rotation of this rank's Ulysses slice;
+        layout: the whole (padded) pack."""
         qkv, _ = self.qkv(x)  # megatron SP all-gathers the TP group's tokens here
         n = qkv.shape[0]
         q, k, v = qkv.view(n, self.local_heads, 3, self.head_dim).unbind(2)
-        q = apply_rope(self.q_norm(q), angles)
-        k = apply_rope(self.k_norm(k), angles)
+        # The norms read Q and K in place inside the QKV output and return fresh tensors, which
+        # the fused rotation may then overwrite.
+        q = rope(self.q_norm(q), inplace=True)
+        k = rope(self.k_norm(k), inplace=True)
         q, k, v = seq_to_heads(torch.stack((q, k, v), dim=1)).unbind(1)
         out = varlen_attention(q, k, v, layout, layout, self.backend)
         out = heads_to_seq(out)
@@ -147,7 +149,8 @@ class CrossAttention(nn.Module):
     """
 
     def __init__(self, dim: int, text_dim: int, num_heads: int, tp_size: int, mp_config,
-                 text_mp_config, eps: float, backend: str, rope_queries: bool, init_method):
+                 text_mp_config, eps: float, backend: str, rope_queries: bool, init_method,
+                 kernels: KernelChoice = "auto"):
         super().__init__()
         self.head_dim = dim // num_heads
         self.local_heads = num_heads // tp_size
@@ -158,12 +161,12 @@ class CrossAttention(nn.Module):
         # Every TP rank holds all caption tokens: no sequence-parallel gather for the keys.
         self.kv = ColumnParallelLinear(text_dim, 2 * dim, config=text_mp_config,
                                        init_method=init_method, bias=False, gather_output=False)
-        self.q_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1)
-        self.k_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1)
+        self.q_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1, kernels=kernels)
+        self.k_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1, kernels=kernels)
         self.proj = RowParallelLinear(dim, dim, config=mp_config, init_method=init_method,
                                       bias=False, input_is_parallel=True, skip_bias_add=False)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, angles: torch.Tensor,
+    def forward(self, x: torch.Tensor, text: torch.Tensor, rope: Rope3D,
                 layout: SeqLayout, text_layout: SeqLayout) -> torch.Tensor:
         """Queries are this rank's Ulysses slice (`layout` counts its tokens per sample, maybe
         none); every rank holds all captions, so no all-to-all is needed."""
@@ -173,7 +176,7 @@ class CrossAttention(nn.Module):
         k, v = kv.view(text.shape[0], self.local_heads, 2, self.head_dim).unbind(2)
         k = self.k_norm(k)
         if self.rope_queries:
-            q = apply_rope(q, angles)
+            q = rope(q, inplace=True)
         out = varlen_attention(q, k, v, layout, text_layout, self.backend)
         out, _ = self.proj(out.reshape(q.shape[0], -1))
         return out

@@ -30,7 +30,7 @@ from megagoku.config.schema import ModelConfig
 from megagoku.models.attention import CrossAttention, SelfAttention
 from megagoku.models.norms import RMSNorm
 from megagoku.models.pack_context import PackContext, build_pack_context
-from megagoku.ops import rope_angles
+from megagoku.ops import Rope3D
 from megagoku.parallel import (ColumnParallelLinear, RowParallelLinear, current_shard,
                                gather_sequence, grad_summed_over_tp, layout,
                                model_parallel_config, scatter_sequence, tensor_parallel_rank)
@@ -87,34 +87,35 @@ class GokuBlock(nn.Module):
         self.adaln = ColumnParallelLinear(dim, 6 * dim, config=replicated_input_config,
                                           init_method=nn.init.zeros_, bias=True,
                                           gather_output=True)
-        self.norm1 = RMSNorm(dim, eps, learnable=False)
+        kernels = cfg.kernels
+        self.norm1 = RMSNorm(dim, eps, learnable=False, kernels=kernels)
         self.attn = SelfAttention(dim, cfg.num_heads, tp_size, mp_config, eps,
-                                  cfg.attention_backend, xavier)
-        self.norm2 = RMSNorm(dim, eps, grad_over_tp=self.sequence_parallel)
+                                  cfg.attention_backend, xavier, kernels)
+        self.norm2 = RMSNorm(dim, eps, grad_over_tp=self.sequence_parallel, kernels=kernels)
         self.cross_attn = CrossAttention(dim, cfg.text_dim, cfg.num_heads, tp_size, mp_config,
                                          replicated_input_config, eps, cfg.attention_backend,
-                                         cfg.cross_attn_rope, xavier)
-        self.norm3 = RMSNorm(dim, eps, learnable=False)
+                                         cfg.cross_attn_rope, xavier, kernels)
+        self.norm3 = RMSNorm(dim, eps, learnable=False, kernels=kernels)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), mp_config, xavier)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, angles: torch.Tensor,
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, rope: Rope3D,
                 text: torch.Tensor, ctx: PackContext) -> torch.Tensor:
         mod, _ = self.adaln(F.silu(cond))
         if self.sequence_parallel:  # each TP rank modulates different tokens
             mod = grad_summed_over_tp(mod)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = \
             mod[ctx.residual_segment].chunk(6, dim=-1)
-        x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), angles,
+        x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), rope,
                                    ctx.self_layout)
-        x = x + self.cross_attn(self.norm2(x), text, angles, ctx.query_layout, ctx.text_layout)
+        x = x + self.cross_attn(self.norm2(x), text, rope, ctx.query_layout, ctx.text_layout)
         x = x + gate_m * self.mlp(modulate(self.norm3(x), shift_m, scale_m))
         return x
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, dim: int, out_dim: int, eps: float):
+    def __init__(self, dim: int, out_dim: int, eps: float, kernels: str):
         super().__init__()
-        self.norm = RMSNorm(dim, eps, learnable=False)
+        self.norm = RMSNorm(dim, eps, learnable=False, kernels=kernels)
         self.adaln = nn.Linear(dim, 2 * dim)
         self.linear = nn.Linear(dim, out_dim)
 
@@ -139,10 +140,10 @@ class GokuTransformer(nn.Module):
         self.rope_split = cfg.resolved_rope_split()
         self.patch_embed = nn.Linear(cfg.patch_dim, dim)  # = Conv3d with kernel = stride = patch
         self.t_embedder = TimestepEmbedder(dim, cfg.timestep_freq_dim)
-        self.text_norm = RMSNorm(cfg.text_dim, cfg.norm_eps)
+        self.text_norm = RMSNorm(cfg.text_dim, cfg.norm_eps, kernels=cfg.kernels)
         self.blocks = nn.ModuleList(GokuBlock(cfg, tp_size, mp_config, replicated_input_config)
                                     for _ in range(cfg.depth))
-        self.final = FinalLayer(dim, cfg.patch_dim, cfg.norm_eps)
+        self.final = FinalLayer(dim, cfg.patch_dim, cfg.norm_eps, cfg.kernels)
         self._init_plain_layers()
 
     def _init_plain_layers(self) -> None:
@@ -197,10 +198,10 @@ class GokuTransformer(nn.Module):
         if lay.megatron_sp:
             x = scatter_sequence(x)
         cond = self.t_embedder(timesteps)
-        angles = rope_angles(positions, self.rope_split, self.cfg.rope_theta)
+        rope = Rope3D(positions, self.rope_split, self.cfg.rope_theta, self.cfg.kernels)
         text = self.text_norm(text)
         for block in self.blocks:
-            x = block(x, cond, angles, text, ctx)
+            x = block(x, cond, rope, text, ctx)
         if lay.megatron_sp:
             x = gather_sequence(x)
         return self.final(x, cond, ctx.slice_segment)

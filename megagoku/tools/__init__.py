@@ -1,1 +1,1 @@
-"""The `megagoku` subcommands: train, sample, info, demo."""
+"""The `megagoku` subcommands: train, sample, info, demo, bench."""

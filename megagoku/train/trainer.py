@@ -28,6 +28,7 @@ from megagoku.config import ConfigError, TrainingConfig, to_dict
 from megagoku.data import PackingLoader, ShapesDataset
 from megagoku.models import TextEncoder, build_latent_space, build_model
 from megagoku.models.text_encoder import encoder_width
+from megagoku.ops import KernelsUnavailable, describe, use_fused
 from megagoku.parallel import (current_shard, data_parallel_rank, data_parallel_size,
                                gradient_group, initialize_groups, resolve_device,
                                tensor_parallel_size)
@@ -69,6 +70,10 @@ def preflight(config: TrainingConfig, source: str) -> tuple[ShapesDataset, torch
     if width != config.model.text_dim:
         raise ConfigError(f"{source}: model.text_dim: {config.model.text_dim} differs from the "
                           f"width {width} of text encoder {config.text.encoder}")
+    try:
+        use_fused(config.model.kernels, device.type)
+    except KernelsUnavailable as e:
+        raise ConfigError(f"{source}: model.kernels: {e}") from None
     return dataset, device
 
 
@@ -149,8 +154,9 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     engine = TrainEngine(model, optimizer, config.parallel.zero_stage, tcfg.grad_clip)
     shard = current_shard()
     metrics = MetricsLogger(run_dir, tcfg.steps) if rank0 else None
-    log.info("model: %.2fM parameters on %s x %d processes (%s); run dir %s", n_params / 1e6,
-             device, dist.get_world_size(), config.parallel, run_dir)
+    log.info("model: %.2fM parameters on %s x %d processes (%s); %s; run dir %s",
+             n_params / 1e6, device, dist.get_world_size(), config.parallel,
+             describe(config.model.kernels, device.type), run_dir)
 
     def save(step: int) -> Path | None:
         weights = full_weights(model)  # collective: every rank takes part

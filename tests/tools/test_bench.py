@@ -1,0 +1,23 @@
+"""`megagoku bench kernels` runs every case through both paths and reports them (no timing is
+asserted: performance claims live in BENCHMARKS.md, not in tests)."""
+
+import json
+
+from megagoku.cli import main
+
+
+def test_bench_kernels_reports_every_case(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "kernels", "--tokens", "96", "--repeats", "1", "--dtype", "fp32",
+                 "--dtype", "bf16", "--cold-allocator", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "copy bandwidth:" in printed and "targets (fused >= 2x eager" in printed
+    report = json.loads(out.read_text())
+    assert report["copy_gbps"] > 0 and report["tokens"] == 96
+    shapes = [(r["case"], r["dtype"], r["shape"]) for r in report["results"]]
+    assert shapes == [(case, dtype, shape) for dtype in ("fp32", "bf16") for case, shape in (
+        ("rmsnorm", "96x1792"), ("rmsnorm", "96x3072"), ("qk-rmsnorm", "96x28x64"),
+        ("qk-rmsnorm", "96x48x64"), ("rope", "96x28x64"), ("rope", "96x48x64"))]
+    for r in report["results"]:
+        assert r["eager_ms"] > 0 and r["fused_ms"] > 0
+        assert abs(r["speedup"] - r["eager_ms"] / r["fused_ms"]) < 1e-6 * r["speedup"]
