@@ -17,6 +17,10 @@
 namespace megagoku {
 namespace kernels {
 
+// CPU kernel outputs at least this large are written with non-temporal stores (cpu/store.h):
+// beyond any L2 and most L3 slices, so the next op would read them from DRAM anyway.
+constexpr int64_t kStreamOutputBytes = 4 << 20;
+
 // Tables indexed by DType: f32, f64, bf16 (the CPU has no f16 path).
 struct CpuRowKernels {
   const char* isa;

@@ -10,6 +10,7 @@
 #include "../kernels/math.h"
 #include "isa.h"
 #include "reduce.h"
+#include "store.h"
 
 namespace megagoku {
 namespace kernels {
@@ -30,17 +31,21 @@ void rms_forward_rows_of(const RmsNormForward& a, int64_t begin, int64_t end) {
   const Acc* __restrict w = static_cast<const Acc*>(a.weight);
   const Acc eps = static_cast<Acc>(a.eps);
   const int64_t cols = kCols > 0 ? kCols : a.cols;
+  const bool stream = a.rows * cols * static_cast<int64_t>(sizeof(T)) >= kStreamOutputBytes;
   for (int64_t r = begin; r < end; ++r) {
     const T* __restrict x = static_cast<const T*>(a.x) + r * a.x_stride;
     T* __restrict y = static_cast<T*>(a.y) + r * a.y_stride;
     const Acc inv = rms_inverse(sum_squares<T, Acc>(x, cols), cols, eps);
     static_cast<Acc*>(a.rstd)[r] = inv;
     if (w != nullptr) {
-      for (int64_t c = 0; c < cols; ++c) y[c] = Narrow<T, Acc>::from(to_acc(x[c]) * inv * w[c]);
+      write_row(y, cols, stream,
+                [&](int64_t c) { return Narrow<T, Acc>::from(to_acc(x[c]) * inv * w[c]); });
     } else {
-      for (int64_t c = 0; c < cols; ++c) y[c] = Narrow<T, Acc>::from(to_acc(x[c]) * inv);
+      write_row(y, cols, stream,
+                [&](int64_t c) { return Narrow<T, Acc>::from(to_acc(x[c]) * inv); });
     }
   }
+  if (stream) stream_fence();
 }
 
 template <typename T, typename Acc>
@@ -54,6 +59,7 @@ void rms_backward_rows_of(const RmsNormBackward& a, int64_t begin, int64_t end, 
   const Acc* __restrict w = static_cast<const Acc*>(a.weight);
   Acc* __restrict dw = static_cast<Acc*>(dw_out);
   const int64_t cols = kCols > 0 ? kCols : a.cols;
+  const bool stream = a.rows * cols * static_cast<int64_t>(sizeof(T)) >= kStreamOutputBytes;
   for (int64_t r = begin; r < end; ++r) {
     const T* __restrict dy = static_cast<const T*>(a.dy) + r * a.dy_stride;
     const T* __restrict x = static_cast<const T*>(a.x) + r * a.x_stride;
@@ -61,24 +67,25 @@ void rms_backward_rows_of(const RmsNormBackward& a, int64_t begin, int64_t end, 
     const Acc inv = static_cast<const Acc*>(a.rstd)[r];
     const Acc coef = rms_grad_coefficient(sum_products<T, Acc>(dy, w, x, cols), inv, cols);
     if (w != nullptr && dw != nullptr) {
-      for (int64_t c = 0; c < cols; ++c) {
+      write_row(dx, cols, stream, [&](int64_t c) {
         const Acc g = to_acc(dy[c]);
         const Acc xhat = to_acc(x[c]) * inv;
-        dx[c] = Narrow<T, Acc>::from(rms_input_grad(g * w[c], xhat, coef, inv));
         dw[c] += g * xhat;
-      }
+        return Narrow<T, Acc>::from(rms_input_grad(g * w[c], xhat, coef, inv));
+      });
     } else if (w != nullptr) {
-      for (int64_t c = 0; c < cols; ++c) {
+      write_row(dx, cols, stream, [&](int64_t c) {
         const Acc xhat = to_acc(x[c]) * inv;
-        dx[c] = Narrow<T, Acc>::from(rms_input_grad(to_acc(dy[c]) * w[c], xhat, coef, inv));
-      }
+        return Narrow<T, Acc>::from(rms_input_grad(to_acc(dy[c]) * w[c], xhat, coef, inv));
+      });
     } else {
-      for (int64_t c = 0; c < cols; ++c) {
+      write_row(dx, cols, stream, [&](int64_t c) {
         const Acc xhat = to_acc(x[c]) * inv;
-        dx[c] = Narrow<T, Acc>::from(rms_input_grad(to_acc(dy[c]), xhat, coef, inv));
-      }
+        return Narrow<T, Acc>::from(rms_input_grad(to_acc(dy[c]), xhat, coef, inv));
+      });
     }
   }
+  if (stream) stream_fence();
 }
 
 template <typename T, typename Acc>
@@ -87,10 +94,26 @@ void rms_backward_rows(const RmsNormBackward& a, int64_t begin, int64_t end, voi
 }
 
 // ---------------------------------------------------------------- 3D RoPE
-// Each token's cos/sin table is computed once and applied to all of its heads.
+// One head's pairs. `x` and `out` are the same memory when rotating in place: each pair is read
+// before it is written, by the same iteration.
+template <typename T, typename Acc>
+inline void rotate_head(const T* x, T* out, int pairs, const Acc* cos_table, const Acc* sin_table) {
+#pragma GCC ivdep
+  for (int j = 0; j < pairs; ++j) {
+    Acc y0, y1;
+    rotate_pair(to_acc(x[2 * j]), to_acc(x[2 * j + 1]), cos_table[j], sin_table[j], y0, y1);
+    out[2 * j] = Narrow<T, Acc>::from(y0);
+    out[2 * j + 1] = Narrow<T, Acc>::from(y1);
+  }
+}
+
+// Each token's cos/sin table is computed once and applied to all of its heads. A large
+// out-of-place output is streamed (in place, the lines are already in cache: stored normally).
 template <typename T, typename Acc, int kHeadDim>
 void rope_tokens_of(const Rope3d& a, int64_t begin, int64_t end) {
   const int pairs = static_cast<int>((kHeadDim > 0 ? kHeadDim : a.head_dim) / 2);
+  const bool stream = a.out != a.x && a.tokens * a.heads * 2 * pairs *
+                                              static_cast<int64_t>(sizeof(T)) >= kStreamOutputBytes;
   const Acc sign = a.inverse ? Acc(-1) : Acc(1);
   Acc cos_table[kMaxRopeHeadDim / 2];
   Acc sin_table[kMaxRopeHeadDim / 2];
@@ -102,19 +125,19 @@ void rope_tokens_of(const Rope3d& a, int64_t begin, int64_t end) {
       sin_table[j] = sign * std::sin(angle);
     }
     for (int64_t h = 0; h < a.heads; ++h) {
-      // x and out are the same memory when rotating in place: each pair is read before it is
-      // written, by the same iteration.
       const T* x = static_cast<const T*>(a.x) + l * a.x_token_stride + h * a.x_head_stride;
       T* out = static_cast<T*>(a.out) + l * a.out_token_stride + h * a.out_head_stride;
-#pragma GCC ivdep
-      for (int j = 0; j < pairs; ++j) {
-        Acc y0, y1;
-        rotate_pair(to_acc(x[2 * j]), to_acc(x[2 * j + 1]), cos_table[j], sin_table[j], y0, y1);
-        out[2 * j] = Narrow<T, Acc>::from(y0);
-        out[2 * j + 1] = Narrow<T, Acc>::from(y1);
+      if (stream) {
+        // Rotated into an L1 buffer, then streamed out in whole lines.
+        alignas(kLineBytes) T rotated[kMaxRopeHeadDim];
+        rotate_head<T, Acc>(x, rotated, pairs, cos_table, sin_table);
+        write_row(out, 2 * pairs, true, [&](int64_t c) { return rotated[c]; });
+      } else {
+        rotate_head<T, Acc>(x, out, pairs, cos_table, sin_table);
       }
     }
   }
+  if (stream) stream_fence();
 }
 
 template <typename T, typename Acc>

@@ -8,6 +8,7 @@
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
+#define MEGAGOKU_ROWS_AVX2 1
 #include "rows.h"
 
 namespace megagoku {

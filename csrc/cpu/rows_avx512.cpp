@@ -9,6 +9,7 @@
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512")
+#define MEGAGOKU_ROWS_AVX512 1
 #include "rows.h"
 
 namespace megagoku {

@@ -1,6 +1,7 @@
 // RMSNorm on CUDA: one warp per row, 16-byte vector loads when the rows allow them, fp32
-// accumulation (fp64 for double). The backward pass sums each block's weight gradient in shared
-// memory, writes one partial row per block, and a second kernel adds the partials.
+// accumulation (fp64 for double). Grids are sized to what fits on the GPU at once (occupancy),
+// rows taken grid-stride. The backward pass sums each block's weight gradient in shared memory,
+// writes one partial row per block, and a second kernel adds the partials in a fixed order.
 #include "device.cuh"
 
 namespace megagoku {
@@ -10,7 +11,21 @@ namespace {
 
 constexpr int kThreads = 128;  // 4 warps, 4 rows in flight per block
 constexpr int kWarpsPerBlock = kThreads / 32;
-constexpr int kBackwardBlocksPerSm = 8;
+
+// Where column c of a block's weight-gradient sum lives in shared memory. Lane l adds columns
+// l*N .. l*N+N-1 of every 32*N-wide chunk; stored as-is, the 32 lanes of a warp would hit N-way
+// conflicting banks. Within each chunk element i of lane l goes to i*32 + l instead.
+template <int N>
+__device__ __forceinline__ int64_t dw_slot(int64_t c) {
+  const int64_t base = c - c % (32 * N);
+  const int64_t r = c - base;
+  return base + (r % N) * 32 + r / N;
+}
+
+template <int N>
+__host__ __device__ __forceinline__ int64_t dw_slots(int64_t cols) {
+  return (cols + 32 * N - 1) / (32 * N) * (32 * N);
+}
 
 template <typename T, int N>
 __global__ void __launch_bounds__(kThreads)
@@ -65,7 +80,7 @@ __global__ void __launch_bounds__(kThreads)
   A* dw_block = reinterpret_cast<A*>(shared_bytes);
   const bool want_dw = dw_partial != nullptr;  // uniform over the grid
   if (want_dw) {
-    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) dw_block[c] = 0;
+    for (int64_t c = threadIdx.x; c < dw_slots<N>(cols); c += blockDim.x) dw_block[c] = 0;
     __syncthreads();
   }
   const int lane = threadIdx.x & 31;
@@ -96,7 +111,8 @@ __global__ void __launch_bounds__(kThreads)
         const A d = load_acc(g.v[i]);
         const A xhat = load_acc(v.v[i]) * inv;
         out.v[i] = store_as<T>(rms_input_grad(w != nullptr ? d * w[c + i] : d, xhat, coef, inv));
-        if (want_dw) atomicAdd(&dw_block[c + i], d * xhat);
+        // = dw_slot<N>(c + i): this lane's element i of the chunk starting at c - lane * N.
+        if (want_dw) atomicAdd(&dw_block[c - lane * N + i * 32 + lane], d * xhat);
       }
       *reinterpret_cast<V*>(dxr + c) = out;
     }
@@ -104,33 +120,51 @@ __global__ void __launch_bounds__(kThreads)
   if (want_dw) {
     __syncthreads();
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
-      dw_partial[static_cast<int64_t>(blockIdx.x) * cols + c] = dw_block[c];
+      dw_partial[static_cast<int64_t>(blockIdx.x) * cols + c] = dw_block[dw_slot<N>(c)];
   }
 }
 
-// dw[c] = sum over blocks of partial[b, c]; consecutive threads read consecutive columns.
+// dw[c] = sum over blocks of partial[b, c]. A 32 x 32 thread block takes 32 columns: its rows
+// of threads each sum every 32nd partial (coalesced reads), then one row adds the 32 sums.
+constexpr int kSumRows = 32;
+
 template <typename A>
-__global__ void column_sum_kernel(const A* __restrict__ partial, int blocks, int64_t cols,
-                                  A* __restrict__ out) {
-  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < cols;
-       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    A total = 0;
-    for (int b = 0; b < blocks; ++b) total += partial[static_cast<int64_t>(b) * cols + c];
-    out[c] = total;
+__global__ void __launch_bounds__(32 * kSumRows)
+    column_sum_kernel(const A* __restrict__ partial, int blocks, int64_t cols, A* __restrict__ out) {
+  __shared__ A sums[kSumRows][33];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  A total = 0;
+  if (c < cols) {
+    for (int b = threadIdx.y; b < blocks; b += kSumRows)
+      total += partial[static_cast<int64_t>(b) * cols + c];
+  }
+  sums[threadIdx.y][threadIdx.x] = total;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    A column = 0;
+    for (int y = 0; y < kSumRows; ++y) column += sums[y][threadIdx.x];
+    out[c] = column;
   }
 }
 
-int64_t blocks_for_rows(int64_t rows, int per_sm) {
+// As many blocks as can be resident at once (none waiting for a second wave), fewer for few rows.
+template <typename Kernel>
+int grid_for_rows(Kernel kernel, int64_t rows, size_t shared) {
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, shared) !=
+          cudaSuccess ||
+      per_sm < 1) {
+    per_sm = 1;
+  }
   const int64_t wanted = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  const int64_t cap = static_cast<int64_t>(sm_count()) * per_sm;
-  return wanted < cap ? (wanted > 0 ? wanted : 1) : cap;
+  const int64_t resident = static_cast<int64_t>(sm_count()) * per_sm;
+  return static_cast<int>(wanted < resident ? (wanted > 0 ? wanted : 1) : resident);
 }
 
 template <typename T>
 const char* forward(const RmsNormForward& a, cudaStream_t stream) {
   using A = typename Acc<T>::type;
   constexpr int N = kVec16<T>;
-  const int blocks = static_cast<int>(blocks_for_rows(a.rows, 16));
   const T* x = static_cast<const T*>(a.x);
   T* y = static_cast<T*>(a.y);
   const A* w = static_cast<const A*>(a.weight);
@@ -138,57 +172,85 @@ const char* forward(const RmsNormForward& a, cudaStream_t stream) {
   const A eps = static_cast<A>(a.eps);
   if (vector_ok(a.x, a.x_stride, a.cols, sizeof(T), N) &&
       vector_ok(a.y, a.y_stride, a.cols, sizeof(T), N)) {
-    rms_norm_forward_kernel<T, N><<<blocks, kThreads, 0, stream>>>(
+    auto kernel = rms_norm_forward_kernel<T, N>;
+    kernel<<<grid_for_rows(kernel, a.rows, 0), kThreads, 0, stream>>>(
         x, a.x_stride, y, a.y_stride, w, rstd, a.rows, a.cols, eps);
   } else {
-    rms_norm_forward_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(
+    auto kernel = rms_norm_forward_kernel<T, 1>;
+    kernel<<<grid_for_rows(kernel, a.rows, 0), kThreads, 0, stream>>>(
         x, a.x_stride, y, a.y_stride, w, rstd, a.rows, a.cols, eps);
   }
   return launch_error();
+}
+
+// How the backward runs: the same answer for the workspace size and for the launch.
+struct BackwardPlan {
+  bool vectors;
+  int blocks;
+  size_t shared;
+  const char* error;
+};
+
+template <typename T, int N>
+BackwardPlan plan_backward_as(const RmsNormBackward& a, bool vectors) {
+  using A = typename Acc<T>::type;
+  auto kernel = rms_norm_backward_kernel<T, N>;
+  const size_t shared = a.dweight != nullptr ? dw_slots<N>(a.cols) * sizeof(A) : 0;
+  if (shared > 48 * 1024) {
+    int device = 0, limit = 0;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (shared > static_cast<size_t>(limit)) {
+      return {vectors, 0, shared, "rows too long for the weight gradient's shared-memory sum"};
+    }
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         static_cast<int>(shared));
+  }
+  return {vectors, grid_for_rows(kernel, a.rows, shared), shared, nullptr};
+}
+
+template <typename T>
+BackwardPlan plan_backward(const RmsNormBackward& a) {
+  constexpr int N = kVec16<T>;
+  const bool vectors = vector_ok(a.dy, a.dy_stride, a.cols, sizeof(T), N) &&
+                       vector_ok(a.x, a.x_stride, a.cols, sizeof(T), N) &&
+                       vector_ok(a.dx, a.dx_stride, a.cols, sizeof(T), N);
+  return vectors ? plan_backward_as<T, N>(a, true) : plan_backward_as<T, 1>(a, false);
 }
 
 template <typename T>
 int64_t workspace_bytes(const RmsNormBackward& a) {
   using A = typename Acc<T>::type;
   if (a.dweight == nullptr) return 0;
-  return blocks_for_rows(a.rows, kBackwardBlocksPerSm) * a.cols * static_cast<int64_t>(sizeof(A));
+  const BackwardPlan plan = plan_backward<T>(a);
+  return static_cast<int64_t>(plan.blocks) * a.cols * static_cast<int64_t>(sizeof(A));
 }
 
 template <typename T, int N>
-const char* launch_backward(const RmsNormBackward& a, int blocks, size_t shared,
-                            cudaStream_t stream) {
+void launch_backward(const RmsNormBackward& a, const BackwardPlan& plan, cudaStream_t stream) {
   using A = typename Acc<T>::type;
-  auto kernel = rms_norm_backward_kernel<T, N>;
-  if (shared > 48 * 1024) {
-    int device = 0, limit = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    if (shared > static_cast<size_t>(limit)) return "rows too long for the weight gradient's shared-memory sum";
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
-  }
-  kernel<<<blocks, kThreads, shared, stream>>>(
+  rms_norm_backward_kernel<T, N><<<plan.blocks, kThreads, plan.shared, stream>>>(
       static_cast<const T*>(a.dy), a.dy_stride, static_cast<const T*>(a.x), a.x_stride,
       static_cast<T*>(a.dx), a.dx_stride, static_cast<const A*>(a.weight),
       static_cast<const A*>(a.rstd), a.dweight != nullptr ? static_cast<A*>(a.workspace) : nullptr,
       a.rows, a.cols);
-  return launch_error();
 }
 
 template <typename T>
 const char* backward(const RmsNormBackward& a, cudaStream_t stream) {
   using A = typename Acc<T>::type;
-  constexpr int N = kVec16<T>;
-  const int blocks = static_cast<int>(blocks_for_rows(a.rows, kBackwardBlocksPerSm));
-  const size_t shared = a.dweight != nullptr ? static_cast<size_t>(a.cols) * sizeof(A) : 0;
-  const bool vectors = vector_ok(a.dy, a.dy_stride, a.cols, sizeof(T), N) &&
-                       vector_ok(a.x, a.x_stride, a.cols, sizeof(T), N) &&
-                       vector_ok(a.dx, a.dx_stride, a.cols, sizeof(T), N);
-  const char* error = vectors ? launch_backward<T, N>(a, blocks, shared, stream)
-                              : launch_backward<T, 1>(a, blocks, shared, stream);
+  const BackwardPlan plan = plan_backward<T>(a);
+  if (plan.error != nullptr) return plan.error;
+  if (plan.vectors) {
+    launch_backward<T, kVec16<T>>(a, plan, stream);
+  } else {
+    launch_backward<T, 1>(a, plan, stream);
+  }
+  const char* error = launch_error();
   if (error != nullptr || a.dweight == nullptr) return error;
-  const int sum_blocks = static_cast<int>((a.cols + 255) / 256);
-  column_sum_kernel<A><<<sum_blocks, 256, 0, stream>>>(static_cast<const A*>(a.workspace), blocks,
-                                                       a.cols, static_cast<A*>(a.dweight));
+  const int sum_blocks = static_cast<int>((a.cols + 31) / 32);
+  column_sum_kernel<A><<<sum_blocks, dim3(32, kSumRows), 0, stream>>>(
+      static_cast<const A*>(a.workspace), plan.blocks, a.cols, static_cast<A*>(a.dweight));
   return launch_error();
 }
 

@@ -9,7 +9,6 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kBlocksPerSm = 16;
 
 __device__ __forceinline__ void sin_cos(float a, float* s, float* c) { sincosf(a, s, c); }
 __device__ __forceinline__ void sin_cos(double a, double* s, double* c) { sincos(a, s, c); }
@@ -53,7 +52,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ A sin_table[kMaxRopeHeadDim / 2];
   const int pairs = head_dim / 2;
   const int chunks = head_dim / N;
-  const int64_t work = heads * chunks;
+  const int work = static_cast<int>(heads) * chunks;  // 32-bit: heads x head_dim / N is small
   for (int64_t l = blockIdx.x; l < tokens; l += gridDim.x) {
     for (int j = threadIdx.x; j < pairs; j += blockDim.x) {
       const A angle = rope_angle<A>(positions[3 * l + rope_axis(j, pairs_t, pairs_h)], inv_freq[j]);
@@ -63,9 +62,9 @@ __global__ void __launch_bounds__(kThreads)
       sin_table[j] = inverse ? -s : s;
     }
     __syncthreads();
-    for (int64_t i = threadIdx.x; i < work; i += blockDim.x) {
-      const int64_t h = i / chunks;
-      const int k = static_cast<int>(i % chunks) * N;
+    for (int i = threadIdx.x; i < work; i += blockDim.x) {
+      const int h = i / chunks;
+      const int k = (i % chunks) * N;
       Chunk<T, N, kAligned> chunk;
       chunk.load(x + l * x_token_stride + h * x_head_stride + k);
 #pragma unroll
@@ -84,8 +83,17 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T, int N, bool kAligned>
-void launch(const Rope3d& a, int blocks, cudaStream_t stream) {
-  rope_3d_kernel<T, N, kAligned><<<blocks, kThreads, 0, stream>>>(
+void launch(const Rope3d& a, cudaStream_t stream) {
+  // One block per token, up to what is resident at once; the rest grid-stride.
+  auto kernel = rope_3d_kernel<T, N, kAligned>;
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0) != cudaSuccess ||
+      per_sm < 1) {
+    per_sm = 1;
+  }
+  const int64_t resident = static_cast<int64_t>(sm_count()) * per_sm;
+  const int blocks = static_cast<int>(a.tokens < resident ? a.tokens : resident);
+  kernel<<<blocks, kThreads, 0, stream>>>(
       static_cast<const T*>(a.x), a.x_token_stride, a.x_head_stride, static_cast<T*>(a.out),
       a.out_token_stride, a.out_head_stride, a.positions, a.inv_freq, a.tokens, a.heads,
       static_cast<int>(a.head_dim), a.pairs_t, a.pairs_h, a.inverse);
@@ -94,17 +102,15 @@ void launch(const Rope3d& a, int blocks, cudaStream_t stream) {
 template <typename T>
 const char* rotate(const Rope3d& a, cudaStream_t stream) {
   constexpr int N = kVec16<T> >= 2 ? kVec16<T> : 2;
-  const int64_t cap = static_cast<int64_t>(sm_count()) * kBlocksPerSm;
-  const int blocks = static_cast<int>(a.tokens < cap ? a.tokens : cap);
   // A head is a row of head_dim elements; token and head strides must both keep the alignment.
   const bool vectors = vector_ok(a.x, a.x_token_stride, a.head_dim, sizeof(T), N) &&
                        a.x_head_stride % N == 0 &&
                        vector_ok(a.out, a.out_token_stride, a.head_dim, sizeof(T), N) &&
                        a.out_head_stride % N == 0;
   if (vectors) {
-    launch<T, N, true>(a, blocks, stream);
+    launch<T, N, true>(a, stream);
   } else {
-    launch<T, 2, false>(a, blocks, stream);
+    launch<T, 2, false>(a, stream);
   }
   return launch_error();
 }

@@ -11,7 +11,7 @@
 #include "../kernels/api.h"
 
 #ifdef MEGAGOKU_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
@@ -49,7 +49,7 @@ void check_error(const char* error, const char* op) {
   TORCH_CHECK(error == nullptr, "megagoku kernels: ", op, " failed: ", error);
 }
 
-void* current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+void* current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 #endif
 
 bool is_cuda(const at::Tensor& t) {
@@ -147,9 +147,11 @@ void rms_norm_backward(const at::Tensor& dy, const at::Tensor& x,
 // out[l, h, :] = rotate(x[l, h, :]) by token l's position; `out` may be `x` itself (in place).
 void rope_3d(const at::Tensor& x, at::Tensor& out, const at::Tensor& positions,
              const at::Tensor& inv_freq, int64_t pairs_t, int64_t pairs_h, bool inverse) {
-  TORCH_CHECK(x.dim() == 3 && out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type(),
-              "megagoku kernels: rope wants x and out of one shape [tokens, heads, head_dim], got ",
-              x.sizes(), " and ", out.sizes());
+  TORCH_CHECK(x.dim() == 3 && out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() &&
+                  out.device() == x.device(),
+              "megagoku kernels: rope wants x and out of one shape [tokens, heads, head_dim], "
+              "dtype and device, got ", x.sizes(), " ", x.device(), " and ", out.sizes(), " ",
+              out.device());
   const int64_t head_dim = x.size(2);
   TORCH_CHECK(head_dim % 2 == 0 && head_dim <= mk::kMaxRopeHeadDim,
               "megagoku kernels: rope head_dim must be even and at most ", mk::kMaxRopeHeadDim,
@@ -210,5 +212,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "rope_3d(x, out, positions, inv_freq, pairs_t, pairs_h, inverse): out may be x");
   m.def("built_with_cuda", &built_with_cuda);
   m.def("cpu_isa", &cpu_isa, "the instruction set the CPU kernels run with");
+  m.attr("STREAM_OUTPUT_BYTES") = mk::kStreamOutputBytes;
   m.def("set_cpu_isa", &set_cpu_isa, "run the CPU kernels with 'generic', 'avx2' or 'avx512'");
 }

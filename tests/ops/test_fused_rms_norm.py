@@ -132,3 +132,26 @@ def test_dispatch_uses_the_fused_kernel_and_the_reference_on_request():
             "FusedRMSNormBackward"
         assert type(rms_norm(x, w, 1e-6, "reference").grad_fn).__name__ != "FusedRMSNormBackward"
     torch.testing.assert_close(fused_out, rms_norm_reference(x, w, 1e-6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_outputs_are_streamed_whole(cpu_isa, dtype):
+    """Outputs past STREAM_OUTPUT_BYTES are written with non-temporal stores in 64-byte lines;
+    an odd width puts every row at another alignment (head, lines and tail all used)."""
+    C = extension()
+    rows, cols = 2300, 1031
+    assert rows * cols * torch.finfo(dtype).bits // 8 >= C.STREAM_OUTPUT_BYTES
+    x = torch.randn(rows, cols).to(dtype)
+    w = torch.randn(cols)
+    y, rstd = poisoned(x.shape, dtype), poisoned((rows,), torch.float32)
+    C.rms_norm_forward(x, w, 1e-6, y, rstd)
+    dy = torch.randn(rows, cols).to(dtype)
+    dx, dw = poisoned(x.shape, dtype), poisoned((cols,), torch.float32)
+    C.rms_norm_backward(dy, x, w, rstd, dx, dw)
+    xr, wr = x.double().requires_grad_(), w.double().requires_grad_()
+    ref = rms_norm_reference(xr, wr, 1e-6)
+    ref_dx, ref_dw = torch.autograd.grad(ref, (xr, wr), dy.double())
+    torch.testing.assert_close(y.double(), ref, **TOLERANCE[dtype])
+    torch.testing.assert_close(dx.double(), ref_dx, **TOLERANCE[dtype])
+    torch.testing.assert_close(dw.double(), ref_dw, atol=TOLERANCE[dtype]["atol"] * rows ** 0.5,
+                               rtol=TOLERANCE[dtype]["rtol"])

@@ -125,3 +125,16 @@ def test_bad_inputs_are_refused():
         C.rope_3d(x, torch.empty_like(x), positions, inv, 6, 3, False)
     with pytest.raises(ValueError, match="tokens, heads, head_dim"):
         rotate_fused(torch.randn(n, 16), positions, (4, 6, 6))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_outputs_are_streamed_whole(cpu_isa, dtype):
+    """An out-of-place output past STREAM_OUTPUT_BYTES is streamed in 64-byte lines."""
+    C = extension()
+    positions = packed_positions([(8, 16, 16)])  # 2048 tokens
+    x = torch.randn(positions.shape[0], 20, 64).to(dtype)
+    assert x.numel() * x.element_size() >= C.STREAM_OUTPUT_BYTES
+    out = poisoned(x.shape, dtype)
+    C.rope_3d(x, out, positions, rope_inv_freq((16, 24, 24), 10000.0), 8, 12, False)
+    ref = apply_rope(x.double(), rope_angles(positions, (16, 24, 24), 10000.0))
+    torch.testing.assert_close(out.double(), ref, **TOLERANCE[dtype])
