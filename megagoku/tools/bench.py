@@ -25,6 +25,7 @@ import ctypes
 import json
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -160,13 +161,33 @@ def rope_case(ops, tokens: int, heads: int, head_dim: int, dtype, device, timer)
     return times, 4 * x.numel() * x.element_size()
 
 
+# Goku-2B (dim 1792, 28 heads of 64) and Goku-8B (3072, 48 heads of 64).
+CASES = [("rmsnorm", dict(dim=1792, heads=0)), ("rmsnorm", dict(dim=3072, heads=0)),
+         ("qk-rmsnorm", dict(dim=64, heads=28)), ("qk-rmsnorm", dict(dim=64, heads=48)),
+         ("rope", dict(heads=28, head_dim=64)), ("rope", dict(heads=48, head_dim=64))]
+
+
+def run_case(ops, name: str, kw: dict, tokens: int, dtype, device, timer):
+    """-> (shape label, {"reference": s, "fused": s}, bytes the fused path must move)."""
+    if name == "rope":
+        times, moved = rope_case(ops, tokens, kw["heads"], kw["head_dim"], dtype, device, timer)
+        return f"{tokens}x{kw['heads']}x{kw['head_dim']}", times, moved
+    times, moved = rms_norm_case(ops, tokens, kw["dim"], kw["heads"], dtype, device, timer)
+    shape = f"{tokens}x{kw['heads']}x{kw['dim']}" if kw["heads"] else f"{tokens}x{kw['dim']}"
+    return shape, times, moved
+
+
 def run_kernels(args: argparse.Namespace) -> int:
     from megagoku import ops
     from megagoku.ops import fused
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
-    ops.use_fused("fused", device.type)  # stops here, with the reason, when they cannot run
+    try:
+        ops.use_fused("fused", device.type)
+    except ops.KernelsUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     dtypes = args.dtype or (["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"])
     if device.type != "cuda" and "fp16" in dtypes:
         print("fp16 runs on CUDA only; dropped")
@@ -182,23 +203,12 @@ def run_kernels(args: argparse.Namespace) -> int:
     print(f"device: {where}; allocator: {'warm (mmap threshold raised)' if warm else 'default'}")
     print(f"{args.tokens} tokens per call; forward + backward, median of {args.repeats}; "
           f"copy bandwidth now {copies[0] / 1e9:.1f} GB/s (read + write)")
-    cases = [("rmsnorm", dict(dim=1792, heads=0)), ("rmsnorm", dict(dim=3072, heads=0)),
-             ("qk-rmsnorm", dict(dim=64, heads=28)), ("qk-rmsnorm", dict(dim=64, heads=48)),
-             ("rope", dict(heads=28, head_dim=64)), ("rope", dict(heads=48, head_dim=64))]
     measured = []
-    total = len(dtypes) * len(cases)
+    total = len(dtypes) * len(CASES)
     for dtype_name in dtypes:
-        dtype = DTYPES[dtype_name]
-        for name, kw in cases:
-            if name == "rope":
-                times, moved = rope_case(ops, args.tokens, kw["heads"], kw["head_dim"], dtype,
-                                         device, timer)
-                shape = f"{args.tokens}x{kw['heads']}x{kw['head_dim']}"
-            else:
-                times, moved = rms_norm_case(ops, args.tokens, kw["dim"], kw["heads"], dtype,
-                                             device, timer)
-                shape = (f"{args.tokens}x{kw['heads']}x{kw['dim']}" if kw["heads"]
-                         else f"{args.tokens}x{kw['dim']}")
+        for name, kw in CASES:
+            shape, times, moved = run_case(ops, name, kw, args.tokens, DTYPES[dtype_name], device,
+                                           timer)
             copies.append(copy_bandwidth(device, timer))
             measured.append((name, dtype_name, shape, times, moved))
             print(f"[{len(measured)}/{total}] {name} {dtype_name} {shape}: eager "

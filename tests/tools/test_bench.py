@@ -4,6 +4,7 @@ asserted: performance claims live in BENCHMARKS.md, not in tests)."""
 import json
 
 from megagoku.cli import main
+from megagoku.ops import fused, use_fused
 
 
 def test_bench_kernels_reports_every_case(tmp_path, capsys):
@@ -22,3 +23,15 @@ def test_bench_kernels_reports_every_case(tmp_path, capsys):
         assert r["eager_ms"] > 0 and r["fused_ms"] > 0
         assert abs(r["speedup"] - r["eager_ms"] / r["fused_ms"]) < 1e-6 * r["speedup"]
         assert abs(r["copy_fraction"] - r["fused_gbps"] / r["copy_gbps"]) < 1e-6
+
+
+def test_bench_without_the_kernels_says_why(monkeypatch, capsys):
+    monkeypatch.setattr(fused, "_C", None)
+    monkeypatch.setattr(fused, "_IMPORT_ERROR", "ModuleNotFoundError: No module named '_C'")
+    use_fused.cache_clear()
+    try:
+        assert main(["bench", "kernels", "--tokens", "8", "--device", "cpu"]) == 2
+    finally:
+        use_fused.cache_clear()
+    err = capsys.readouterr().err
+    assert "error: fused kernels cannot run on cpu: megagoku.ops._C is not importable" in err
