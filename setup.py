@@ -94,6 +94,8 @@ setup(
     ],
     extras_require={
         "gpu": ["flash-attn>=2.6"],
+        # DALI decodes video (on a GPU, every common codec); without it PyAV decodes everything.
+        "dali": ["nvidia-dali-cuda120>=1.40"],
         "mpi": ["mpi4py>=4"],
         "test": ["pytest>=8"],
     },

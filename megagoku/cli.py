@@ -9,13 +9,13 @@ import sys
 
 from megagoku.config import ConfigError
 from megagoku.parallel.distributed import strip_local_rank
-from megagoku.tools import bench, demo, info, sample, train
+from megagoku.tools import bench, data, demo, info, sample, train
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megagoku", description="Goku-style flow models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for tool in (train, sample, info, demo, bench):
+    for tool in (train, sample, info, demo, bench, data):
         tool.register(sub)
     return parser
 

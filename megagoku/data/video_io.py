@@ -1,5 +1,5 @@
-"""Writing videos and frames: GIF (Pillow), MP4 (H.264 through PyAV) or PNG (one frame, or the
-frames side by side)."""
+"""Writing videos and frames: GIF (Pillow), MP4 (H.264) or WebM (VP9) through PyAV, or PNG (one
+frame, or the frames side by side)."""
 
 from __future__ import annotations
 
@@ -28,14 +28,18 @@ def frame_strip(frames: np.ndarray, gap: int = 2) -> np.ndarray:
     return strip
 
 
-FORMATS = (".mp4", ".gif", ".png")
+FORMATS = (".mp4", ".webm", ".gif", ".png")
+# Container suffix -> (FFmpeg encoder, options). Quality high enough that a decoded flat-colour
+# frame stays within a few levels of what was encoded.
+ENCODERS = {".mp4": ("libx264", {"crf": "18"}), ".webm": ("libvpx-vp9", {"crf": "18", "b": "0"})}
 
 
 def check_output_path(path: str | Path) -> Path:
     """Reject an unknown output format before any work is spent on the video."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
-        raise ValueError(f"--out {path}: unknown format {path.suffix!r} (use .mp4, .gif or .png)")
+        raise ValueError(f"--out {path}: unknown format {path.suffix!r} "
+                         "(use .mp4, .webm, .gif or .png)")
     return path
 
 
@@ -52,21 +56,23 @@ def write_video(path: str | Path, video: torch.Tensor, fps: int = 8, upscale: in
         images[0].save(path, save_all=True, append_images=images[1:], loop=0,
                        duration=max(1, round(1000 / fps)))
     else:
-        _write_mp4(path, frames, fps)
+        encode_video(path, frames, fps)
     return path
 
 
-def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+def encode_video(path: Path, frames: np.ndarray, fps: int) -> None:
+    """(T, H, W, 3) uint8 -> .mp4 (H.264) or .webm (VP9), by the path's suffix."""
     import av
 
+    encoder, options = ENCODERS[path.suffix.lower()]
     _, h, w, _ = frames.shape
     # yuv420p needs even sides: pad by one black row/column where needed.
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream(encoder, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18"}
+        stream.options = dict(options)
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

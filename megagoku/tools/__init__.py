@@ -1,1 +1,1 @@
-"""The `megagoku` subcommands: train, sample, info, demo, bench."""
+"""The `megagoku` subcommands: train, sample, info, demo, bench, data."""

@@ -12,7 +12,7 @@ def register(subparsers) -> None:
                               description=__doc__)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--out", required=True, help="output file: .mp4, .gif or .png")
+    p.add_argument("--out", required=True, help="output file: .mp4, .webm, .gif or .png")
     p.add_argument("--frames", type=int, help="video frames (1 = an image)")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
