@@ -112,9 +112,15 @@ class TextConfig:
 
 @dataclass
 class DataConfig:
-    """Built-in moving-shapes data and the packer's token budget."""
+    """Where samples come from (the built-in moving shapes, or the files of a manifest), their
+    size, and the packer's token budget."""
 
-    kind: Literal["shapes"] = "shapes"
+    kind: Literal["shapes", "manifest"] = "shapes"
+    # kind: manifest: a .jsonl or .parquet manifest (megagoku/data/manifest.py); every sample is
+    # decoded to height x width, videos to `frames` frames at `fps` (None: the file's rate).
+    manifest: Optional[str] = None
+    fps: Optional[float] = None
+    decode_backend: Literal["auto", "dali", "pyav"] = "auto"
     height: int = 16
     width: int = 16
     frames: int = 8
@@ -137,6 +143,10 @@ class DataConfig:
         lo, hi = self.displacement
         if not 0.0 <= lo <= hi <= 1.0:
             yield "displacement", f"must be 0 <= low <= high <= 1, got {list(self.displacement)}"
+        if self.kind == "manifest" and not self.manifest:
+            yield "manifest", "kind: manifest needs the path of a .jsonl or .parquet manifest"
+        if self.fps is not None and self.fps <= 0:
+            yield "fps", f"must be positive, got {self.fps}"
 
 
 @dataclass

@@ -9,7 +9,7 @@ would have seen.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
 
@@ -95,15 +95,20 @@ class Sample(Protocol):
 
 
 class IndexedDataset(Protocol):
-    def __getitem__(self, index: int) -> Sample: ...
+    def __getitem__(self, index: int) -> Optional[Sample]: ...  # None: unreadable, skipped
+
+
+# More unreadable samples than this in a row stop training: a broken mount, not bad files.
+MAX_CONSECUTIVE_SKIPS = 100
 
 
 class PackingLoader:
     """Turns an indexable dataset into packs of at most `tokens_per_pack` tokens.
 
     `encode` maps a sample's pixels to its latent (the VAE); a single sample larger than the
-    budget is an error, not a silent drop. `replica = (r, n)`: data-parallel replica r of n reads
-    samples r, r + n, r + 2n, ... (its own stream; `next_index` counts in it).
+    budget is an error, not a silent drop; an index whose sample cannot be read (the dataset gives
+    None) is skipped and counted in `skipped`. `replica = (r, n)`: data-parallel replica r of n
+    reads samples r, r + n, r + 2n, ... (its own stream; `next_index` counts in it).
     """
 
     def __init__(self, dataset: IndexedDataset, encode: Callable[[torch.Tensor], torch.Tensor],
@@ -117,6 +122,7 @@ class PackingLoader:
         self.patch = tuple(patch)
         self.tokens_per_pack = tokens_per_pack
         self.next_index = start_index
+        self.skipped = 0  # indices whose sample could not be read, in this process
         # The sample that did not fit the previous pack, already encoded: it opens the next one.
         self._carry: tuple[int, torch.Tensor, Sample, int] | None = None
 
@@ -127,10 +133,12 @@ class PackingLoader:
         self.next_index = int(state["next_index"])
         self._carry = None
 
-    def _latent(self, index: int) -> tuple[torch.Tensor, Sample, int]:
+    def _latent(self, index: int) -> Optional[tuple[torch.Tensor, Sample, int]]:
         if self._carry is not None and self._carry[0] == index:
             return self._carry[1:]
         sample = self.dataset[index * self.replica[1] + self.replica[0]]
+        if sample is None:  # a file that could not be decoded (the dataset said so and counted)
+            return None
         latent = self.encode(sample.pixels)
         n = patchify(latent, self.patch)[0].shape[0]
         if n > self.tokens_per_pack:
@@ -141,8 +149,19 @@ class PackingLoader:
     def next_pack(self) -> PackedBatch:
         latents, captions, kinds, total = [], [], [], 0
         index = self.next_index
+        missing = 0
         while True:
-            latent, sample, n = self._latent(index)
+            found = self._latent(index)
+            if found is None:
+                self.skipped += 1
+                missing += 1
+                if missing >= MAX_CONSECUTIVE_SKIPS:
+                    raise RuntimeError(f"{missing} samples in a row could not be read (up to "
+                                       f"index {index}): the data is broken, not a few files")
+                index += 1
+                continue
+            missing = 0
+            latent, sample, n = found
             if latents and total + n > self.tokens_per_pack:
                 self._carry = (index, latent, sample, n)  # this sample opens the next pack
                 break

@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 
 from megagoku.config import ConfigError, TrainingConfig, to_dict
-from megagoku.data import PackingLoader, ShapesDataset
+from megagoku.data import ManifestError, PackingLoader, ShapesDataset
+from megagoku.data.files import ManifestDataset
 from megagoku.models import TextEncoder, build_latent_space, build_model
 from megagoku.models.text_encoder import encoder_width
 from megagoku.ops import KernelsUnavailable, describe, use_fused
@@ -52,14 +53,24 @@ class TrainResult:
     final_loss: float  # mean over the last logging window
 
 
-def preflight(config: TrainingConfig, source: str) -> tuple[ShapesDataset, torch.device]:
+def build_dataset(config: TrainingConfig) -> ShapesDataset | ManifestDataset:
+    """The sample source of `data.kind`; raises ValueError (or ManifestError) naming the field."""
+    if config.data.kind == "manifest":
+        return ManifestDataset(config.data)
+    return ShapesDataset(config.data)
+
+
+def preflight(config: TrainingConfig, source: str) -> tuple[ShapesDataset | ManifestDataset,
+                                                            torch.device]:
     """What the config cannot check alone (the encoder's width, the held-out captions, the
     device, the world size), checked before any work; every failure is a ConfigError naming
     `source`."""
     try:
         width = encoder_width(config.text.encoder)
-        dataset = ShapesDataset(config.data)
+        dataset = build_dataset(config)
         device = resolve_device(config.train.device)
+    except ManifestError as e:
+        raise ConfigError(f"{source}: data.manifest: {e}") from None
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"{source}: {e}") from None
     except RuntimeError as e:
@@ -75,6 +86,15 @@ def preflight(config: TrainingConfig, source: str) -> tuple[ShapesDataset, torch
     except KernelsUnavailable as e:
         raise ConfigError(f"{source}: model.kernels: {e}") from None
     return dataset, device
+
+
+def skipped_samples(loader: PackingLoader) -> float:
+    """Unreadable samples skipped so far, over all data-parallel replicas (collective)."""
+    count = torch.tensor([float(loader.skipped)])
+    if dist.get_world_size() > 1:
+        dist.all_reduce(count)
+        count /= dist.get_world_size() // data_parallel_size()  # TP/SP ranks share the stream
+    return float(count.item())
 
 
 def lr_lambda(cfg, step: int) -> float:
@@ -203,7 +223,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
             out_of_time = bool(flag.item())
         if step % tcfg.log_every == 0 or step == tcfg.steps or out_of_time:
             scalars = {**window.scalars(), "lr": lr, "grad_norm": grad_norm,
-                       "elapsed_s": elapsed_total}
+                       "elapsed_s": elapsed_total,
+                       "data_skipped": skipped_samples(loader)}
             if metrics is not None:
                 metrics.log(step, scalars)
                 metrics.progress(step, scalars["loss"], scalars["steps_per_s"],

@@ -61,3 +61,30 @@ def test_sample_larger_than_budget_is_an_error():
     with pytest.raises(ValueError, match="more than data.tokens_per_step"):
         for _ in range(20):
             ld.next_pack()
+
+
+class WithHoles:
+    """The shapes set with unreadable samples at some indices (a dataset gives None for those)."""
+
+    def __init__(self, holes):
+        self.shapes = ShapesDataset(DataConfig(image_fraction=0.5))
+        self.holes = set(holes)
+
+    def __getitem__(self, index):
+        return None if index in self.holes else self.shapes[index]
+
+
+def test_unreadable_samples_are_skipped_and_counted():
+    ld = PackingLoader(WithHoles({1, 2, 7}), lambda x: x, (1, 4, 4), 300)
+    seen = []
+    while ld.next_index < 12:
+        seen += ld.next_pack().captions
+    expected = [ld.dataset.shapes[i].caption for i in range(ld.next_index) if i not in {1, 2, 7}]
+    assert seen == expected and ld.skipped == 3
+
+
+def test_a_run_of_unreadable_samples_stops_the_loader():
+    ld = PackingLoader(WithHoles(range(5, 500)), lambda x: x, (1, 4, 4), 300)
+    with pytest.raises(RuntimeError, match="100 samples in a row could not be read"):
+        for _ in range(50):
+            ld.next_pack()

@@ -35,3 +35,10 @@ def test_bench_without_the_kernels_says_why(monkeypatch, capsys):
         use_fused.cache_clear()
     err = capsys.readouterr().err
     assert "error: fused kernels cannot run on cpu: megagoku.ops._C is not importable" in err
+
+
+def test_bench_data_reports_each_backend_per_codec(capsys):
+    assert main(["bench", "data", "--size", "32", "32", "--frames", "5", "--clips", "1"]) == 0
+    rows = {tuple(line.split()[:2]): line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == {("vp9", "pyav"), ("vp9", "dali"), ("h264", "pyav"), ("h264", "dali")}
+    assert float(rows[("vp9", "dali")].split()[2]) > 0 and "n/a" in rows[("h264", "dali")]

@@ -83,3 +83,33 @@ def test_same_seed_same_run(tmp_path):
     train(other, tmp_path / "c")
     assert [json.loads(line)["loss"] for line in
             (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()] != runs[0]
+
+
+def test_training_on_manifest_files_skips_and_counts_a_missing_file(tmp_path):
+    from megagoku.data.shapes_files import write_shapes_files
+
+    cfg = load_training_config(ROOT / "configs/tiny.yaml")
+    manifest = write_shapes_files(tmp_path / "data", cfg.data, 12)
+    with open(manifest, "a") as f:
+        f.write(json.dumps({"path": "clips/gone.webm", "caption": "a red circle moving up",
+                            "kind": "video", "width": 16, "height": 16, "frames": 8,
+                            "fps": 8}) + "\n")
+    cfg = load_training_config(ROOT / "configs/tiny.yaml", [
+        "data.kind=manifest", f"data.manifest={manifest}", "train.steps=4", "train.log_every=2",
+        "model.depth=1"])
+    result = train(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert result.steps == 4 and all(r["loss"] > 0 for r in records)
+    # 4 steps of ~16 samples go through the 13 records several times: the gone one each time.
+    assert records[-1]["data_skipped"] >= 2
+
+
+def test_a_missing_manifest_is_a_config_error(tmp_path):
+    cfg = load_training_config(ROOT / "configs/tiny.yaml", [
+        "data.kind=manifest", f"data.manifest={tmp_path / 'none.jsonl'}"])
+    with pytest.raises(ConfigError, match=r"^cfg.yaml: data.manifest: .*none.jsonl: no such "
+                                          r"manifest$"):
+        train(cfg, tmp_path / "run", source="cfg.yaml")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="data.manifest: kind: manifest needs the path"):
+        load_training_config(ROOT / "configs/tiny.yaml", ["data.kind=manifest"])

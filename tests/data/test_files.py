@@ -1,0 +1,51 @@
+"""ManifestDataset: every record once per epoch in a seeded order, decoded to the data section's
+size, the motion score in the caption, and None for a file that cannot serve."""
+
+import json
+
+import pytest
+
+from megagoku.config.schema import DataConfig
+from megagoku.data.files import ManifestDataset, caption_of
+from megagoku.data.manifest import MediaRecord
+from megagoku.data.shapes_files import write_shapes_files
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    out = tmp_path_factory.mktemp("files")
+    path = write_shapes_files(out, DataConfig(image_fraction=0.3, frames=9), 10)
+    with open(path, "a") as f:  # one record whose file is gone
+        f.write(json.dumps({"path": "clips/gone.webm", "caption": "a red circle moving up",
+                            "kind": "video", "width": 16, "height": 16, "frames": 9, "fps": 8,
+                            "scores": {"motion": 3.24}}) + "\n")
+    return path
+
+
+def test_each_epoch_visits_every_record_once_in_a_seeded_order(manifest):
+    cfg = DataConfig(kind="manifest", manifest=str(manifest), seed=5)
+    ds = ManifestDataset(cfg)
+    n = len(ds)
+    assert n == 11
+    epochs = [[ds.record(e * n + i).path for i in range(n)] for e in range(3)]
+    assert all(sorted(map(str, e)) == sorted(str(r.path) for r in ds.records) for e in epochs)
+    assert epochs[0] != epochs[1]
+    again = ManifestDataset(cfg)
+    assert [again.record(n + i).path for i in range(n)] == epochs[1]  # random access, same order
+
+
+def test_samples_are_decoded_to_the_data_size_and_unreadable_ones_are_none(manifest):
+    ds = ManifestDataset(DataConfig(kind="manifest", manifest=str(manifest), height=8, width=12,
+                                    frames=5, fps=4.0))
+    samples = [ds[i] for i in range(len(ds))]
+    assert sum(s is None for s in samples) == 1 and ds.reader.stats.skipped == {"missing": 1}
+    for s in samples:
+        if s is not None:
+            frames = 1 if s.kind == "image" else 5
+            assert s.pixels.shape == (3, frames, 8, 12) and s.pixels.abs().max() <= 1
+
+
+def test_motion_score_is_appended_to_the_caption(tmp_path):
+    record = MediaRecord(tmp_path / "a.mp4", "a cat jumps", "video", 8, 8, 9, 8.0, {"motion": 3.24})
+    assert caption_of(record) == "a cat jumps motion score: 3.2"
+    assert caption_of(MediaRecord(tmp_path / "b.png", "a dog", "image", 8, 8, 1)) == "a dog"
