@@ -133,9 +133,11 @@ class DataConfig:
         "blue circle moving down", "yellow square moving right"])
     seed: int = 0
     tokens_per_step: int = 2048  # Patch n' Pack budget: samples are packed up to this many tokens
+    # Read-ahead samples each pack is filled from, first-fit-decreasing (1: greedy, stream order).
+    pack_window: int = 1
 
     def problems(self) -> Iterator[Problem]:
-        for name in ("height", "width", "frames", "tokens_per_step"):
+        for name in ("height", "width", "frames", "tokens_per_step", "pack_window"):
             if getattr(self, name) <= 0:
                 yield name, f"must be positive, got {getattr(self, name)}"
         if not 0.0 <= self.image_fraction <= 1.0:

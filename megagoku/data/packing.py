@@ -1,9 +1,9 @@
 """Patch n' Pack: latents of any (T, H, W) cut into patches and laid end to end in one sequence.
 
-No buckets: a pack takes samples in order until the next one would exceed the token budget; that
-sample opens the next pack (nothing is dropped). The loader's state is one integer (the index of
-the next sample), saved in every checkpoint, so a resumed run can continue on exactly the pack it
-would have seen.
+No buckets: a pack is filled from a window of read-ahead samples, first-fit-decreasing, up to the
+token budget (`PackingLoader`); nothing is dropped and nothing inside a pack is padding. The
+loader's state (the next unread index and the indices in its window) is saved in every
+checkpoint, so a resumed run continues on exactly the packs it would have seen.
 """
 
 from __future__ import annotations
@@ -102,40 +102,68 @@ class IndexedDataset(Protocol):
 MAX_CONSECUTIVE_SKIPS = 100
 
 
-class PackingLoader:
-    """Turns an indexable dataset into packs of at most `tokens_per_pack` tokens.
+def first_fit_decreasing(sizes: Sequence[int], room: int) -> list[int]:
+    """Positions of `sizes` to add to a pack with `room` tokens left: largest first, each one that
+    still fits (ties by position, so the choice is deterministic)."""
+    chosen = []
+    for position in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        if sizes[position] <= room:
+            chosen.append(position)
+            room -= sizes[position]
+    return chosen
 
-    `encode` maps a sample's pixels to its latent (the VAE); a single sample larger than the
-    budget is an error, not a silent drop; an index whose sample cannot be read (the dataset gives
-    None) is skipped and counted in `skipped`. `replica = (r, n)`: data-parallel replica r of n
-    reads samples r, r + n, r + 2n, ... (its own stream; `next_index` counts in it).
+
+@dataclass
+class _Entry:
+    index: int  # in this replica's stream
+    latent: torch.Tensor
+    sample: Sample
+    tokens: int
+
+
+class PackingLoader:
+    """Turns an indexable dataset into packs of at most `tokens_per_pack` tokens (Patch n' Pack:
+    no buckets, no padding inside a pack).
+
+    The loader keeps up to `window` read-ahead samples (encoded) and fills each pack from them
+    first-fit-decreasing, refilling the window as samples leave it, until none of them fits.
+    `window=1` is greedy in stream order: a pack closes at the first sample that does not fit,
+    which opens the next one. `encode` maps a sample's pixels to its latent (the VAE); a single
+    sample larger than the budget is an error, not a silent drop; an index whose sample cannot be
+    read (the dataset gives None) is skipped and counted in `skipped`.
+
+    `replica = (r, n)`: data-parallel replica r of n reads samples r, r + n, r + 2n, ... (its own
+    stream; indices count in it). State (`state_dict`) is the next unread index and the indices
+    in the window; a loader loaded with it yields exactly the packs the original would have (the
+    window's samples are read and encoded again: the dataset and the encoder are deterministic).
     """
 
     def __init__(self, dataset: IndexedDataset, encode: Callable[[torch.Tensor], torch.Tensor],
                  patch: Sequence[int], tokens_per_pack: int, start_index: int = 0,
-                 replica: tuple[int, int] = (0, 1)):
+                 replica: tuple[int, int] = (0, 1), window: int = 1):
         if not 0 <= replica[0] < replica[1]:
             raise ValueError(f"replica {replica[0]} of {replica[1]} does not exist")
+        if window < 1:
+            raise ValueError(f"data.pack_window must be at least 1, got {window}")
         self.replica = replica
         self.dataset = dataset
         self.encode = encode
         self.patch = tuple(patch)
         self.tokens_per_pack = tokens_per_pack
-        self.next_index = start_index
+        self.window = window
+        self.next_index = start_index  # the next index of the stream not read yet
         self.skipped = 0  # indices whose sample could not be read, in this process
-        # The sample that did not fit the previous pack, already encoded: it opens the next one.
-        self._carry: tuple[int, torch.Tensor, Sample, int] | None = None
+        self._buffer: list[_Entry] = []  # read and encoded, not packed yet (stream order)
 
     def state_dict(self) -> dict:
-        return {"next_index": self.next_index}
+        return {"next_index": self.next_index, "window": [e.index for e in self._buffer]}
 
     def load_state_dict(self, state: dict) -> None:
         self.next_index = int(state["next_index"])
-        self._carry = None
+        self._buffer = [e for e in (self._read(int(i)) for i in state.get("window", []))
+                        if e is not None]
 
-    def _latent(self, index: int) -> Optional[tuple[torch.Tensor, Sample, int]]:
-        if self._carry is not None and self._carry[0] == index:
-            return self._carry[1:]
+    def _read(self, index: int) -> Optional[_Entry]:
         sample = self.dataset[index * self.replica[1] + self.replica[0]]
         if sample is None:  # a file that could not be decoded (the dataset said so and counted)
             return None
@@ -144,34 +172,38 @@ class PackingLoader:
         if n > self.tokens_per_pack:
             raise ValueError(f"sample {index} ({sample.caption!r}) has {n} tokens, more than "
                              f"data.tokens_per_step = {self.tokens_per_pack}")
-        return latent, sample, n
+        return _Entry(index, latent, sample, n)
+
+    def _fill(self) -> None:
+        missing = 0
+        while len(self._buffer) < self.window:
+            entry = self._read(self.next_index)
+            self.next_index += 1
+            if entry is not None:
+                self._buffer.append(entry)
+                missing = 0
+                continue
+            self.skipped += 1
+            missing += 1
+            if missing >= MAX_CONSECUTIVE_SKIPS:
+                raise RuntimeError(f"{missing} samples in a row could not be read (up to index "
+                                   f"{self.next_index - 1}): the data is broken, not a few files")
 
     def next_pack(self) -> PackedBatch:
-        latents, captions, kinds, total = [], [], [], 0
-        index = self.next_index
-        missing = 0
+        chosen: list[_Entry] = []
+        room = self.tokens_per_pack
         while True:
-            found = self._latent(index)
-            if found is None:
-                self.skipped += 1
-                missing += 1
-                if missing >= MAX_CONSECUTIVE_SKIPS:
-                    raise RuntimeError(f"{missing} samples in a row could not be read (up to "
-                                       f"index {index}): the data is broken, not a few files")
-                index += 1
-                continue
-            missing = 0
-            latent, sample, n = found
-            if latents and total + n > self.tokens_per_pack:
-                self._carry = (index, latent, sample, n)  # this sample opens the next pack
+            self._fill()
+            taken = first_fit_decreasing([e.tokens for e in self._buffer], room)
+            if not taken:
                 break
-            latents.append(latent)
-            captions.append(sample.caption)
-            kinds.append(sample.kind)
-            total += n
-            index += 1
-        self.next_index = index
-        return pack(latents, captions, kinds, self.patch)
+            for position in taken:
+                chosen.append(self._buffer[position])
+                room -= self._buffer[position].tokens
+            self._buffer = [e for i, e in enumerate(self._buffer) if i not in set(taken)]
+        chosen.sort(key=lambda e: e.index)
+        return pack([e.latent for e in chosen], [e.sample.caption for e in chosen],
+                    [e.sample.kind for e in chosen], self.patch)
 
     def __iter__(self) -> Iterator[PackedBatch]:
         while True:

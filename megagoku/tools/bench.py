@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import math
 import platform
 import statistics
 import sys
@@ -76,6 +77,14 @@ def register(subparsers) -> None:
     d.add_argument("--clips", type=int, default=4, help="clips per codec (default 4)")
     d.add_argument("--device", default="cpu", help="cpu or cuda (DALI on the GPU)")
     d.set_defaults(func=run_data)
+    pk = which.add_parser("packing", help="Patch n' Pack padding against size bucketing",
+                          description=run_packing.__doc__)
+    pk.add_argument("--samples", type=int, default=3000, help="samples in the mix (default 3000)")
+    pk.add_argument("--budget", type=int, default=220_000, help="tokens per pack (default 220000)")
+    pk.add_argument("--window", type=int, action="append",
+                    help="pack windows to compare (repeatable; default 1, 16, 64, 256)")
+    pk.add_argument("--seed", type=int, default=0)
+    pk.set_defaults(func=run_packing)
 
 
 class Timer:
@@ -286,4 +295,99 @@ def run_data(args: argparse.Namespace) -> int:
     for codec, name, rate in rows:
         shown = f"{rate:>10.0f}" if rate is not None else f"{'n/a':>10}  (DALI's CPU decoder: VP9, VP8, MJPEG)"
         print(f"{codec:<8}{name:<9}{shown}")
+    return 0
+
+
+# A stage-2-like mix: images at several sizes, clips of 2-10 s at 288p/480p/720p and 24 fps.
+IMAGE_SIZES = ((256, 256), (512, 512), (1024, 1024), (432, 768), (720, 1280), (768, 432))
+VIDEO_TIERS = ((288, 512), (480, 848), (720, 1280))
+
+
+def latent_tokens(frames: int, height: int, width: int) -> int:
+    """Tokens of a clip through the 3D causal VAE (8x8 spatial, 4x temporal: the first frame
+    alone) and Goku's 1x2x2 patches."""
+    return ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
+
+
+def realistic_mix(samples: int, seed: int) -> list[tuple[str, int, int]]:
+    """(bucket, tokens, bucket's padded tokens): half images, half clips; clips bucketed by tier
+    and 2 s duration bins as a bucketing loader would (each padded to its bin's longest)."""
+    import random
+
+    rng = random.Random(seed)
+    mix = []
+    for _ in range(samples):
+        if rng.random() < 0.5:
+            h, w = rng.choice(IMAGE_SIZES)
+            tokens = latent_tokens(1, h, w)
+            mix.append((f"image {h}x{w}", tokens, tokens))
+        else:
+            h, w = rng.choice(VIDEO_TIERS)
+            seconds = rng.uniform(2.0, 10.0)
+            frames = int(seconds * 24) // 4 * 4 + 1  # 4k + 1 frames
+            top = min(10, 2 * (int(seconds) // 2 + 1))  # bin (b-2, b] seconds, padded to b
+            mix.append((f"{h}p {top}s", latent_tokens(frames, h, w),
+                        latent_tokens(top * 24 // 4 * 4 + 1, h, w)))
+    return mix
+
+
+class TokenCounts:
+    """A dataset whose sample i is a latent of exactly `tokens[i]` tokens (1 channel, 1x1x1
+    patches), so that the packing loader itself can be measured without decoding."""
+
+    def __init__(self, tokens: list[int]):
+        self.tokens = tokens
+
+    def __getitem__(self, index: int):
+        from types import SimpleNamespace
+
+        n = self.tokens[index % len(self.tokens)]
+        return SimpleNamespace(pixels=torch.zeros(1, n, 1, 1), caption="", kind="video")
+
+
+def bucketed_padding(mix: list[tuple[str, int, int]], budget: int) -> float:
+    """Size bucketing on the same mix: each bucket's batches hold floor(budget / padded tokens)
+    samples padded to the bucket's size; the last batch of a bucket is partly empty."""
+    from collections import defaultdict
+
+    buckets: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for bucket, tokens, padded in mix:
+        buckets[bucket].append((tokens, padded))
+    real = sum(tokens for _, tokens, _ in mix)
+    batches = sum(math.ceil(len(items) / max(1, budget // items[0][1]))
+                  for items in buckets.values())
+    return 1 - real / (batches * budget)
+
+
+def run_packing(args: argparse.Namespace) -> int:
+    """`megagoku bench packing`: the share of each pack's token budget left empty (padding) by
+    the Patch n' Pack loader at several window sizes, and by size bucketing, on a realistic mix
+    (half images at six sizes, half 2-10 s clips at 288p/480p/720p, through the 8x8x4 VAE and
+    1x2x2 patches); and the loader's own throughput (no decoding or encoding in it)."""
+    from megagoku.data.packing import PackingLoader
+
+    mix = realistic_mix(args.samples, args.seed)
+    tokens = [t for _, t, _ in mix]
+    if max(tokens) > args.budget:
+        print(f"error: --budget {args.budget} is smaller than the largest sample ({max(tokens)})",
+              file=sys.stderr)
+        return 2
+    total = sum(tokens)
+    print(f"{len(mix)} samples, {total / 1e6:.1f}M tokens (largest {max(tokens)}), "
+          f"budget {args.budget} tokens per pack")
+    print(f"{'method':<28}{'padding':>10}{'packed tokens/s':>18}")
+    for window in args.window or [1, 16, 64, 256]:
+        loader = PackingLoader(TokenCounts(tokens), lambda x: x, (1, 1, 1), args.budget,
+                               window=window)
+        used, packs = 0, 0
+        start = time.perf_counter()
+        # Until one pass over the mix has been read (the stream wraps around).
+        while loader.next_index < len(tokens):
+            used += loader.next_pack().tokens.shape[0]
+            packs += 1
+        seconds = time.perf_counter() - start
+        name = "greedy (window 1)" if window == 1 else f"first-fit-decreasing w={window}"
+        print(f"{name:<28}{1 - used / (packs * args.budget):>10.2%}{used / seconds:>18.3g}",
+              flush=True)
+    print(f"{'size bucketing':<28}{bucketed_padding(mix, args.budget):>10.2%}{'n/a':>18}")
     return 0

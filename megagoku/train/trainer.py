@@ -167,7 +167,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     latent_space = build_latent_space(config.latent)
     text_encoder = TextEncoder(config.text.encoder, config.text.max_length, device)
     loader = PackingLoader(dataset, latent_space.encode, config.model.patch_size,
-                           config.data.tokens_per_step, replica=(replica, replicas))
+                           config.data.tokens_per_step, replica=(replica, replicas),
+                           window=config.data.pack_window)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas,
                                   weight_decay=tcfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(tcfg, s))

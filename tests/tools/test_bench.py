@@ -42,3 +42,14 @@ def test_bench_data_reports_each_backend_per_codec(capsys):
     rows = {tuple(line.split()[:2]): line for line in capsys.readouterr().out.splitlines()[2:]}
     assert set(rows) == {("vp9", "pyav"), ("vp9", "dali"), ("h264", "pyav"), ("h264", "dali")}
     assert float(rows[("vp9", "dali")].split()[2]) > 0 and "n/a" in rows[("h264", "dali")]
+
+
+def test_bench_packing_compares_windows_and_bucketing(capsys):
+    assert main(["bench", "packing", "--samples", "200", "--window", "1", "--window", "32"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("  ")[0].strip(): line for line in out.splitlines()[2:]}
+    padding = {k: float(v.split()[-2].rstrip("%")) for k, v in rows.items()}
+    assert set(padding) == {"greedy (window 1)", "first-fit-decreasing w=32", "size bucketing"}
+    assert padding["first-fit-decreasing w=32"] < padding["greedy (window 1)"]
+    assert padding["first-fit-decreasing w=32"] < padding["size bucketing"]
+    assert main(["bench", "packing", "--samples", "50", "--budget", "1000"]) == 2

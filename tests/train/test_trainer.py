@@ -36,10 +36,10 @@ def test_periodic_checkpoints_record_the_loader_position(tmp_path):
     train(cfg, tmp_path)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["step_00000002", "step_00000004"]
-    # 1024-token packs of 128-token videos: 8 videos a step.
+    # 1024-token packs of 128-token videos: 8 videos a step; the 9th read waits in the window.
     for name, consumed in zip(names, (16, 32)):
         state = json.loads((tmp_path / "checkpoints" / name / "state.json").read_text())
-        assert state["loader"] == {"next_index": consumed}
+        assert state["loader"] == {"next_index": consumed + 1, "window": [consumed]}
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
