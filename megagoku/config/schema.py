@@ -293,6 +293,6 @@ class TrainingConfig:
         if video_tokens > self.data.tokens_per_step:
             yield "data.tokens_per_step", (f"{self.data.tokens_per_step} cannot hold one video of "
                                            f"{video_tokens} tokens")
-        if self.data.image_fraction > 0 and pt != 1:
+        if self.data.kind == "shapes" and self.data.image_fraction > 0 and pt != 1:
             yield "data.image_fraction", (f"images are one frame, which a temporal patch of {pt} "
                                           "cannot cover: set it to 0 or use patch_size [1, h, w]")

@@ -6,7 +6,7 @@ those files go through PyAV. The choice is made per file from its codec (`choose
 logged at debug level; `DecodeStats` counts it. Images go through Pillow.
 
 Every failure a file can cause (missing, zero length, truncated, unknown codec, no video stream,
-fewer frames than the manifest says) is a `DecodeError` naming the file and the reason; the
+fewer frames than the sample needs) is a `DecodeError` naming the file and the reason; the
 reader (`MediaReader`) skips that sample with one warning and counts it.
 """
 
@@ -134,31 +134,56 @@ class DaliDecoder:
 
         gpu = device == "cuda"
 
-        @pipeline_def(batch_size=1, num_threads=threads, device_id=0 if gpu else None,
+        device_id = None
+        if gpu:
+            import torch.cuda
+
+            device_id = torch.cuda.current_device()  # this rank's GPU
+
+        @pipeline_def(batch_size=1, num_threads=threads, device_id=device_id,
                       prefetch_queue_depth=1)
         def pipeline():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8)
             return fn.decoders.video(encoded, device="mixed" if gpu else "cpu")
 
         self.gpu = gpu
+        self.threads = threads
         self.pipe = pipeline()
         self.pipe.build()
 
     def __call__(self, path: Path) -> np.ndarray:
         _check_file(path)
-        data = np.fromfile(path, dtype=np.uint8)
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except OSError as e:
+            raise DecodeError(path, "unreadable", f"unreadable ({e})") from None
         try:
             self.pipe.feed_input("encoded", [data])
             (out,) = self.pipe.run()
         except Exception as e:  # noqa: BLE001 - DALI reports decode failures as RuntimeError
             # A failed run leaves the pipeline unusable: the next call builds a fresh one.
-            self.__init__("cuda" if self.gpu else "cpu")
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DecodeError(path, "undecodable", f"DALI could not decode it ({first})") from None
+            self.__init__("cuda" if self.gpu else "cpu", self.threads)
+            raise DecodeError(path, "undecodable",
+                              f"DALI could not decode it ({dali_reason(e)})") from None
         frames = np.asarray(out.as_cpu()[0] if self.gpu else out[0])
         if frames.ndim != 4 or frames.shape[0] == 0:
             raise DecodeError(path, "undecodable", "no frames decoded")
         return frames
+
+
+def dali_reason(error: Exception) -> str:
+    """The informative line of a DALI pipeline error, which wraps it in "Critical error in
+    pipeline:", the operator's traceback and "Current pipeline object is no longer valid."."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "encountered:" in lines[:-1]:  # the operator's own message follows its traceback
+        return lines[lines.index("encountered:") + 1]
+    for line in lines:
+        if line.startswith("[") and "] " in line:  # "[file.cc:253] Codec 27 (h264) is not ..."
+            return line.split("] ", 1)[1]
+    wrapping = ("Critical error", "Error in", "which was used", "File ", "encountered:",
+                "Current pipeline object")
+    informative = [line for line in lines if not line.startswith(wrapping)]
+    return (informative or lines or [type(error).__name__])[0]
 
 
 def frame_indices(path: Path, available: int, source_fps: float, target: Target) -> np.ndarray:
@@ -196,7 +221,7 @@ def decode_image(path: Path, target: Target) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             frame = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
         raise DecodeError(path, "bad_image", f"not a readable image ({e})") from None
     return to_pixels(frame[None], target)
 

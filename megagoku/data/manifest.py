@@ -53,7 +53,7 @@ class MediaRecord:
         path = self.path if self.path.is_absolute() else self.path.resolve()
         if base is not None:
             try:
-                path = self.path.relative_to(base)
+                path = path.relative_to(base)
             except ValueError:
                 pass
         row: dict[str, Any] = {"path": path.as_posix(), "caption": self.caption, "kind": self.kind,
@@ -126,14 +126,17 @@ def _record(row: dict[str, Any], base: Path) -> MediaRecord:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"line {number}", json.loads(line)
-            except json.JSONDecodeError as e:
-                yield f"line {number}", ManifestError(f"not valid JSON ({e.msg}, column {e.colno})")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: not a readable UTF-8 text file ({e})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"line {number}", json.loads(line)
+        except json.JSONDecodeError as e:
+            yield f"line {number}", ManifestError(f"not valid JSON ({e.msg}, column {e.colno})")
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:

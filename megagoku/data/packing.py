@@ -98,7 +98,7 @@ class IndexedDataset(Protocol):
     def __getitem__(self, index: int) -> Optional[Sample]: ...  # None: unreadable, skipped
 
 
-# More unreadable samples than this in a row stop training: a broken mount, not bad files.
+# This many unreadable samples in a row stop training: a broken mount, not a few bad files.
 MAX_CONSECUTIVE_SKIPS = 100
 
 

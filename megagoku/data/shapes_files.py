@@ -36,6 +36,8 @@ def write_shapes_files(out: str | Path, cfg: DataConfig, count: int, fps: int = 
             path.parent.mkdir(parents=True, exist_ok=True)
             encode_video(path, frames, fps)
             clips += 1
+        if sample.kind == "video":  # encode_video pads odd sides to even (yuv420p)
+            h, w = h + h % 2, w + w % 2
         records.append(MediaRecord(path.resolve(), sample.caption, sample.kind, w, h, t,
                                    float(fps) if sample.kind == "video" else 0.0,
                                    tags=(CODEC_TAGS[path.suffix],)))

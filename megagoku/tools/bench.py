@@ -270,6 +270,10 @@ def run_data(args: argparse.Namespace) -> int:
     from megagoku.data.video_io import encode_video, to_uint8_frames
 
     h, w = args.size
+    if args.clips < 1 or args.frames < 1 or h < 2 or w < 2:
+        print("error: --clips, --frames and --size must be positive (size at least 2)",
+              file=sys.stderr)
+        return 2
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         t = np.linspace(0.2, 0.8, args.frames)
@@ -325,7 +329,7 @@ def realistic_mix(samples: int, seed: int) -> list[tuple[str, int, int]]:
             h, w = rng.choice(VIDEO_TIERS)
             seconds = rng.uniform(2.0, 10.0)
             frames = int(seconds * 24) // 4 * 4 + 1  # 4k + 1 frames
-            top = min(10, 2 * (int(seconds) // 2 + 1))  # bin (b-2, b] seconds, padded to b
+            top = min(10, 2 * (int(seconds) // 2 + 1))  # bin [b-2, b) seconds, padded to b
             mix.append((f"{h}p {top}s", latent_tokens(frames, h, w),
                         latent_tokens(top * 24 // 4 * 4 + 1, h, w)))
     return mix
@@ -366,6 +370,9 @@ def run_packing(args: argparse.Namespace) -> int:
     1x2x2 patches); and the loader's own throughput (no decoding or encoding in it)."""
     from megagoku.data.packing import PackingLoader
 
+    if args.samples < 1 or args.budget < 1 or any(w < 1 for w in args.window or []):
+        print("error: --samples, --budget and --window must be positive", file=sys.stderr)
+        return 2
     mix = realistic_mix(args.samples, args.seed)
     tokens = [t for _, t, _ in mix]
     if max(tokens) > args.budget:

@@ -28,8 +28,9 @@ def run_shapes(args: argparse.Namespace) -> int:
     from megagoku.data.manifest import load_manifest
     from megagoku.data.shapes_files import write_shapes_files
 
-    if args.count < 1:
-        print(f"error: --count must be at least 1, got {args.count}", file=sys.stderr)
+    if args.count < 1 or args.fps < 1:
+        print(f"error: --count and --fps must be at least 1, got {args.count} and {args.fps}",
+              file=sys.stderr)
         return 2
     cfg = load_training_config(args.config, args.overrides)
     manifest = write_shapes_files(args.out, cfg.data, args.count, args.fps)

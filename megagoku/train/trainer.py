@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from megagoku.config import ConfigError, TrainingConfig, to_dict
 from megagoku.data import ManifestError, PackingLoader, ShapesDataset
+from megagoku.data.decode import dali_missing
 from megagoku.data.files import ManifestDataset
 from megagoku.models import TextEncoder, build_latent_space, build_model
 from megagoku.models.text_encoder import encoder_width
@@ -53,11 +54,19 @@ class TrainResult:
     final_loss: float  # mean over the last logging window
 
 
-def build_dataset(config: TrainingConfig) -> ShapesDataset | ManifestDataset:
+def build_dataset(config: TrainingConfig, device: str = "cpu") -> ShapesDataset | ManifestDataset:
     """The sample source of `data.kind`; raises ValueError (or ManifestError) naming the field."""
-    if config.data.kind == "manifest":
-        return ManifestDataset(config.data)
-    return ShapesDataset(config.data)
+    if config.data.kind != "manifest":
+        return ShapesDataset(config.data)
+    if config.data.decode_backend == "dali" and dali_missing() is not None:
+        raise ValueError(f"data.decode_backend: dali, but NVIDIA DALI is not installed "
+                         f"({dali_missing()}); use auto or pyav")
+    dataset = ManifestDataset(config.data, device)
+    if config.model.patch_size[0] > 1 and any(r.kind == "image" for r in dataset.records):
+        raise ValueError(f"model.patch_size: {list(config.model.patch_size)} patches "
+                         f"{config.model.patch_size[0]} frames at once, but {config.data.manifest} "
+                         "holds images (1 frame)")
+    return dataset
 
 
 def preflight(config: TrainingConfig, source: str) -> tuple[ShapesDataset | ManifestDataset,
@@ -66,15 +75,16 @@ def preflight(config: TrainingConfig, source: str) -> tuple[ShapesDataset | Mani
     device, the world size), checked before any work; every failure is a ConfigError naming
     `source`."""
     try:
-        width = encoder_width(config.text.encoder)
-        dataset = build_dataset(config)
         device = resolve_device(config.train.device)
+    except RuntimeError as e:
+        raise ConfigError(f"{source}: train.device: {e}") from None
+    try:
+        width = encoder_width(config.text.encoder)
+        dataset = build_dataset(config, device.type)
     except ManifestError as e:
         raise ConfigError(f"{source}: data.manifest: {e}") from None
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"{source}: {e}") from None
-    except RuntimeError as e:
-        raise ConfigError(f"{source}: train.device: {e}") from None
     if config.train.precision == "bf16" and device.type != "cuda":
         raise ConfigError(f"{source}: train.precision: bf16 needs a GPU (megatron's layers run "
                           "their backward under CUDA autocast only); use fp32 or auto on the CPU")
@@ -88,9 +98,10 @@ def preflight(config: TrainingConfig, source: str) -> tuple[ShapesDataset | Mani
     return dataset, device
 
 
-def skipped_samples(loader: PackingLoader) -> float:
-    """Unreadable samples skipped so far, over all data-parallel replicas (collective)."""
-    count = torch.tensor([float(loader.skipped)])
+def skipped_samples(loader: PackingLoader, device: torch.device) -> float:
+    """Unreadable samples skipped so far, over all data-parallel replicas (collective; on the
+    training device, which NCCL needs)."""
+    count = torch.tensor([float(loader.skipped)], device=device)
     if dist.get_world_size() > 1:
         dist.all_reduce(count)
         count /= dist.get_world_size() // data_parallel_size()  # TP/SP ranks share the stream
@@ -219,13 +230,13 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
         elapsed_total = time.perf_counter() - train_start
         out_of_time = tcfg.max_minutes > 0 and elapsed_total > 60 * tcfg.max_minutes
         if dist.get_world_size() > 1:  # every rank stops at the same step
-            flag = torch.tensor([float(out_of_time)])
+            flag = torch.tensor([float(out_of_time)], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())
         if step % tcfg.log_every == 0 or step == tcfg.steps or out_of_time:
             scalars = {**window.scalars(), "lr": lr, "grad_norm": grad_norm,
                        "elapsed_s": elapsed_total,
-                       "data_skipped": skipped_samples(loader)}
+                       "data_skipped": skipped_samples(loader, device)}
             if metrics is not None:
                 metrics.log(step, scalars)
                 metrics.progress(step, scalars["loss"], scalars["steps_per_s"],

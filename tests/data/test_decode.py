@@ -92,7 +92,7 @@ def test_bad_files_are_skipped_with_a_warning_and_counted(shapes_dir, tmp_path, 
                    reader.read(tmp_path / "noise.mp4", "video", target),
                    reader.read(tmp_path / "cut.webm", "video", target),
                    reader.read(tmp_path / "broken.png", "image", Target(16, 16)),
-                   reader.read(mp4, "video", Target(16, 16, 12))]  # the manifest wanted more
+                   reader.read(mp4, "video", Target(16, 16, 12))]  # the sample needs more
     assert results == [None] * 6
     assert sum(reader.stats.skipped.values()) == 6
     assert reader.stats.skipped["missing"] == 1 and reader.stats.skipped["empty"] == 1
@@ -101,8 +101,17 @@ def test_bad_files_are_skipped_with_a_warning_and_counted(shapes_dir, tmp_path, 
     assert len(lines) == 6 and all(line.startswith("skipping ") for line in lines)
     assert any("absent.webm: no such file" in line for line in lines)
     assert reader.stats.as_metrics()["data/skipped"] == 6
-    # The reader keeps working after DALI failed on a file.
-    assert reader.read(webm, "video", target) is not None
+
+
+def test_dali_decoder_says_why_and_recovers_after_a_failed_file(shapes_dir, tmp_path):
+    webm = next((shapes_dir / "clips").glob("*.webm"))
+    (tmp_path / "cut.webm").write_bytes(webm.read_bytes()[:200])
+    decoder = DaliDecoder()
+    with pytest.raises(DecodeError) as e:
+        decoder(tmp_path / "cut.webm")
+    assert e.value.reason == "undecodable" and "DALI could not decode it (" in str(e.value)
+    assert "fn.decoders.video" not in str(e.value) and "\n" not in str(e.value)
+    assert decoder(webm).shape == (9, 16, 16, 3)  # the failed run's pipeline was rebuilt
 
 
 def test_dali_refuses_h264_on_the_cpu_with_a_clear_reason(shapes_dir):

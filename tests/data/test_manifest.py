@@ -94,3 +94,28 @@ def test_bad_parquet_row_and_bad_files(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ManifestError, match="holds no records"):
         load_manifest(tmp_path / "empty.jsonl")
+
+
+def test_relative_record_paths_are_written_relative_to_the_manifest(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    record = MediaRecord(Path("sub/clips/a.webm"), "c", "video", 8, 8, 5, 8.0)
+    path = write_manifest([record], Path("sub/m.jsonl"))
+    assert json.loads(path.read_text())["path"] == "clips/a.webm"
+    assert load_manifest(path)[0].path == tmp_path / "sub/clips/a.webm"
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"width": True}, "width: expected a positive integer, got True"),
+    ({"fps": float("nan")}, "fps: expected a non-negative number, got nan"),
+])
+def test_bools_and_nan_are_refused(tmp_path, change, message):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({**GOOD, **change}) + "\n")
+    with pytest.raises(ManifestError, match=f"line 1: {message}"):
+        load_manifest(path)
+
+
+def test_a_binary_file_is_not_a_manifest(tmp_path):
+    (tmp_path / "m.jsonl").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ManifestError, match="m.jsonl: not a readable UTF-8 text file"):
+        load_manifest(tmp_path / "m.jsonl")

@@ -13,4 +13,4 @@ def test_shapes_files_and_manifest(tmp_path, capsys):
     assert all(r.frames == 1 and r.path.suffix == ".png" for r in records if r.kind == "image")
     assert "wrote" in capsys.readouterr().out
     assert main(["data", "shapes", "--out", str(tmp_path / "x"), "--count", "0"]) == 2
-    assert "--count must be at least 1" in capsys.readouterr().err
+    assert "--count and --fps must be at least 1" in capsys.readouterr().err

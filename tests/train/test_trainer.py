@@ -113,3 +113,23 @@ def test_a_missing_manifest_is_a_config_error(tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="data.manifest: kind: manifest needs the path"):
         load_training_config(ROOT / "configs/tiny.yaml", ["data.kind=manifest"])
+
+
+def test_manifest_data_that_cannot_train_stops_before_work(tmp_path, monkeypatch):
+    import megagoku.train.trainer as trainer
+    from megagoku.data.shapes_files import write_shapes_files
+
+    cfg = load_training_config(ROOT / "configs/tiny.yaml", ["data.image_fraction=1.0"])
+    manifest = write_shapes_files(tmp_path / "data", cfg.data, 3)  # images only
+    cfg = load_training_config(ROOT / "configs/tiny.yaml", [
+        "data.kind=manifest", f"data.manifest={manifest}", "model.patch_size=[2,4,4]"])
+    with pytest.raises(ConfigError, match=r"model.patch_size: \[2, 4, 4\] patches 2 frames at "
+                                          r"once, but .* holds images"):
+        train(cfg, tmp_path / "run", source="cfg.yaml")
+    monkeypatch.setattr(trainer, "dali_missing", lambda: "No module named 'nvidia.dali'")
+    cfg = load_training_config(ROOT / "configs/tiny.yaml", [
+        "data.kind=manifest", f"data.manifest={manifest}", "data.decode_backend=dali"])
+    with pytest.raises(ConfigError, match="data.decode_backend: dali, but NVIDIA DALI is not "
+                                          "installed"):
+        train(cfg, tmp_path / "run", source="cfg.yaml")
+    assert not (tmp_path / "run").exists()
