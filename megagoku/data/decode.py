@@ -133,12 +133,7 @@ class DaliDecoder:
         from nvidia.dali import fn, pipeline_def, types
 
         gpu = device == "cuda"
-
-        device_id = None
-        if gpu:
-            import torch.cuda
-
-            device_id = torch.cuda.current_device()  # this rank's GPU
+        device_id = torch.cuda.current_device() if gpu else None  # this rank's GPU
 
         @pipeline_def(batch_size=1, num_threads=threads, device_id=device_id,
                       prefetch_queue_depth=1)
@@ -161,7 +156,7 @@ class DaliDecoder:
             self.pipe.feed_input("encoded", [data])
             (out,) = self.pipe.run()
         except Exception as e:  # noqa: BLE001 - DALI reports decode failures as RuntimeError
-            # A failed run leaves the pipeline unusable: the next call builds a fresh one.
+            # A failed run leaves the pipeline unusable: build a fresh one for the next file.
             self.__init__("cuda" if self.gpu else "cpu", self.threads)
             raise DecodeError(path, "undecodable",
                               f"DALI could not decode it ({dali_reason(e)})") from None
