@@ -24,13 +24,14 @@ template <typename T, typename Acc>
 inline Acc sum_squares(const T* __restrict x, int64_t n) {
   Acc part[kLanes] = {};
   int64_t c = 0;
-  for (; c + kLanes <= n; c += kLanes) {
+  const int64_t whole = n - n % kLanes;
+  const int tail = static_cast<int>(n - whole);  // an int loop bound: vanishes for a constant n
+  for (; c < whole; c += kLanes) {
     for (int i = 0; i < kLanes; ++i) {
       const Acc v = to_acc(x[c + i]);
       part[i] += v * v;
     }
   }
-  const int tail = static_cast<int>(n - c);  // < kLanes; written so for a constant n too
   for (int i = 0; i < tail; ++i) {
     const Acc v = to_acc(x[c + i]);
     part[i] += v * v;

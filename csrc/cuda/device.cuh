@@ -72,6 +72,19 @@ __host__ inline int sm_count() {
   return count > 0 ? count : 1;
 }
 
+// Calls f(T{}) with T the CUDA storage type of `dtype`: the one switch from DType to the types
+// the kernel templates take.
+template <typename F>
+__host__ const char* with_storage_type(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::f32: return f(float{});
+    case DType::f64: return f(double{});
+    case DType::bf16: return f(__nv_bfloat16{});
+    case DType::f16: return f(__half{});
+  }
+  return "unknown dtype";
+}
+
 __host__ inline const char* launch_error() {
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? nullptr : cudaGetErrorString(e);

@@ -258,14 +258,9 @@ const char* backward(const RmsNormBackward& a, cudaStream_t stream) {
 }  // namespace cuda
 
 const char* rms_norm_forward_cuda(const RmsNormForward& args, void* stream) {
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (args.dtype) {
-    case DType::f32: return cuda::forward<float>(args, s);
-    case DType::f64: return cuda::forward<double>(args, s);
-    case DType::bf16: return cuda::forward<__nv_bfloat16>(args, s);
-    case DType::f16: return cuda::forward<__half>(args, s);
-  }
-  return "unknown dtype";
+  return cuda::with_storage_type(args.dtype, [&](auto type) {
+    return cuda::forward<decltype(type)>(args, static_cast<cudaStream_t>(stream));
+  });
 }
 
 int64_t rms_norm_backward_workspace_cuda(const RmsNormBackward& args) {
@@ -273,14 +268,9 @@ int64_t rms_norm_backward_workspace_cuda(const RmsNormBackward& args) {
 }
 
 const char* rms_norm_backward_cuda(const RmsNormBackward& args, void* stream) {
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (args.dtype) {
-    case DType::f32: return cuda::backward<float>(args, s);
-    case DType::f64: return cuda::backward<double>(args, s);
-    case DType::bf16: return cuda::backward<__nv_bfloat16>(args, s);
-    case DType::f16: return cuda::backward<__half>(args, s);
-  }
-  return "unknown dtype";
+  return cuda::with_storage_type(args.dtype, [&](auto type) {
+    return cuda::backward<decltype(type)>(args, static_cast<cudaStream_t>(stream));
+  });
 }
 
 }  // namespace kernels

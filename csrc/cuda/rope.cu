@@ -119,14 +119,9 @@ const char* rotate(const Rope3d& a, cudaStream_t stream) {
 }  // namespace cuda
 
 const char* rope_3d_cuda(const Rope3d& args, void* stream) {
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (args.dtype) {
-    case DType::f32: return cuda::rotate<float>(args, s);
-    case DType::f64: return cuda::rotate<double>(args, s);
-    case DType::bf16: return cuda::rotate<__nv_bfloat16>(args, s);
-    case DType::f16: return cuda::rotate<__half>(args, s);
-  }
-  return "unknown dtype";
+  return cuda::with_storage_type(args.dtype, [&](auto type) {
+    return cuda::rotate<decltype(type)>(args, static_cast<cudaStream_t>(stream));
+  });
 }
 
 }  // namespace kernels

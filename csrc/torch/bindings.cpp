@@ -52,11 +52,25 @@ void check_error(const char* error, const char* op) {
 void* current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 #endif
 
-bool is_cuda(const at::Tensor& t) {
-  if (!t.is_cuda()) return false;
+// Runs `cpu(threads)` for a CPU tensor, or `cuda(stream)` with x's GPU current. The CUDA launch
+// functions exist only in a CUDA build: callers wrap their CUDA lambda in MG_CUDA.
 #ifdef MEGAGOKU_WITH_CUDA
-  return true;
+#define MG_CUDA(...) __VA_ARGS__
 #else
+#define MG_CUDA(...) [](void*) {}
+#endif
+
+template <typename Cpu, typename Cuda>
+void run_on(const at::Tensor& x, Cpu cpu, Cuda cuda) {
+  if (!x.is_cuda()) {
+    cpu(at::get_num_threads());
+    return;
+  }
+#ifdef MEGAGOKU_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(x.device());
+  cuda(current_stream());
+#else
+  (void)cuda;
   TORCH_CHECK(false, "megagoku kernels were built without CUDA; rebuild with a CUDA torch and nvcc");
 #endif
 }
@@ -99,14 +113,10 @@ void rms_norm_forward(const at::Tensor& x, const c10::optional<at::Tensor>& weig
   mk::RmsNormForward args{kernel_dtype(x), x.data_ptr(), x.stride(0), y.data_ptr(), y.stride(0),
                           w.defined() ? w.data_ptr() : nullptr, rstd.data_ptr(), x.size(0),
                           x.size(1), eps};
-  if (is_cuda(x)) {
-#ifdef MEGAGOKU_WITH_CUDA
-    const c10::cuda::CUDAGuard guard(x.device());
-    check_error(mk::rms_norm_forward_cuda(args, current_stream()), "rms_norm_forward");
-#endif
-  } else {
-    mk::rms_norm_forward_cpu(args, at::get_num_threads());
-  }
+  run_on(x, [&](int threads) { mk::rms_norm_forward_cpu(args, threads); },
+         MG_CUDA([&](void* stream) {
+           check_error(mk::rms_norm_forward_cuda(args, stream), "rms_norm_forward");
+         }));
 }
 
 // dx (and dweight, when given: Acc[cols], overwritten) from dy, x, weight and the forward's rstd.
@@ -131,17 +141,13 @@ void rms_norm_backward(const at::Tensor& dy, const at::Tensor& x,
                            w.defined() ? w.data_ptr() : nullptr, rstd.data_ptr(),
                            dweight.has_value() ? dweight->data_ptr() : nullptr, nullptr,
                            x.size(0), x.size(1)};
-  if (is_cuda(x)) {
-#ifdef MEGAGOKU_WITH_CUDA
-    const c10::cuda::CUDAGuard guard(x.device());
-    at::Tensor workspace = at::empty({mk::rms_norm_backward_workspace_cuda(args)},
-                                     x.options().dtype(at::kByte));
-    args.workspace = workspace.data_ptr();
-    check_error(mk::rms_norm_backward_cuda(args, current_stream()), "rms_norm_backward");
-#endif
-  } else {
-    mk::rms_norm_backward_cpu(args, at::get_num_threads());
-  }
+  run_on(x, [&](int threads) { mk::rms_norm_backward_cpu(args, threads); },
+         MG_CUDA([&](void* stream) {
+           at::Tensor workspace = at::empty({mk::rms_norm_backward_workspace_cuda(args)},
+                                            x.options().dtype(at::kByte));
+           args.workspace = workspace.data_ptr();
+           check_error(mk::rms_norm_backward_cuda(args, stream), "rms_norm_backward");
+         }));
 }
 
 // out[l, h, :] = rotate(x[l, h, :]) by token l's position; `out` may be `x` itself (in place).
@@ -175,14 +181,8 @@ void rope_3d(const at::Tensor& x, at::Tensor& out, const at::Tensor& positions,
                   out.stride(0), out.stride(1), positions.data_ptr<int64_t>(),
                   inv_freq.data_ptr<double>(), x.size(0), x.size(1), head_dim,
                   static_cast<int>(pairs_t), static_cast<int>(pairs_h), inverse};
-  if (is_cuda(x)) {
-#ifdef MEGAGOKU_WITH_CUDA
-    const c10::cuda::CUDAGuard guard(x.device());
-    check_error(mk::rope_3d_cuda(args, current_stream()), "rope_3d");
-#endif
-  } else {
-    mk::rope_3d_cpu(args, at::get_num_threads());
-  }
+  run_on(x, [&](int threads) { mk::rope_3d_cpu(args, threads); },
+         MG_CUDA([&](void* stream) { check_error(mk::rope_3d_cuda(args, stream), "rope_3d"); }));
 }
 
 std::string cpu_isa() { return mk::cpu_row_kernels().isa; }

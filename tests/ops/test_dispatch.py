@@ -48,12 +48,13 @@ def test_fused_is_refused_where_the_kernels_cannot_run(not_built):
     assert use_fused("reference", "cpu") is False
 
 
-def test_a_cpu_only_build_says_so_for_cuda(fresh_choice):
-    C = extension()
-    if C.built_with_cuda():
-        pytest.skip("this build has the CUDA kernels")
+def test_a_cpu_only_build_says_so_for_cuda(fresh_choice, monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(fused, "_C", SimpleNamespace(built_with_cuda=lambda: False))
     with pytest.raises(KernelsUnavailable, match="built without CUDA"):
         use_fused("fused", "cuda")
+    assert use_fused("auto", "cuda") is False
 
 
 def test_the_built_kernels_are_used_by_default(fresh_choice):
