@@ -73,6 +73,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Return `value` as type `tp` or raise ConfigError(where: ...). Only lossless conversions."""
     origin = typing.get_origin(tp)
     bad = ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):  # an item of a list of sections (data.tiers)
+        return _build(tp, value, where)
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad
@@ -196,12 +198,17 @@ def _resolve_model_section(data: dict, base_dir: Path, source: str) -> None:
 
 
 def _check(config: Any, source: str, prefix: str = "") -> None:
-    for name, message in config.problems():
-        raise ConfigError(f"{source}: {prefix}{name}: {message}")
+    """Sections first, then what spans them (a cross-section message assumes sane sections)."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if dataclasses.is_dataclass(value):
             _check(value, source, f"{prefix}{f.name}.")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    _check(item, source, f"{prefix}{f.name}[{i}].")
+    for name, message in config.problems():
+        raise ConfigError(f"{source}: {prefix}{name}: {message}")
 
 
 def load_training_config(path: str | Path | None, overrides: Iterable[str] = ()) -> TrainingConfig:
@@ -258,3 +265,14 @@ def to_dict(config: Any) -> dict:
         return v
 
     return plain(dataclasses.asdict(config))
+
+
+def config_from_dict(cls: type, data: dict, source: str) -> Any:
+    """Build and validate one config dataclass (e.g. a VAE's saved shape); `source` names it in
+    errors."""
+    try:
+        config = _build(cls, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    _check(config, source)
+    return config

@@ -80,17 +80,69 @@ class ModelConfig:
 
 
 @dataclass
-class LatentConfig:
-    """The latent space. `identity` trains on pixels (no compression, so the data sizes are the
-    latent sizes in TrainingConfig's checks); the 3D causal VAE (8x8 spatial, 4x temporal)
-    arrives with the data issue behind the same interface."""
+class VAEConfig:
+    """Shape of the 3D causal VAE (`megagoku/models/vae.py`): four levels, so 8x8 spatial
+    compression (three 2x downsamplings) and 4x temporal (the last two also halve time)."""
 
-    kind: Literal["identity"] = "identity"
+    latent_channels: int = 16
+    base_channels: int = 64
+    channel_multipliers: tuple[int, int, int, int] = (1, 2, 4, 4)
+    blocks_per_level: int = 2
+    mid_attention: bool = True  # per-frame self-attention in the bottleneck (keeps causality)
+
+    def problems(self) -> Iterator[Problem]:
+        for name in ("latent_channels", "base_channels", "blocks_per_level"):
+            if getattr(self, name) <= 0:
+                yield name, f"must be positive, got {getattr(self, name)}"
+        if any(m <= 0 for m in self.channel_multipliers):
+            yield "channel_multipliers", f"must be positive, got {list(self.channel_multipliers)}"
+
+
+# Pixels per latent unit of the VAE latent spaces (ours and the diffusers 3D VAEs we load).
+VAE_SPATIAL_COMPRESSION = 8
+VAE_TEMPORAL_COMPRESSION = 4
+
+
+@dataclass
+class LatentConfig:
+    """The latent space. `identity` trains on pixels; `causal_vae` is our 3D causal VAE loaded
+    from a `megagoku train-vae` output folder; `diffusers` a diffusers AutoencoderKLWan or
+    AutoencoderKLCogVideoX from a local directory. Both VAEs compress 8x8 spatially and 4x in
+    time, so videos have 4k+1 frames and images are one frame."""
+
+    kind: Literal["identity", "causal_vae", "diffusers"] = "identity"
     channels: int = 3
+    path: Optional[str] = None
+    # Long clips are encoded `chunk_frames` frames at a time (a multiple of 4; the causal
+    # convolutions carry their last frames over, so the result equals encoding at once), and
+    # frames larger than `tile_size` pixels in tiles overlapping by `tile_overlap`, blended.
+    chunk_frames: int = 16
+    tile_size: int = 256
+    tile_overlap: int = 64
+
+    @property
+    def compression(self) -> tuple[int, int]:
+        """(temporal, spatial) pixels per latent unit."""
+        if self.kind == "identity":
+            return (1, 1)
+        return (VAE_TEMPORAL_COMPRESSION, VAE_SPATIAL_COMPRESSION)
 
     def problems(self) -> Iterator[Problem]:
         if self.channels <= 0:
             yield "channels", f"must be positive, got {self.channels}"
+        if self.kind != "identity" and not self.path:
+            what = "a `megagoku train-vae` output folder" if self.kind == "causal_vae" \
+                else "a local diffusers VAE directory"
+            yield "path", f"kind: {self.kind} needs the path of {what}"
+        if self.chunk_frames <= 0 or self.chunk_frames % VAE_TEMPORAL_COMPRESSION:
+            yield "chunk_frames", (f"must be a positive multiple of {VAE_TEMPORAL_COMPRESSION}, "
+                                   f"got {self.chunk_frames}")
+        if self.tile_size % VAE_SPATIAL_COMPRESSION or self.tile_size <= 0:
+            yield "tile_size", (f"must be a positive multiple of {VAE_SPATIAL_COMPRESSION}, "
+                                f"got {self.tile_size}")
+        if self.tile_overlap % VAE_SPATIAL_COMPRESSION or not 0 <= self.tile_overlap < self.tile_size:
+            yield "tile_overlap", (f"must be a multiple of {VAE_SPATIAL_COMPRESSION} in "
+                                   f"[0, tile_size), got {self.tile_overlap}")
 
 
 @dataclass
@@ -111,6 +163,27 @@ class TextConfig:
 
 
 @dataclass
+class ResolutionTier:
+    """One target size for images or videos; samples of that kind are spread over their tiers by
+    weight (Goku's cascaded resolutions use one tier per stage, joint stages several)."""
+
+    kind: Literal["image", "video"] = "video"
+    height: int = 16
+    width: int = 16
+    frames: int = 1  # videos: frames per clip (4k+1 under a VAE); images: 1
+    weight: float = 1.0
+
+    def problems(self) -> Iterator[Problem]:
+        for name in ("height", "width", "frames"):
+            if getattr(self, name) <= 0:
+                yield name, f"must be positive, got {getattr(self, name)}"
+        if self.kind == "image" and self.frames != 1:
+            yield "frames", f"an image tier has 1 frame, got {self.frames}"
+        if self.weight <= 0:
+            yield "weight", f"must be positive, got {self.weight}"
+
+
+@dataclass
 class DataConfig:
     """Where samples come from (the built-in moving shapes, or the files of a manifest), their
     size, and the packer's token budget."""
@@ -124,7 +197,14 @@ class DataConfig:
     height: int = 16
     width: int = 16
     frames: int = 8
-    image_fraction: float = 0.25  # share of samples that are single-frame images
+    # Share of samples that are single-frame images. For a manifest, null keeps the manifest's own
+    # proportion; a number draws images and videos at that ratio (each from its own shuffled
+    # stream, so one modality repeats sooner than the other).
+    image_fraction: Optional[float] = 0.25
+    # Manifest samples: target sizes per modality with weights (empty: every image is
+    # height x width, every video frames x height x width). A record's tier is drawn once from
+    # (seed, record), so raw decoding and the latent cache agree on it.
+    tiers: list[ResolutionTier] = field(default_factory=list)
     # Motion as a fraction of the frame width/height, drawn uniformly from this range.
     displacement: tuple[float, float] = (0.6, 0.8)
     # (colour, shape, direction) triples never shown in training; the demo samples them.
@@ -136,12 +216,22 @@ class DataConfig:
     # Read-ahead samples each pack is filled from, first-fit-decreasing (1: greedy, stream order).
     pack_window: int = 1
 
+    def targets(self, kind: str) -> list[tuple[int, int, int, float]]:
+        """(frames, height, width, weight) of every target size for samples of `kind`."""
+        tiers = [(t.frames, t.height, t.width, t.weight) for t in self.tiers if t.kind == kind]
+        return tiers or [(1 if kind == "image" else self.frames, self.height, self.width, 1.0)]
+
     def problems(self) -> Iterator[Problem]:
         for name in ("height", "width", "frames", "tokens_per_step", "pack_window"):
             if getattr(self, name) <= 0:
                 yield name, f"must be positive, got {getattr(self, name)}"
-        if not 0.0 <= self.image_fraction <= 1.0:
+        if self.image_fraction is None:
+            if self.kind == "shapes":
+                yield "image_fraction", "the shapes data needs a number in [0, 1], not null"
+        elif not 0.0 <= self.image_fraction <= 1.0:
             yield "image_fraction", f"must be in [0, 1], got {self.image_fraction}"
+        if self.tiers and self.kind != "manifest":
+            yield "tiers", "resolution tiers apply to manifest data (kind: manifest)"
         lo, hi = self.displacement
         if not 0.0 <= lo <= hi <= 1.0:
             yield "displacement", f"must be 0 <= low <= high <= 1, got {list(self.displacement)}"
@@ -284,15 +374,24 @@ class TrainingConfig:
             yield "model.in_channels", (f"{self.model.in_channels} differs from the latent "
                                         f"space's channels {self.latent.channels}")
         pt, ph, pw = self.model.patch_size
-        if self.data.height % ph or self.data.width % pw:
-            yield "data.height", (f"{self.data.height}x{self.data.width} is not divisible by the "
-                                  f"spatial patch {ph}x{pw}")
-        if self.data.frames % pt:
-            yield "data.frames", f"{self.data.frames} is not divisible by the temporal patch {pt}"
-        video_tokens = (self.data.frames // pt) * (self.data.height // ph) * (self.data.width // pw)
-        if video_tokens > self.data.tokens_per_step:
-            yield "data.tokens_per_step", (f"{self.data.tokens_per_step} cannot hold one video of "
-                                           f"{video_tokens} tokens")
-        if self.data.kind == "shapes" and self.data.image_fraction > 0 and pt != 1:
+        ct, cs = self.latent.compression
+        for kind in ("video", "image"):
+            for frames, height, width, _ in self.data.targets(kind):
+                where = f"{kind} {frames}x{height}x{width}"
+                if (frames - 1) % ct or height % cs or width % cs:
+                    yield "data", (f"{where} does not fit the latent space's {ct}x{cs}x{cs} "
+                                   f"compression (frames {ct}k+1, sizes multiples of {cs})")
+                    return
+                lt, lh, lw = 1 + (frames - 1) // ct, height // cs, width // cs
+                if lh % ph or lw % pw or (kind == "video" and lt % pt):
+                    yield "model.patch_size", (f"{list(self.model.patch_size)} does not divide "
+                                               f"the latent {lt}x{lh}x{lw} of {where}")
+                    return
+                tokens = max(lt // pt, 1) * (lh // ph) * (lw // pw)
+                if tokens > self.data.tokens_per_step:
+                    yield "data.tokens_per_step", (f"{self.data.tokens_per_step} cannot hold one "
+                                                   f"{where} ({tokens} tokens)")
+                    return
+        if self.data.kind == "shapes" and self.data.image_fraction and pt != 1:
             yield "data.image_fraction", (f"images are one frame, which a temporal patch of {pt} "
                                           "cannot cover: set it to 0 or use patch_size [1, h, w]")

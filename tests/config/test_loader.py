@@ -59,10 +59,41 @@ def test_impossible_combinations_are_rejected(tmp_path):
         load_training_config(ROOT / "configs/tiny.yaml", ["model.rope_split=[8, 8, 8]"])
     with pytest.raises(ConfigError, match=r"model.in_channels: 16 differs"):
         load_training_config(ROOT / "configs/tiny.yaml", ["model.in_channels=16"])
-    with pytest.raises(ConfigError, match=r"data.height: 18x16 is not divisible"):
+    with pytest.raises(ConfigError, match=r"model.patch_size: \[1, 4, 4\] does not divide the "
+                                          r"latent 8x18x16 of video 8x18x16"):
         load_training_config(ROOT / "configs/tiny.yaml", ["data.height=18"])
+    vae = ["latent.kind=causal_vae", "latent.path=vae", "latent.channels=16",
+           "model.in_channels=16"]
+    with pytest.raises(ConfigError, match=r"data: video 8x16x16 does not fit the latent space's "
+                                          r"4x8x8 compression"):
+        load_training_config(ROOT / "configs/tiny.yaml", vae)
+    with pytest.raises(ConfigError, match=r"model.patch_size: \[1, 4, 4\] does not divide the "
+                                          r"latent 3x2x2 of video 9x16x16"):
+        load_training_config(ROOT / "configs/tiny.yaml", vae + ["data.frames=9"])
+    with pytest.raises(ConfigError, match=r"latent.path: kind: causal_vae needs the path"):
+        load_training_config(ROOT / "configs/tiny.yaml", vae[:1])
     with pytest.raises(ConfigError, match=r"data.image_fraction"):
         load_training_config(ROOT / "configs/tiny.yaml", ["model.patch_size=[2, 4, 4]"])
+
+
+def test_resolution_tiers_are_typed_sections_checked_one_by_one():
+    base = ["data.kind=manifest", "data.manifest=m.jsonl"]
+    cfg = load_training_config(ROOT / "configs/tiny.yaml", base + [
+        "data.tiers=[{kind: video, height: 16, width: 32, frames: 4, weight: 3}, "
+        "{kind: image, height: 32, width: 32}]"])
+    assert cfg.data.targets("video") == [(4, 16, 32, 3.0)]
+    assert cfg.data.targets("image") == [(1, 32, 32, 1.0)]
+    with pytest.raises(ConfigError, match=r"data.tiers\[1\].weight: must be positive, got 0.0"):
+        load_training_config(ROOT / "configs/tiny.yaml", base + [
+            "data.tiers=[{kind: video}, {kind: image, weight: 0}]"])
+    with pytest.raises(ConfigError, match=r"data.tiers\[0\].colour: unknown key"):
+        load_training_config(ROOT / "configs/tiny.yaml", base + ["data.tiers=[{colour: red}]"])
+    with pytest.raises(ConfigError, match=r"cannot hold one video 8x64x64 \(2048 tokens\)"):
+        load_training_config(ROOT / "configs/tiny.yaml", base + [
+            "data.tiers=[{kind: video, height: 64, width: 64, frames: 8}]",
+            "data.tokens_per_step=512"])
+    with pytest.raises(ConfigError, match=r"data.tiers: resolution tiers apply to manifest"):
+        load_training_config(ROOT / "configs/tiny.yaml", ["data.tiers=[{kind: video}]"])
 
 
 def test_bad_yaml_and_missing_preset_name_the_file(tmp_path):
@@ -89,5 +120,6 @@ def test_yaml_spellings_users_write(tmp_path):
 
 
 def test_token_budget_must_hold_one_video():
-    with pytest.raises(ConfigError, match="data.tokens_per_step: 100 cannot hold one video of 128"):
+    with pytest.raises(ConfigError, match=r"data.tokens_per_step: 100 cannot hold one video "
+                                          r"8x16x16 \(128 tokens"):
         load_training_config(ROOT / "configs/tiny.yaml", ["data.tokens_per_step=100"])

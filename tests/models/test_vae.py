@@ -1,0 +1,117 @@
+import json
+
+import pytest
+import torch
+
+from megagoku.config import ConfigError
+from megagoku.config.schema import LatentConfig, VAEConfig
+from megagoku.models.latent import build_latent_space
+from megagoku.models.vae import CausalVAE, CausalVAELatent, kl_divergence, load_vae
+
+TINY = VAEConfig(latent_channels=4, base_channels=8, channel_multipliers=(1, 1, 2, 2),
+                 blocks_per_level=1)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    torch.manual_seed(0)
+    return CausalVAE(TINY).eval()
+
+
+def clip(frames, h=32, w=32, seed=0):
+    return torch.rand(3, frames, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("frames,latent_frames", [(1, 1), (5, 2), (9, 3), (17, 5)])
+def test_shapes_8x8_spatial_4x_temporal(vae, frames, latent_frames):
+    x = clip(frames, 16, 24).unsqueeze(0)
+    with torch.no_grad():
+        mean, logvar = vae.encode(x)
+        assert mean.shape == logvar.shape == (1, 4, latent_frames, 2, 3)
+        assert vae.decode(mean).shape == x.shape
+
+
+def test_causal_first_frame_is_encoded_alone_and_prefixes_agree(vae):
+    """Latent frame 0 of a clip is the latent of its first frame as an image, and the latents of
+    the first 4k+1 frames are a prefix of the whole clip's."""
+    x = clip(13).unsqueeze(0)
+    with torch.no_grad():
+        full = vae.encode(x)[0]
+        torch.testing.assert_close(vae.encode(x[:, :, :1])[0], full[:, :, :1])
+        torch.testing.assert_close(vae.encode(x[:, :, :5])[0], full[:, :, :2])
+        decoded = vae.decode(full)
+        torch.testing.assert_close(vae.decode(full[:, :, :2]), decoded[:, :, :5])
+
+
+def test_chunked_encode_and_decode_equal_whole_clip(vae):
+    x = clip(17)
+    latent_space = CausalVAELatent(vae, [0.1] * 4, [2.0] * 4, chunk_frames=4, tile_size=256,
+                                   tile_overlap=64)
+    with torch.no_grad():
+        mean = vae.encode(x.unsqueeze(0))[0][0]
+        z = latent_space.encode(x)
+        torch.testing.assert_close(z, (mean - 0.1) / 2.0, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(latent_space.decode(z),
+                                   vae.decode(mean.unsqueeze(0))[0].clamp(-1, 1),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_tiled_encode_approaches_the_whole_frame_as_tiles_overlap_more(vae):
+    """Spatial tiles are an approximation near their borders (tiling.py's own tests prove the
+    blend exact for tile-local functions): blending over an overlap must beat cutting, larger
+    tiles beat smaller ones, and a tile as large as the frame is exact."""
+    x = clip(5, 64, 96)
+
+    def error(tile, overlap):
+        space = CausalVAELatent(vae, [0.0] * 4, [1.0] * 4, tile_size=tile, tile_overlap=overlap)
+        z = space.encode(x)
+        assert z.shape == ref.shape and space.decode(z).shape == x.shape
+        return float((z - ref).abs().mean() / ref.abs().mean())
+
+    ref = CausalVAELatent(vae, [0.0] * 4, [1.0] * 4, tile_size=256).encode(x)
+    assert error(96, 32) == 0
+    assert error(48, 16) < error(48, 0)
+    assert error(64, 16) < error(48, 16)
+    assert error(64, 16) < 0.2
+
+
+def test_kl_is_zero_for_the_prior_and_positive_otherwise():
+    zero = torch.zeros(2, 4, 1, 2, 2)
+    assert kl_divergence(zero, zero) == 0
+    assert kl_divergence(zero + 1, zero) > 0 and kl_divergence(zero, zero - 1) > 0
+
+
+def test_bad_sizes_are_refused_with_the_reason(vae):
+    latent_space = CausalVAELatent(vae, [0.0] * 4, [1.0] * 4)
+    with pytest.raises(ValueError, match="4k\\+1 frames"):
+        latent_space.encode(clip(4))
+    with pytest.raises(ValueError, match="not divisible by the VAE's 8x8"):
+        latent_space.encode(clip(5, 12, 16))
+    with pytest.raises(ValueError, match="expected a latent \\(4, T, H, W\\)"):
+        latent_space.decode(torch.zeros(3, 1, 2, 2))
+
+
+def test_saved_vae_loads_as_the_latent_space_of_a_config(vae, tmp_path):
+    vae.save(tmp_path / "vae", [0.5, 0.0, 0.0, -0.5], [1.0, 2.0, 3.0, 4.0])
+    space = build_latent_space(LatentConfig(kind="causal_vae", channels=4,
+                                            path=str(tmp_path / "vae")))
+    x = clip(5)
+    direct = CausalVAELatent(vae, [0.5, 0.0, 0.0, -0.5], [1.0, 2.0, 3.0, 4.0])
+    torch.testing.assert_close(space.encode(x), direct.encode(x))
+    with pytest.raises(ValueError, match="latent.channels: 16 differs from the 4 channels"):
+        build_latent_space(LatentConfig(kind="causal_vae", channels=16, path=str(tmp_path / "vae")))
+
+
+def test_broken_vae_folders_are_one_line_errors(vae, tmp_path):
+    with pytest.raises(FileNotFoundError, match="latent.path: .* is not a causal VAE folder"):
+        load_vae(tmp_path)
+    vae.save(tmp_path, [0.0] * 4, [1.0] * 4)
+    meta = json.loads((tmp_path / "vae.json").read_text())
+    meta["latents_std"] = [1.0, 0.0, 1.0, 1.0]
+    (tmp_path / "vae.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="vae.json: latents_mean/latents_std need 4"):
+        load_vae(tmp_path)
+    meta["config"]["blocks_per_level"] = 0
+    (tmp_path / "vae.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="vae.json: config: blocks_per_level: must be positive"):
+        load_vae(tmp_path)
