@@ -1,7 +1,7 @@
 """Typed configuration: dataclasses, YAML loading with overrides, validation before any work."""
 
-from megagoku.config.loader import (ConfigError, load_model_config, load_training_config, to_dict,
-                                    training_config_from_dict)
+from megagoku.config.loader import (ConfigError, load_model_config, load_training_config,
+                                    load_vae_training_config, to_dict, training_config_from_dict)
 from megagoku.config.schema import (
     DataConfig,
     FlowConfig,
@@ -12,6 +12,9 @@ from megagoku.config.schema import (
     TextConfig,
     TrainConfig,
     TrainingConfig,
+    VAEConfig,
+    VAETrainConfig,
+    VAETrainingConfig,
 )
 
 __all__ = [
@@ -25,8 +28,12 @@ __all__ = [
     "TextConfig",
     "TrainConfig",
     "TrainingConfig",
+    "VAEConfig",
+    "VAETrainConfig",
+    "VAETrainingConfig",
     "load_model_config",
     "load_training_config",
+    "load_vae_training_config",
     "to_dict",
     "training_config_from_dict",
 ]

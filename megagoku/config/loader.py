@@ -21,9 +21,10 @@ from typing import Any, Iterable, Literal, Union
 
 import yaml
 
-from megagoku.config.schema import ModelConfig, TrainingConfig
+from megagoku.config.schema import ModelConfig, TrainingConfig, VAETrainingConfig
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_VAE_CONFIG = CONFIGS_DIR / "vae" / "tiny.yaml"  # `megagoku train-vae` without --config
 
 
 class ConfigError(ValueError):
@@ -235,6 +236,17 @@ def training_config_from_dict(data: dict, source: str, overrides: Iterable[str] 
         raise ConfigError(f"{source}: {e}") from None
     _check(config, source)
     return config
+
+
+def load_vae_training_config(path: str | Path | None,
+                             overrides: Iterable[str] = ()) -> VAETrainingConfig:
+    """Load, override and validate a `megagoku train-vae` config (sections vae, data, train).
+    `path=None` is the embedded default, configs/vae/tiny.yaml."""
+    path = Path(path) if path is not None else DEFAULT_VAE_CONFIG
+    data = _read_yaml(path)
+    for key, value in parse_overrides(overrides):
+        _set_path(data, key, value)
+    return config_from_dict(VAETrainingConfig, data, str(path))
 
 
 def load_model_config(path: str | Path, overrides: Iterable[str] = ()) -> ModelConfig:

@@ -162,6 +162,9 @@ class TextConfig:
             yield "dropout", f"must be in [0, 1), got {self.dropout}"
 
 
+SHAPES_IMAGE_FRACTION = 0.25  # the built-in shapes data's share of images when not configured
+
+
 @dataclass
 class ResolutionTier:
     """One target size for images or videos; samples of that kind are spread over their tiers by
@@ -188,19 +191,22 @@ class DataConfig:
     """Where samples come from (the built-in moving shapes, or the files of a manifest), their
     size, and the packer's token budget."""
 
-    kind: Literal["shapes", "manifest"] = "shapes"
+    kind: Literal["shapes", "manifest", "cache"] = "shapes"
     # kind: manifest: a .jsonl or .parquet manifest (megagoku/data/manifest.py); every sample is
     # decoded to height x width, videos to `frames` frames at `fps` (None: the file's rate).
     manifest: Optional[str] = None
+    # kind: cache: a folder written by `megagoku cache` (latents and caption features of a
+    # manifest's records, at the sizes they were cached at).
+    cache: Optional[str] = None
     fps: Optional[float] = None
     decode_backend: Literal["auto", "dali", "pyav"] = "auto"
     height: int = 16
     width: int = 16
     frames: int = 8
-    # Share of samples that are single-frame images. For a manifest, null keeps the manifest's own
-    # proportion; a number draws images and videos at that ratio (each from its own shuffled
-    # stream, so one modality repeats sooner than the other).
-    image_fraction: Optional[float] = 0.25
+    # Share of samples that are single-frame images; null: the source's own proportion (a
+    # manifest's records, the shapes generator's SHAPES_IMAGE_FRACTION). For a manifest a number
+    # draws images and videos at that ratio, each from its own shuffled stream.
+    image_fraction: Optional[float] = None
     # Manifest samples: target sizes per modality with weights (empty: every image is
     # height x width, every video frames x height x width). A record's tier is drawn once from
     # (seed, record), so raw decoding and the latent cache agree on it.
@@ -225,18 +231,18 @@ class DataConfig:
         for name in ("height", "width", "frames", "tokens_per_step", "pack_window"):
             if getattr(self, name) <= 0:
                 yield name, f"must be positive, got {getattr(self, name)}"
-        if self.image_fraction is None:
-            if self.kind == "shapes":
-                yield "image_fraction", "the shapes data needs a number in [0, 1], not null"
-        elif not 0.0 <= self.image_fraction <= 1.0:
+        if self.image_fraction is not None and not 0.0 <= self.image_fraction <= 1.0:
             yield "image_fraction", f"must be in [0, 1], got {self.image_fraction}"
         if self.tiers and self.kind != "manifest":
-            yield "tiers", "resolution tiers apply to manifest data (kind: manifest)"
+            yield "tiers", ("resolution tiers apply to manifest data (kind: manifest; a cache "
+                            "holds the sizes it was written at)")
         lo, hi = self.displacement
         if not 0.0 <= lo <= hi <= 1.0:
             yield "displacement", f"must be 0 <= low <= high <= 1, got {list(self.displacement)}"
         if self.kind == "manifest" and not self.manifest:
             yield "manifest", "kind: manifest needs the path of a .jsonl or .parquet manifest"
+        if self.kind == "cache" and not self.cache:
+            yield "cache", "kind: cache needs the folder written by megagoku cache"
         if self.fps is not None and self.fps <= 0:
             yield "fps", f"must be positive, got {self.fps}"
 
@@ -392,6 +398,75 @@ class TrainingConfig:
                     yield "data.tokens_per_step", (f"{self.data.tokens_per_step} cannot hold one "
                                                    f"{where} ({tokens} tokens)")
                     return
-        if self.data.kind == "shapes" and self.data.image_fraction and pt != 1:
+        if self.data.kind == "shapes" and self.data.image_fraction != 0 and pt != 1:
             yield "data.image_fraction", (f"images are one frame, which a temporal patch of {pt} "
                                           "cannot cover: set it to 0 or use patch_size [1, h, w]")
+
+
+@dataclass
+class VAETrainConfig:
+    """`megagoku train-vae`: the optimiser and the losses of the 3D causal VAE (L1 + KL, and an
+    optional PatchGAN term), on one process."""
+
+    steps: int = 300
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
+    batch_size: int = 4  # samples per step; images and videos of a step are separate passes
+    # The KL term only keeps the posterior near N(0, I); reconstruction dominates (SD uses 1e-6).
+    kl_weight: float = 1e-6
+    adversarial_weight: float = 0.0  # 0: no discriminator
+    adversarial_start: int = 0  # step from which the discriminator trains and the term applies
+    log_every: int = 10
+    save_every: int = 0  # 0: only at the end
+    seed: int = 0
+    run_dir: str = "checkpoints/vae"
+    # Samples the per-channel latents_mean/std are measured on when the VAE is saved.
+    stats_samples: int = 32
+
+    def problems(self) -> Iterator[Problem]:
+        for name in ("steps", "lr", "batch_size", "log_every", "stats_samples"):
+            if getattr(self, name) <= 0:
+                yield name, f"must be positive, got {getattr(self, name)}"
+        for name in ("weight_decay", "kl_weight", "adversarial_weight", "adversarial_start",
+                     "save_every"):
+            if getattr(self, name) < 0:
+                yield name, f"must be >= 0, got {getattr(self, name)}"
+        if self.grad_clip < 0:
+            yield "grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip}"
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            yield "betas", f"must both be in [0, 1), got {list(self.betas)}"
+
+
+@dataclass
+class VAETrainingConfig:
+    """A `megagoku train-vae` config: the VAE's shape, the data (the same sources as the
+    Transformer's: shapes or a manifest, in pixels) and the training settings."""
+
+    name: str = "vae"
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    # A VAE-sized default (DataConfig's own 8 frames at 16x16 suit the pixel-space Transformer).
+    data: DataConfig = field(default_factory=lambda: DataConfig(height=32, width=32, frames=9))
+    train: VAETrainConfig = field(default_factory=VAETrainConfig)
+
+    def problems(self) -> Iterator[Problem]:
+        if self.data.kind == "cache":
+            yield "data.kind", ("a latent cache holds latents, not pixels: train the VAE on "
+                                "shapes or manifest data")
+            return
+        ct, cs = VAE_TEMPORAL_COMPRESSION, VAE_SPATIAL_COMPRESSION
+        for kind in ("video", "image"):
+            for frames, height, width, _ in self.data.targets(kind):
+                if (frames - 1) % ct:
+                    field_name = "data.tiers" if self.data.tiers else "data.frames"
+                    yield field_name, (f"{kind} {frames}x{height}x{width}: the VAE compresses "
+                                       f"time {ct}x, so frames must be {ct}k+1 (1, {ct + 1}, "
+                                       f"{2 * ct + 1}, ...), got {frames}")
+                    return
+                if height % cs or width % cs:
+                    field_name = "data.tiers" if self.data.tiers else \
+                        ("data.height" if height % cs else "data.width")
+                    yield field_name, (f"{kind} {frames}x{height}x{width}: the VAE compresses "
+                                       f"space {cs}x{cs}, so sizes must be multiples of {cs}")
+                    return

@@ -110,14 +110,19 @@ def _check_file(path: Path) -> None:
         raise DecodeError(path, "empty", "empty file")
 
 
-def decode_pyav(path: Path) -> np.ndarray:
-    """Every frame, (T, H, W, 3) uint8 RGB."""
+def decode_pyav(path: Path, limit: Optional[int] = None) -> np.ndarray:
+    """The first `limit` frames (all when None), (T, H, W, 3) uint8 RGB. Decoding stops there: a
+    sample needs the first seconds of a clip, not the whole file."""
     import av
 
     _check_file(path)
+    frames = []
     try:
         with av.open(str(path)) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            for frame in container.decode(video=0):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if limit is not None and len(frames) >= limit:
+                    break
     except Exception as e:  # noqa: BLE001
         raise DecodeError(path, "undecodable",
                           f"PyAV could not decode it ({type(e).__name__}: {e})") from None
@@ -181,12 +186,21 @@ def dali_reason(error: Exception) -> str:
     return (informative or lines or [type(error).__name__])[0]
 
 
+def _frame_step(source_fps: float, target: Target) -> float:
+    return 1.0 if not target.fps or not source_fps else source_fps / target.fps
+
+
+def frames_needed(source_fps: float, target: Target) -> int:
+    """How many frames from the start a sample of `target` reads."""
+    return math.floor((target.frames - 1) * _frame_step(source_fps, target) + 1e-6) + 1
+
+
 def frame_indices(path: Path, available: int, source_fps: float, target: Target) -> np.ndarray:
     """`target.frames` indices from the start, stepping at target.fps (the source's by default)."""
-    step = 1.0 if not target.fps or not source_fps else source_fps / target.fps
+    step = _frame_step(source_fps, target)
     indices = np.floor(np.arange(target.frames) * step + 1e-6).astype(np.int64)
     if indices[-1] >= available:
-        need = math.floor((target.frames - 1) * step) + 1
+        need = frames_needed(source_fps, target)
         raise DecodeError(path, "too_short", f"has {available} frames, the sample needs {need} "
                                              f"({target.frames} at {target.fps or source_fps:g} fps)")
     return indices
@@ -258,7 +272,7 @@ class MediaReader:
                 self._dali = DaliDecoder(self.device)
             frames = self._dali(path)
         else:
-            frames = decode_pyav(path)
+            frames = decode_pyav(path, limit=frames_needed(info.fps, target))
         indices = frame_indices(path, frames.shape[0], info.fps, target)
         self.stats.decoded[backend] += 1
         return to_pixels(frames[indices], target)

@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 
 from megagoku.config.schema import DataConfig
 from megagoku.data.decode import MediaReader, Target
 from megagoku.data.manifest import MediaRecord, load_manifest
+from megagoku.data.order import SampleOrder, target_index
 
 
 @dataclass
@@ -29,33 +29,37 @@ def caption_of(record: MediaRecord) -> str:
 
 
 class ManifestDataset:
-    """Endless and indexable like the shapes set: index i is record order[i % n] of epoch i // n,
-    the order a permutation seeded by (data.seed, epoch). Every sample is decoded to the data
-    section's size; a file that cannot serve gives None (the reader warned and counted it, the
-    loader skips the index)."""
+    """Endless and indexable like the shapes set: index i is the record `SampleOrder` picks
+    (a permutation per epoch, or images and videos mixed at data.image_fraction). Every sample is
+    decoded to its record's target size (data.tiers, else the data section's size); a file that
+    cannot serve gives None (the reader warned and counted it, the loader skips the index)."""
 
     def __init__(self, cfg: DataConfig, device: str = "cpu"):
         self.cfg = cfg
         self.records = load_manifest(cfg.manifest)
+        self.order = SampleOrder([r.kind for r in self.records], cfg.image_fraction, cfg.seed,
+                                 str(cfg.manifest))
         self.reader = MediaReader(device, cfg.decode_backend)
-        self._epoch, self._order = -1, np.arange(0)
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def record(self, index: int) -> MediaRecord:
-        epoch, position = divmod(index, len(self.records))
-        if epoch != self._epoch:
-            self._order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.records))
-            self._epoch = epoch
-        return self.records[int(self._order[position])]
+    def target(self, position: int) -> Target:
+        record = self.records[position]
+        frames, height, width, _ = self.cfg.targets(record.kind)[
+            target_index(self.cfg, record.kind, position)]
+        return Target(height, width, frames, self.cfg.fps)
 
-    def __getitem__(self, index: int) -> Optional[FileSample]:
-        record = self.record(index)
-        cfg = self.cfg
-        frames = 1 if record.kind == "image" else cfg.frames
-        pixels = self.reader.read(record.path, record.kind,
-                                  Target(cfg.height, cfg.width, frames, cfg.fps))
+    def load(self, position: int) -> Optional[FileSample]:
+        """The sample of manifest record `position` (not a stream index), or None."""
+        record = self.records[position]
+        pixels = self.reader.read(record.path, record.kind, self.target(position))
         if pixels is None:
             return None
         return FileSample(pixels, caption_of(record), record.kind)
+
+    def record(self, index: int) -> MediaRecord:
+        return self.records[self.order.position(index)]
+
+    def __getitem__(self, index: int) -> Optional[FileSample]:
+        return self.load(self.order.position(index))

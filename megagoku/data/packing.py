@@ -49,6 +49,9 @@ class PackedBatch:
     grids: list[tuple[int, int, int]]
     captions: list[str]
     kinds: list[str]
+    # Caption features per sample when the data carries them (the latent cache); else the trainer
+    # encodes `captions`.
+    texts: Optional[list[torch.Tensor]] = None
 
     @property
     def num_samples(self) -> int:
@@ -67,7 +70,7 @@ class PackedBatch:
         return PackedBatch(self.tokens.to(device, non_blocking=True),
                            self.positions.to(device, non_blocking=True),
                            self.cu_seqlens.to(device, non_blocking=True),
-                           self.grids, self.captions, self.kinds)
+                           self.grids, self.captions, self.kinds, self.texts)
 
     def split(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Cut a packed (L, ...) tensor back into per-sample pieces."""
@@ -75,7 +78,7 @@ class PackedBatch:
 
 
 def pack(latents: Sequence[torch.Tensor], captions: Sequence[str], kinds: Sequence[str],
-         patch: Sequence[int]) -> PackedBatch:
+         patch: Sequence[int], texts: Optional[Sequence[torch.Tensor]] = None) -> PackedBatch:
     tokens, positions, grids, lengths = [], [], [], [0]
     for latent in latents:
         tok, grid = patchify(latent, patch)
@@ -85,11 +88,12 @@ def pack(latents: Sequence[torch.Tensor], captions: Sequence[str], kinds: Sequen
         lengths.append(tok.shape[0])
     cu = torch.tensor(lengths).cumsum(0).to(torch.int32)
     return PackedBatch(torch.cat(tokens), torch.cat(positions), cu, grids, list(captions),
-                       list(kinds))
+                       list(kinds), None if texts is None else list(texts))
 
 
 class Sample(Protocol):
-    pixels: torch.Tensor
+    """Pixels to encode, or (from the latent cache) `latent` and `text` features already made."""
+
     caption: str
     kind: str
 
@@ -128,7 +132,8 @@ class PackingLoader:
     The loader keeps up to `window` read-ahead samples (encoded) and fills each pack from them
     first-fit-decreasing, refilling the window as samples leave it, until none of them fits.
     `window=1` is greedy in stream order: a pack closes at the first sample that does not fit,
-    which opens the next one. `encode` maps a sample's pixels to its latent (the VAE); a single
+    which opens the next one. `encode` maps a sample's pixels to its latent (the VAE; samples
+    from the latent cache carry theirs); a single
     sample larger than the budget is an error, not a silent drop; an index whose sample cannot be
     read (the dataset gives None) is skipped and counted in `skipped`.
 
@@ -167,7 +172,9 @@ class PackingLoader:
         sample = self.dataset[index * self.replica[1] + self.replica[0]]
         if sample is None:  # a file that could not be decoded (the dataset said so and counted)
             return None
-        latent = self.encode(sample.pixels)
+        latent = getattr(sample, "latent", None)
+        if latent is None:
+            latent = self.encode(sample.pixels)
         n = patchify(latent, self.patch)[0].shape[0]
         if n > self.tokens_per_pack:
             raise ValueError(f"sample {index} ({sample.caption!r}) has {n} tokens, more than "
@@ -202,9 +209,33 @@ class PackingLoader:
                 room -= self._buffer[position].tokens
             self._buffer = [e for i, e in enumerate(self._buffer) if i not in set(taken)]
         chosen.sort(key=lambda e: e.index)
+        texts = [getattr(e.sample, "text", None) for e in chosen]
         return pack([e.latent for e in chosen], [e.sample.caption for e in chosen],
-                    [e.sample.kind for e in chosen], self.patch)
+                    [e.sample.kind for e in chosen], self.patch,
+                    None if any(t is None for t in texts) else texts)
 
     def __iter__(self) -> Iterator[PackedBatch]:
         while True:
             yield self.next_pack()
+
+
+def reshard_loader_states(states: Sequence[dict], replicas: int) -> list[dict]:
+    """Loader states saved by `len(states)` data-parallel replicas -> states for `replicas`.
+
+    Same count: the states unchanged, and the resumed run yields exactly the packs the
+    uninterrupted one would have. Another count cannot reproduce the batches (a pack is filled
+    from one replica's own stream, and the streams interleave differently), so the guarantee is
+    about samples: in the global stream (replica r of n reads r, r + n, ...) let G be the first
+    index some old replica had not packed yet. Every sample before G was trained on exactly once;
+    the new replicas read on from G, so nothing is skipped, and the only repeats are the samples
+    after G that an old replica had already packed (its read-ahead: at most a few packs each).
+    """
+    old = len(states)
+    if replicas < 1 or old < 1:
+        raise ValueError(f"cannot reshard loader states from {old} to {replicas} replicas")
+    if old == replicas:
+        return [dict(s) for s in states]
+    frontier = min(min([int(s["next_index"]), *map(int, s.get("window", []))]) * old + r
+                   for r, s in enumerate(states))
+    return [{"next_index": max(0, -(-(frontier - r) // replicas)), "window": []}
+            for r in range(replicas)]

@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from megagoku.config.schema import DataConfig
+from megagoku.config.schema import SHAPES_IMAGE_FRACTION, DataConfig
 
 # RGB in [-1, 1]; the background is black (-1, -1, -1).
 COLOURS = {
@@ -95,7 +95,8 @@ class ShapesDataset:
         rng = np.random.default_rng([cfg.seed, index])
         h, w = cfg.height, cfg.width
         r = RADIUS * min(h, w)
-        if rng.random() < cfg.image_fraction:
+        fraction = SHAPES_IMAGE_FRACTION if cfg.image_fraction is None else cfg.image_fraction
+        if rng.random() < fraction:
             colour = str(rng.choice(list(COLOURS)))
             shape = str(rng.choice(SHAPES))
             centre = np.array([[rng.uniform(r, h - r), rng.uniform(r, w - r)]])

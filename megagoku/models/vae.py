@@ -317,12 +317,14 @@ class CausalVAELatent:
         """(1, 3, T, h, w) -> posterior mean (1, C, T', h/8, w/8): the first frame, then
         `chunk_frames` at a time, carrying the causal convolutions' last frames over."""
         pieces = [video[:, :, :1]] + list(video[:, :, 1:].split(self.chunk_frames, dim=2))
+        pieces = [p for p in pieces if p.shape[2]]  # an image has no later frames
         with self.vae.streaming():
             return torch.cat([self.vae.encode(p)[0] for p in pieces], dim=2)
 
     def _decode_chunked(self, latent: torch.Tensor) -> torch.Tensor:
         step = self.chunk_frames // self.temporal_compression
         pieces = [latent[:, :, :1]] + list(latent[:, :, 1:].split(step, dim=2))
+        pieces = [p for p in pieces if p.shape[2]]
         with self.vae.streaming():
             return torch.cat([self.vae.decode(p) for p in pieces], dim=2)
 

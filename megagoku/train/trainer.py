@@ -19,6 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -26,9 +27,11 @@ import torch.distributed as dist
 
 from megagoku.config import ConfigError, TrainingConfig, to_dict
 from megagoku.data import ManifestError, PackingLoader, ShapesDataset
+from megagoku.data.cache import CachedDataset, check_cache_matches
 from megagoku.data.decode import dali_missing
 from megagoku.data.files import ManifestDataset
 from megagoku.models import TextEncoder, build_latent_space, build_model
+from megagoku.models.latent import LatentSpace
 from megagoku.models.text_encoder import encoder_width
 from megagoku.ops import KernelsUnavailable, describe, use_fused
 from megagoku.parallel import (current_shard, data_parallel_rank, data_parallel_size,
@@ -54,10 +57,15 @@ class TrainResult:
     final_loss: float  # mean over the last logging window
 
 
-def build_dataset(config: TrainingConfig, device: str = "cpu") -> ShapesDataset | ManifestDataset:
+def build_dataset(config: TrainingConfig, device: str = "cpu"
+                  ) -> ShapesDataset | ManifestDataset | CachedDataset:
     """The sample source of `data.kind`; raises ValueError (or ManifestError) naming the field."""
-    if config.data.kind != "manifest":
+    if config.data.kind == "shapes":
         return ShapesDataset(config.data)
+    if config.data.kind == "cache":
+        dataset = CachedDataset(config.data)
+        check_cache_matches(dataset.cache, config)
+        return dataset
     if config.data.decode_backend == "dali" and dali_missing() is not None:
         raise ValueError(f"data.decode_backend: dali, but NVIDIA DALI is not installed "
                          f"({dali_missing()}); use auto or pyav")
@@ -69,10 +77,25 @@ def build_dataset(config: TrainingConfig, device: str = "cpu") -> ShapesDataset 
     return dataset
 
 
-def preflight(config: TrainingConfig, source: str) -> tuple[ShapesDataset | ManifestDataset,
-                                                            torch.device]:
-    """What the config cannot check alone (the encoder's width, the held-out captions, the
-    device, the world size), checked before any work; every failure is a ConfigError naming
+@dataclass
+class Inputs:
+    """What preflight built: the sample source, the device, and the latent space (on the CPU
+    until the rank knows its GPU; None when training from the cache, whose samples carry their
+    latents)."""
+
+    dataset: ShapesDataset | ManifestDataset | CachedDataset
+    device: torch.device
+    latent_space: Optional[LatentSpace]
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.latent_space is None:
+            raise RuntimeError("data.kind: cache, but a sample came without its latent")
+        return self.latent_space.encode(pixels)
+
+
+def preflight(config: TrainingConfig, source: str) -> Inputs:
+    """What the config cannot check alone (the encoder's width, the data, the latent space, the
+    device), checked and built before any work; every failure is a ConfigError naming
     `source`."""
     try:
         device = resolve_device(config.train.device)
@@ -81,6 +104,7 @@ def preflight(config: TrainingConfig, source: str) -> tuple[ShapesDataset | Mani
     try:
         width = encoder_width(config.text.encoder)
         dataset = build_dataset(config, device.type)
+        latent_space = None if config.data.kind == "cache" else build_latent_space(config.latent)
     except ManifestError as e:
         raise ConfigError(f"{source}: data.manifest: {e}") from None
     except (FileNotFoundError, ValueError) as e:
@@ -95,7 +119,7 @@ def preflight(config: TrainingConfig, source: str) -> tuple[ShapesDataset | Mani
         use_fused(config.model.kernels, device.type)
     except KernelsUnavailable as e:
         raise ConfigError(f"{source}: model.kernels: {e}") from None
-    return dataset, device
+    return Inputs(dataset, device, latent_space)
 
 
 def skipped_samples(loader: PackingLoader, device: torch.device) -> float:
@@ -106,6 +130,34 @@ def skipped_samples(loader: PackingLoader, device: torch.device) -> float:
         dist.all_reduce(count)
         count /= dist.get_world_size() // data_parallel_size()  # TP/SP ranks share the stream
     return float(count.item())
+
+
+def caption_features(encoder: TextEncoder, batch, dropped: list[bool]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed caption features and their cu_seqlens; a dropped caption (for CFG) is the empty
+    one. Cached features are used when the batch has them."""
+    if batch.texts is None:
+        return encoder.encode(["" if d else c for d, c in zip(dropped, batch.captions)])
+    empty = encoder.encode([""])[0] if any(dropped) else None
+    feats = [empty if d else t.to(encoder.device) for d, t in zip(dropped, batch.texts)]
+    lengths = torch.tensor([0] + [f.shape[0] for f in feats])
+    return torch.cat(feats), lengths.cumsum(0).to(torch.int32).to(encoder.device)
+
+
+def gather_loader_states(loader: PackingLoader, replicas: int) -> dict:
+    """Every data-parallel replica's loader state, for the checkpoint (collective: the TP and
+    Ulysses ranks of a replica hold the same state; one per replica is kept)."""
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, (loader.replica[0], loader.state_dict()))
+    by_replica = dict(states)
+    return {"replicas": replicas, "states": [by_replica[r] for r in range(replicas)]}
+
+
+def decode_counts(dataset) -> dict[str, int]:
+    """This rank's files decoded per backend and skipped per reason (`data/decoded_dali`,
+    `data/skipped_too_short`, ...), for the metrics; nothing for data that is not decoded."""
+    reader = getattr(dataset, "reader", None)
+    return reader.stats.as_metrics() if reader is not None else {}
 
 
 def lr_lambda(cfg, step: int) -> float:
@@ -158,10 +210,13 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
           overwrite: bool = False) -> TrainResult:
     tcfg = config.train
     run_dir = Path(run_dir)
-    dataset, device = preflight(config, source)
+    inputs = preflight(config, source)
+    dataset, device = inputs.dataset, inputs.device
     owns_group = start_grid(config, source)
     if device.type == "cuda":  # the local rank's GPU, chosen when the group started
         device = torch.device("cuda", torch.cuda.current_device())
+    if inputs.latent_space is not None:
+        inputs.latent_space.to(device)
     rank0 = dist.get_rank() == 0
     if rank0:
         prepare_run_dir(run_dir, overwrite)
@@ -175,9 +230,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
                                    config.parallel.checkpoint_every)
     n_params = sum(p.numel() * (tensor_parallel_size() if is_tp_split(p) else 1)
                    for p in model.parameters())
-    latent_space = build_latent_space(config.latent)
     text_encoder = TextEncoder(config.text.encoder, config.text.max_length, device)
-    loader = PackingLoader(dataset, latent_space.encode, config.model.patch_size,
+    loader = PackingLoader(dataset, inputs.encode, config.model.patch_size,
                            config.data.tokens_per_step, replica=(replica, replicas),
                            window=config.data.pack_window)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tcfg.betas,
@@ -193,10 +247,11 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     def save(step: int) -> Path | None:
         weights = full_weights(model)  # collective: every rank takes part
         averaged = ema.state_dict(weights, model)
+        loader_states = gather_loader_states(loader, replicas)  # collective
         path = None
         if rank0:
             path = save_checkpoint(run_dir, step, weights, averaged, to_dict(config),
-                                   {"loader": loader.state_dict()})
+                                   {"loader": loader_states})
         dist.barrier()
         return path
 
@@ -208,8 +263,7 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
         t0 = time.perf_counter()
         batch = loader.next_pack().to(device)
         drop = torch.rand(batch.num_samples, generator=generator) < config.text.dropout
-        captions = ["" if d else c for d, c in zip(drop.tolist(), batch.captions)]
-        text, text_cu = text_encoder.encode(captions)
+        text, text_cu = caption_features(text_encoder, batch, drop.tolist())
         data_seconds = time.perf_counter() - t0
 
         loss, per_sample, _ = step_loss(model, batch, text, text_cu, config.flow, generator,
@@ -236,7 +290,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
         if step % tcfg.log_every == 0 or step == tcfg.steps or out_of_time:
             scalars = {**window.scalars(), "lr": lr, "grad_norm": grad_norm,
                        "elapsed_s": elapsed_total,
-                       "data_skipped": skipped_samples(loader, device)}
+                       "data_skipped": skipped_samples(loader, device),
+                       **decode_counts(dataset)}
             if metrics is not None:
                 metrics.log(step, scalars)
                 metrics.progress(step, scalars["loss"], scalars["steps_per_s"],

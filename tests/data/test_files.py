@@ -49,3 +49,31 @@ def test_motion_score_is_appended_to_the_caption(tmp_path):
     record = MediaRecord(tmp_path / "a.mp4", "a cat jumps", "video", 8, 8, 9, 8.0, {"motion": 3.24})
     assert caption_of(record) == "a cat jumps motion score: 3.2"
     assert caption_of(MediaRecord(tmp_path / "b.png", "a dog", "image", 8, 8, 1)) == "a dog"
+
+
+def test_tiers_give_each_record_its_own_drawn_size(manifest):
+    from megagoku.config.schema import ResolutionTier
+
+    cfg = DataConfig(kind="manifest", manifest=str(manifest), tiers=[
+        ResolutionTier("video", 8, 8, 5, 1.0), ResolutionTier("video", 16, 8, 9, 1.0),
+        ResolutionTier("image", 8, 16, 1, 1.0)])
+    ds = ManifestDataset(cfg)
+    shapes = {}
+    for position in range(len(ds) - 1):  # the last record's file is gone
+        sample = ds.load(position)
+        shapes[position] = tuple(sample.pixels.shape)
+        allowed = [(3, 1, 8, 16)] if sample.kind == "image" else [(3, 5, 8, 8), (3, 9, 16, 8)]
+        assert shapes[position] in allowed
+    assert len({s for s in shapes.values() if s[1] > 1}) == 2  # both video tiers drawn
+    assert all(tuple(ds.load(p).pixels.shape) == s for p, s in shapes.items())  # fixed per record
+
+
+def test_pyav_decodes_only_the_frames_a_sample_needs(manifest):
+    from megagoku.data.decode import decode_pyav, frames_needed, Target
+
+    clip = next(r.path for r in ManifestDataset(DataConfig(kind="manifest", manifest=str(manifest))
+                                                ).records if r.kind == "video")
+    assert decode_pyav(clip, limit=3).shape[0] == 3
+    assert decode_pyav(clip).shape[0] == 9
+    assert frames_needed(8.0, Target(8, 8, 5, 4.0)) == 9  # every other frame of an 8 fps clip
+    assert frames_needed(8.0, Target(8, 8, 5, None)) == 5

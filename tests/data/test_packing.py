@@ -1,11 +1,13 @@
 import json
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from megagoku.config import DataConfig
 from megagoku.data import PackingLoader, ShapesDataset, pack, patchify, unpatchify
-from megagoku.data.packing import grid_positions
+from megagoku.data.packing import grid_positions, reshard_loader_states
 
 
 def test_patchify_round_trip_and_positions():
@@ -128,3 +130,74 @@ def test_windowed_loader_resumes_exactly():
     for _ in range(5):
         pa, pb = a.next_pack(), b.next_pack()
         assert pa.captions == pb.captions and torch.equal(pa.tokens, pb.tokens)
+
+
+class Indexed:
+    """Sample i: a latent of `sizes[i % len(sizes)]` tokens whose caption is its global index."""
+
+    def __init__(self, sizes):
+        self.sizes = sizes
+
+    def __getitem__(self, index):
+        n = self.sizes[index % len(self.sizes)]
+        return SimpleNamespace(pixels=torch.full((1, 1, 1, n), float(index)), caption=str(index),
+                               kind="video")
+
+
+def packed_indices(loaders, packs):
+    out = []
+    for ld in loaders:
+        for _ in range(packs):
+            out += [int(c) for c in ld.next_pack().captions]
+    return out
+
+
+@pytest.mark.parametrize("new_size", [1, 2, 3, 4])
+def test_resharded_loader_states_skip_nothing_and_repeat_only_read_ahead(new_size):
+    """Two replicas train a while (window 4, so each holds read-ahead samples), their states are
+    resharded to `new_size` replicas: every global index before the frontier was packed exactly
+    once, the new replicas start at the frontier, and nothing is ever skipped."""
+    data = Indexed([5, 9, 3, 7, 2, 8, 6])
+
+    def make(replica, n):
+        return PackingLoader(data, lambda x: x, (1, 1, 1), 20, replica=(replica, n), window=4)
+
+    old = [make(r, 2) for r in range(2)]
+    before = packed_indices(old, 5)
+    states = reshard_loader_states([ld.state_dict() for ld in old], new_size)
+    new = [make(r, new_size) for r in range(new_size)]
+    for ld, state in zip(new, states):
+        ld.load_state_dict(state)
+    after = packed_indices(new, 6)
+    frontier = min(min([s["next_index"], *s["window"]]) * 2 + r
+                   for r, s in enumerate(ld.state_dict() for ld in old))
+    assert sorted(i for i in before if i < frontier) == list(range(frontier))
+    assert min(after) == frontier
+    everything = set(before) | set(after)
+    assert set(range(max(after) - 3 * new_size * 4)) <= everything  # no hole below the tail
+    assert all(i >= frontier for i in set(before) & set(after))  # repeats: read-ahead only
+
+
+def test_resharding_to_the_same_size_keeps_the_exact_stream():
+    data = Indexed([5, 9, 3, 7])
+    a = [PackingLoader(data, lambda x: x, (1, 1, 1), 20, replica=(r, 2), window=3)
+         for r in range(2)]
+    packed_indices(a, 3)
+    states = reshard_loader_states([ld.state_dict() for ld in a], 2)
+    b = [PackingLoader(data, lambda x: x, (1, 1, 1), 20, replica=(r, 2), window=3)
+         for r in range(2)]
+    for ld, state in zip(b, states):
+        ld.load_state_dict(state)
+    assert packed_indices(a, 4) == packed_indices(b, 4)
+
+
+def test_samples_with_their_own_latent_and_text_are_not_encoded_again():
+    sample = SimpleNamespace(latent=torch.randn(2, 1, 2, 2), text=torch.randn(3, 8),
+                             caption="c", kind="image")
+
+    def never(_):
+        raise AssertionError("encode called for a cached sample")
+
+    batch = PackingLoader([sample] * 4, never, (1, 1, 1), 8).next_pack()
+    assert batch.num_samples == 2 and torch.equal(batch.texts[1], sample.text)
+    assert batch.to("cpu").texts is batch.texts

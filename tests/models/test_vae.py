@@ -43,8 +43,9 @@ def test_causal_first_frame_is_encoded_alone_and_prefixes_agree(vae):
         torch.testing.assert_close(vae.decode(full[:, :, :2]), decoded[:, :, :5])
 
 
-def test_chunked_encode_and_decode_equal_whole_clip(vae):
-    x = clip(17)
+@pytest.mark.parametrize("frames", [1, 17])
+def test_chunked_encode_and_decode_equal_whole_clip(vae, frames):
+    x = clip(frames)
     latent_space = CausalVAELatent(vae, [0.1] * 4, [2.0] * 4, chunk_frames=4, tile_size=256,
                                    tile_overlap=64)
     with torch.no_grad():

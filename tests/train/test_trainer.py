@@ -39,7 +39,8 @@ def test_periodic_checkpoints_record_the_loader_position(tmp_path):
     # 1024-token packs of 128-token videos: 8 videos a step; the 9th read waits in the window.
     for name, consumed in zip(names, (16, 32)):
         state = json.loads((tmp_path / "checkpoints" / name / "state.json").read_text())
-        assert state["loader"] == {"next_index": consumed + 1, "window": [consumed]}
+        assert state["loader"] == {"replicas": 1,
+                                   "states": [{"next_index": consumed + 1, "window": [consumed]}]}
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
@@ -102,6 +103,10 @@ def test_training_on_manifest_files_skips_and_counts_a_missing_file(tmp_path):
     assert result.steps == 4 and all(r["loss"] > 0 for r in records)
     # 4 steps of ~16 samples go through the 13 records several times: the gone one each time.
     assert records[-1]["data_skipped"] >= 2
+    last = records[-1]  # per backend and reason: webm through DALI, mp4 through PyAV
+    assert last["data/skipped_missing"] == last["data_skipped"]
+    assert last["data/decoded_dali"] > 0 and last["data/decoded_pyav"] > 0
+    assert last["data/decoded_pillow"] > 0
 
 
 def test_a_missing_manifest_is_a_config_error(tmp_path):
@@ -122,9 +127,15 @@ def test_manifest_data_that_cannot_train_stops_before_work(tmp_path, monkeypatch
     cfg = load_training_config(ROOT / "configs/tiny.yaml", ["data.image_fraction=1.0"])
     manifest = write_shapes_files(tmp_path / "data", cfg.data, 3)  # images only
     cfg = load_training_config(ROOT / "configs/tiny.yaml", [
-        "data.kind=manifest", f"data.manifest={manifest}", "model.patch_size=[2,4,4]"])
+        "data.kind=manifest", f"data.manifest={manifest}", "model.patch_size=[2,4,4]",
+        "data.image_fraction=null"])
     with pytest.raises(ConfigError, match=r"model.patch_size: \[2, 4, 4\] patches 2 frames at "
                                           r"once, but .* holds images"):
+        train(cfg, tmp_path / "run", source="cfg.yaml")
+    cfg = load_training_config(ROOT / "configs/tiny.yaml", [
+        "data.kind=manifest", f"data.manifest={manifest}", "data.image_fraction=0.5"])
+    with pytest.raises(ConfigError, match=r"cfg.yaml: data.image_fraction: 0.5 asks for videos, "
+                                          r"but .*manifest.jsonl holds none"):
         train(cfg, tmp_path / "run", source="cfg.yaml")
     monkeypatch.setattr(trainer, "dali_missing", lambda: "No module named 'nvidia.dali'")
     cfg = load_training_config(ROOT / "configs/tiny.yaml", [

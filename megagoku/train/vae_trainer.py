@@ -1,0 +1,327 @@
+"""Training the 3D causal VAE (`megagoku train-vae`): pixels -> (reconstruction, KL) -> L1 + KL,
+optionally a PatchGAN hinge term -> AdamW, on one process (the GPU when present, else the CPU).
+
+The data path is the Transformer's: the shapes generator or the files of a manifest, read in
+stream order (index 0, 1, 2, ...); an unreadable file gives None, is skipped and counted
+(`data_skipped`). A step reads the next `batch_size` readable samples; samples of different
+shapes (one-frame images, clips, resolution tiers) go through the VAE as separate passes in the
+same step and the loss is their pixel-weighted mean, so every pixel weighs the same.
+
+Loss = L1(reconstruction, x) + kl_weight * KL, and from step `adversarial_start`, when
+`adversarial_weight` > 0, adversarial_weight * -D(reconstruction).mean() with a small 3D PatchGAN
+D (`models/vae_discriminator.py`) trained alongside with the hinge loss. The weight is fixed: the
+adaptive weight of VQGAN (the ratio of the two terms' gradient norms at the decoder's last layer)
+needs two extra backward passes per shape group, which this small setting does not justify.
+
+No perceptual (LPIPS) term: it needs pretrained VGG/AlexNet weights, and nothing may be
+downloaded here (the machines are offline). L1 + KL (+ GAN) is what trains. On sparse content,
+such as the shapes on black, L1 alone settles on the per-pixel median, the background, for a long
+time (measured in configs/vae/tiny.yaml); perceptual and adversarial terms are the usual remedy
+(not measured here).
+
+Outputs in the run dir: metrics.jsonl and tensorboard/ (`MetricsLogger`), and `vae/`, the folder
+`latent.kind: causal_vae, latent.path: <run_dir>/vae` loads. It is written at the end (and every
+`save_every` steps) with the per-channel mean/std of the posterior mean over the first
+`stats_samples` samples of the stream (the latent space normalises with them), into a temporary
+folder renamed into place, so a crash never leaves a half-written VAE. The same probe samples
+give the reconstruction L1 before training and at every save (`eval_l1`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from megagoku.config import ConfigError, VAETrainingConfig, to_dict
+from megagoku.config.loader import config_from_dict
+from megagoku.config.schema import VAE_SPATIAL_COMPRESSION, VAE_TEMPORAL_COMPRESSION
+from megagoku.data import ManifestError, ShapesDataset
+from megagoku.data.decode import dali_missing
+from megagoku.data.files import ManifestDataset
+from megagoku.data.packing import MAX_CONSECUTIVE_SKIPS
+from megagoku.models.vae import CausalVAE
+from megagoku.models.vae_discriminator import (PatchDiscriminator3D, hinge_discriminator_loss,
+                                               hinge_generator_loss)
+from megagoku.parallel import resolve_device
+from megagoku.train.metrics import MetricsLogger
+from megagoku.train.trainer import RUN_OUTPUTS, prepare_run_dir, seed_everything
+
+log = logging.getLogger(__name__)
+
+VAE_FOLDER = "vae"  # <run_dir>/vae: what latent.path names
+
+
+@dataclass
+class VAETrainResult:
+    run_dir: Path
+    vae_dir: Path
+    steps: int
+    l1_start: float  # reconstruction L1 (posterior mean) on the probe samples before training
+    l1_end: float  # the same after the last step
+    data_skipped: int
+
+
+class SampleStream:
+    """The dataset read in order from index `start`: `take(n)` gives the next n readable samples'
+    pixels; indices whose sample is None (an unreadable file) are skipped and counted."""
+
+    def __init__(self, dataset, start: int = 0):
+        self.dataset = dataset
+        self.next_index = start
+        self.skipped = 0
+
+    def take(self, count: int) -> list[torch.Tensor]:
+        pixels: list[torch.Tensor] = []
+        missing = 0
+        while len(pixels) < count:
+            sample = self.dataset[self.next_index]
+            self.next_index += 1
+            if sample is not None:
+                pixels.append(sample.pixels)
+                missing = 0
+                continue
+            self.skipped += 1
+            missing += 1
+            if missing >= MAX_CONSECUTIVE_SKIPS:  # the same limit as the Transformer's loader
+                raise RuntimeError(f"{missing} samples in a row could not be read (up to index "
+                                   f"{self.next_index - 1}): the data is broken, not a few files")
+        return pixels
+
+
+def group_by_shape(videos: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Stack same-shaped (3, T, H, W) samples into (B, 3, T, H, W) batches, in first-seen order:
+    one VAE pass per shape (images and clips cannot share a tensor)."""
+    groups: dict[tuple[int, ...], list[torch.Tensor]] = defaultdict(list)
+    for video in videos:
+        groups[tuple(video.shape)].append(video)
+    return [torch.stack(group) for group in groups.values()]
+
+
+def build_vae_dataset(config: VAETrainingConfig, source: str,
+                      device: torch.device) -> ShapesDataset | ManifestDataset:
+    """The pixel source of `data.kind`; a problem becomes a ConfigError naming `source`."""
+    if config.data.kind == "manifest" and config.data.decode_backend == "dali" \
+            and dali_missing() is not None:
+        raise ConfigError(f"{source}: data.decode_backend: dali, but NVIDIA DALI is not installed "
+                          f"({dali_missing()}); use auto or pyav")
+    try:
+        if config.data.kind == "manifest":
+            return ManifestDataset(config.data, device.type)
+        return ShapesDataset(config.data)
+    except ManifestError as e:
+        raise ConfigError(f"{source}: data.manifest: {e}") from None
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def prepare_vae_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """As the Transformer's `prepare_run_dir`, with the `vae/` folder (and a temporary one a crash
+    may have left) counted among the outputs of a run."""
+    ours = (VAE_FOLDER, f".{VAE_FOLDER}.tmp", f".{VAE_FOLDER}.old")
+    used = [name for name in (*RUN_OUTPUTS, *ours) if (run_dir / name).exists()]
+    if used and not overwrite:
+        raise ConfigError(f"{run_dir}: run dir already holds {', '.join(used)}; pass --overwrite "
+                          "to replace them or choose another --run-dir")
+    prepare_run_dir(run_dir, overwrite=True)  # clears metrics.jsonl, tensorboard, checkpoints
+    for name in ours:
+        if (run_dir / name).exists():
+            shutil.rmtree(run_dir / name)
+
+
+@torch.no_grad()
+def measure(vae: CausalVAE, probe: list[torch.Tensor], batch_size: int,
+            device: torch.device) -> tuple[float, list[float], list[float]]:
+    """Deterministic pass over the probe samples: the reconstruction L1 of the posterior mean
+    (pixel-weighted over all samples) and the per-channel mean and std of that posterior mean
+    (over every latent position), which the latent space normalises with."""
+    was_training = vae.training
+    vae.eval()
+    l1_sum = 0.0
+    pixels = 0
+    channels = vae.config.latent_channels
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    positions = 0
+    for batch in group_by_shape(probe):
+        for chunk in batch.split(batch_size):  # at most a training step's worth at once
+            x = chunk.to(device)
+            mean, _ = vae.encode(x)
+            l1_sum += float((vae.decode(mean) - x).abs().sum())
+            pixels += x.numel()
+            flat = mean.transpose(0, 1).reshape(channels, -1).double().cpu()
+            total += flat.sum(dim=1)
+            total_sq += flat.pow(2).sum(dim=1)
+            positions += flat.shape[1]
+    vae.train(was_training)
+    channel_mean = total / positions
+    variance = (total_sq / positions - channel_mean.pow(2)).clamp(min=0.0)
+    # A dead channel (constant latent) would divide by zero in the latent space: floor its std.
+    channel_std = variance.sqrt().clamp(min=1e-6)
+    return l1_sum / pixels, channel_mean.tolist(), channel_std.tolist()
+
+
+def save_vae_atomically(vae: CausalVAE, run_dir: Path, latents_mean: list[float],
+                        latents_std: list[float]) -> Path:
+    """Write `<run_dir>/vae` via a temporary folder and renames: at every moment `vae/` is either
+    the previous complete save, absent, or the new complete one."""
+    final = run_dir / VAE_FOLDER
+    temporary, previous = run_dir / f".{VAE_FOLDER}.tmp", run_dir / f".{VAE_FOLDER}.old"
+    for leftover in (temporary, previous):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    vae.save(temporary, latents_mean, latents_std)
+    if final.exists():
+        final.rename(previous)
+    temporary.rename(final)
+    if previous.exists():
+        shutil.rmtree(previous)
+    return final
+
+
+class StepWindow:
+    """Sums of the steps since the last logged one; `scalars()` gives their means and rates."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.steps = 0
+        self.samples = 0
+        self.latent_positions = 0
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, values: dict[str, float], samples: int, latent_positions: int) -> None:
+        self.steps += 1
+        self.samples += samples
+        self.latent_positions += latent_positions
+        for key, value in values.items():
+            self.sums[key] += value
+            self.counts[key] += 1
+
+    def scalars(self) -> dict[str, float]:
+        seconds = time.perf_counter() - self.start
+        means = {key: self.sums[key] / self.counts[key] for key in self.sums}
+        return {**means, "samples_per_s": self.samples / seconds,
+                "steps_per_s": self.steps / seconds,
+                "latent_tokens_per_s": self.latent_positions / seconds}
+
+
+def train_vae(config: VAETrainingConfig, run_dir: str | Path, source: str = "<config>",
+              overwrite: bool = False) -> VAETrainResult:
+    tcfg = config.train
+    run_dir = Path(run_dir)
+    # A config built in code has not been through the loader: check it the same way, before work.
+    config_from_dict(VAETrainingConfig, to_dict(config), source)
+    device = resolve_device("auto")
+    dataset = build_vae_dataset(config, source, device)
+    prepare_vae_run_dir(run_dir, overwrite)
+    generator = seed_everything(tcfg.seed)  # also torch.manual_seed: the same initial weights
+
+    vae = CausalVAE(config.vae).to(device)
+    adversarial = tcfg.adversarial_weight > 0
+    discriminator = PatchDiscriminator3D().to(device) if adversarial else None
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=tcfg.lr, betas=tcfg.betas,
+                                  weight_decay=tcfg.weight_decay)
+    disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=tcfg.lr, betas=tcfg.betas,
+                                       weight_decay=tcfg.weight_decay) if adversarial else None
+    # Clipping at infinity still returns the norm, which is logged.
+    max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf
+    # The probe: the stream's first samples, read by their own stream so that training reads
+    # the same samples whatever stats_samples is.
+    probe_stream = SampleStream(dataset)
+    probe = probe_stream.take(tcfg.stats_samples)
+    train_stream = SampleStream(dataset)
+    l1_start = measure(vae, probe, tcfg.batch_size, device)[0]
+    metrics = MetricsLogger(run_dir, tcfg.steps)
+    n_params = sum(p.numel() for p in vae.parameters())
+    log.info("VAE: %.2fM parameters on %s%s; recon L1 %.4f before training; run dir %s",
+             n_params / 1e6, device, " + PatchGAN discriminator" if adversarial else "",
+             l1_start, run_dir)
+
+    def save() -> float:
+        l1, latents_mean, latents_std = measure(vae, probe, tcfg.batch_size, device)
+        save_vae_atomically(vae, run_dir, latents_mean, latents_std)
+        return l1
+
+    def data_skipped() -> int:  # unreadable reads, the probe's included
+        return train_stream.skipped + probe_stream.skipped
+
+    window = StepWindow()
+    l1_end = l1_start
+    vae.train()
+    for step in range(1, tcfg.steps + 1):
+        batches = group_by_shape(train_stream.take(tcfg.batch_size))
+        total_pixels = sum(b.numel() for b in batches)
+        adversarial_now = adversarial and step >= tcfg.adversarial_start
+        values: dict[str, float] = defaultdict(float)
+
+        optimizer.zero_grad(set_to_none=True)
+        if discriminator is not None:  # the VAE's pass must not leave gradients in D
+            discriminator.requires_grad_(False)
+        reconstructions = []
+        latent_positions = 0
+        for batch in batches:
+            x = batch.to(device)
+            share = x.numel() / total_pixels  # pixel weighting across the shape groups
+            reconstruction, kl = vae(x, generator)
+            l1 = (reconstruction - x).abs().mean()
+            loss = l1 + tcfg.kl_weight * kl
+            if adversarial_now:
+                adv_g = hinge_generator_loss(discriminator(reconstruction))
+                loss = loss + tcfg.adversarial_weight * adv_g
+                values["adv_g"] += share * adv_g.item()
+                reconstructions.append(reconstruction.detach())
+            # Backward per group: each group's graph is freed before the next forward.
+            (share * loss).backward()
+            values["loss"] += share * loss.item()
+            values["l1"] += share * l1.item()
+            values["kl"] += share * kl.item()
+            t, h, w = x.shape[2:]
+            latent_positions += x.shape[0] * (1 + (t - 1) // VAE_TEMPORAL_COMPRESSION) * \
+                (h // VAE_SPATIAL_COMPRESSION) * (w // VAE_SPATIAL_COMPRESSION)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(vae.parameters(), max_norm))
+        optimizer.step()
+
+        if adversarial_now:
+            discriminator.requires_grad_(True)
+            disc_optimizer.zero_grad(set_to_none=True)
+            for batch, reconstruction in zip(batches, reconstructions):
+                x = batch.to(device)
+                share = x.numel() / total_pixels
+                adv_d = hinge_discriminator_loss(discriminator(x), discriminator(reconstruction))
+                (share * adv_d).backward()
+                values["adv_d"] += share * adv_d.item()
+            disc_optimizer.step()
+
+        if not math.isfinite(values["loss"]):
+            raise FloatingPointError(f"VAE loss became {values['loss']} at step {step}")
+        values["grad_norm"] = grad_norm
+        window.add(values, sum(b.shape[0] for b in batches), latent_positions)
+
+        last = step == tcfg.steps
+        extra = {}
+        if last or (tcfg.save_every and step % tcfg.save_every == 0):
+            l1_end = save()
+            extra["eval_l1"] = l1_end
+        if last or step % tcfg.log_every == 0:
+            scalars = {**window.scalars(), "lr": optimizer.param_groups[0]["lr"],
+                       "data_skipped": data_skipped(), **extra}
+            metrics.log(step, scalars)
+            # The progress line's "tok/s" are latent positions: the Transformer's tokens at a
+            # 1x1x1 patch, the unit its data rates are counted in.
+            metrics.progress(step, scalars["loss"], scalars["steps_per_s"],
+                             scalars["latent_tokens_per_s"])
+            window = StepWindow()
+        elif extra:
+            metrics.log(step, extra)
+    metrics.close()
+    vae_dir = run_dir / VAE_FOLDER
+    log.info("recon L1 on %d probe samples: %.4f at start -> %.4f after %d steps; VAE: %s",
+             len(probe), l1_start, l1_end, tcfg.steps, vae_dir)
+    return VAETrainResult(run_dir, vae_dir, tcfg.steps, l1_start, l1_end, data_skipped())
