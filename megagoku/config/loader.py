@@ -212,6 +212,17 @@ def _check(config: Any, source: str, prefix: str = "") -> None:
         raise ConfigError(f"{source}: {prefix}{name}: {message}")
 
 
+def config_from_dict(cls: type, data: dict, source: str) -> Any:
+    """Build and validate one config dataclass (e.g. a VAE's saved shape); `source` names it in
+    errors."""
+    try:
+        config = _build(cls, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    _check(config, source)
+    return config
+
+
 def load_training_config(path: str | Path | None, overrides: Iterable[str] = ()) -> TrainingConfig:
     """Load, override and validate a full training config. `path=None` gives the defaults."""
     if path is None:
@@ -230,12 +241,7 @@ def training_config_from_dict(data: dict, source: str, overrides: Iterable[str] 
         _set_path(data, key, value)
         _model_file_to_preset(data)
     _resolve_model_section(data, base_dir, source)
-    try:
-        config = _build(TrainingConfig, data, "")
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    _check(config, source)
-    return config
+    return config_from_dict(TrainingConfig, data, source)
 
 
 def load_vae_training_config(path: str | Path | None,
@@ -277,14 +283,3 @@ def to_dict(config: Any) -> dict:
         return v
 
     return plain(dataclasses.asdict(config))
-
-
-def config_from_dict(cls: type, data: dict, source: str) -> Any:
-    """Build and validate one config dataclass (e.g. a VAE's saved shape); `source` names it in
-    errors."""
-    try:
-        config = _build(cls, data, "")
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    _check(config, source)
-    return config

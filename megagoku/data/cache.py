@@ -112,6 +112,11 @@ def open_cache(folder: Path, settings: dict, records: int, shard_size: int) -> i
     return shards
 
 
+def shard_positions(shard: int, shard_size: int, records: int) -> range:
+    """The manifest positions shard `shard` holds."""
+    return range(shard * shard_size, min(records, (shard + 1) * shard_size))
+
+
 def missing_shards(folder: Path, shards: int) -> list[int]:
     return [s for s in range(shards) if not (folder / f"{shard_name(s)}.json").is_file()]
 

@@ -106,6 +106,22 @@ class IndexedDataset(Protocol):
 MAX_CONSECUTIVE_SKIPS = 100
 
 
+class ConsecutiveSkips:
+    """Counts unreadable samples in a row and stops the reader at MAX_CONSECUTIVE_SKIPS."""
+
+    def __init__(self):
+        self.run = 0
+
+    def read(self) -> None:
+        self.run = 0
+
+    def skipped(self, index: int) -> None:
+        self.run += 1
+        if self.run >= MAX_CONSECUTIVE_SKIPS:
+            raise RuntimeError(f"{self.run} samples in a row could not be read (up to index "
+                               f"{index}): the data is broken, not a few files")
+
+
 def first_fit_decreasing(sizes: Sequence[int], room: int) -> list[int]:
     """Positions of `sizes` to add to a pack with `room` tokens left: largest first, each one that
     still fits (ties by position, so the choice is deterministic)."""
@@ -182,19 +198,16 @@ class PackingLoader:
         return _Entry(index, latent, sample, n)
 
     def _fill(self) -> None:
-        missing = 0
+        skips = ConsecutiveSkips()
         while len(self._buffer) < self.window:
             entry = self._read(self.next_index)
             self.next_index += 1
             if entry is not None:
                 self._buffer.append(entry)
-                missing = 0
+                skips.read()
                 continue
             self.skipped += 1
-            missing += 1
-            if missing >= MAX_CONSECUTIVE_SKIPS:
-                raise RuntimeError(f"{missing} samples in a row could not be read (up to index "
-                                   f"{self.next_index - 1}): the data is broken, not a few files")
+            skips.skipped(self.next_index - 1)
 
     def next_pack(self) -> PackedBatch:
         chosen: list[_Entry] = []

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from megagoku.data.cache import (DTYPES, CacheError, CacheProgress, cache_settings,
-                                     finish_cache, missing_shards, open_cache, write_shard)
+                                     finish_cache, missing_shards, open_cache, shard_positions,
+                                     write_shard)
     from megagoku.data.files import ManifestDataset
     from megagoku.data.manifest import ManifestError
     from megagoku.models import TextEncoder, build_latent_space
@@ -65,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
     except CacheError as e:
         raise ConfigError(str(e)) from None
 
-    mine = [s for s in missing_shards(out, shards) if s % world == rank]
-    done = shards - len(missing_shards(out, shards))
+    missing = missing_shards(out, shards)
+    mine = [s for s in missing if s % world == rank]
+    done = shards - len(missing)
     log.info("cache %s: %d records in %d shards, %d already written; rank %d of %d writes %d",
              out, len(dataset), shards, done, rank, world, len(mine))
     if mine:
@@ -77,12 +79,9 @@ def run(args: argparse.Namespace) -> int:
             feats, cu = text.encode(captions)
             return list(feats.split((cu[1:] - cu[:-1]).tolist()))
 
-        progress = CacheProgress(total=sum(len(range(s * args.shard_size,
-                                                     min(len(dataset), (s + 1) * args.shard_size)))
-                                           for s in mine))
-        for shard in mine:
-            positions = range(shard * args.shard_size,
-                              min(len(dataset), (shard + 1) * args.shard_size))
+        ranges = {s: shard_positions(s, args.shard_size, len(dataset)) for s in mine}
+        progress = CacheProgress(total=sum(len(r) for r in ranges.values()))
+        for shard, positions in ranges.items():
             write_shard(out, shard, positions, dataset, latent_space.encode, encode_text,
                         DTYPES[args.dtype])
             progress.add(len(positions), force=shard == mine[-1])

@@ -14,12 +14,17 @@ def register(subparsers) -> None:
                               "torchrun / deepspeed / srun / mpirun launch)",
                               description=__doc__)
     p.add_argument("--config", required=True, help="training config YAML (e.g. configs/tiny.yaml)")
+    add_run_options(p, "checkpoints")
+    p.set_defaults(func=run)
+
+
+def add_run_options(p: argparse.ArgumentParser, outputs: str) -> None:
+    """--set, --run-dir and --overwrite, as every training command takes them."""
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.steps=100 (repeatable)")
     p.add_argument("--run-dir", help="output directory (default: train.run_dir)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the metrics and checkpoints of an earlier run in --run-dir")
-    p.set_defaults(func=run)
+                   help=f"replace the metrics and {outputs} of an earlier run in --run-dir")
 
 
 def run(args: argparse.Namespace) -> int:

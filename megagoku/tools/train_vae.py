@@ -7,17 +7,14 @@ from __future__ import annotations
 import argparse
 
 from megagoku.config import load_vae_training_config
+from megagoku.tools.train import add_run_options
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train-vae", help="train the 3D causal VAE (L1 + KL, optional "
                               "PatchGAN) for latent.kind causal_vae", description=__doc__)
     p.add_argument("--config", help="VAE training config YAML (default: configs/vae/tiny.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set train.steps=100 (repeatable)")
-    p.add_argument("--run-dir", help="output directory (default: train.run_dir)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the metrics and VAE of an earlier run in --run-dir")
+    add_run_options(p, "VAE")
     p.set_defaults(func=run)
 
 

@@ -45,7 +45,7 @@ from megagoku.config.schema import VAE_SPATIAL_COMPRESSION, VAE_TEMPORAL_COMPRES
 from megagoku.data import ManifestError, ShapesDataset
 from megagoku.data.decode import dali_missing
 from megagoku.data.files import ManifestDataset
-from megagoku.data.packing import MAX_CONSECUTIVE_SKIPS
+from megagoku.data.packing import ConsecutiveSkips
 from megagoku.models.vae import CausalVAE
 from megagoku.models.vae_discriminator import (PatchDiscriminator3D, hinge_discriminator_loss,
                                                hinge_generator_loss)
@@ -79,19 +79,16 @@ class SampleStream:
 
     def take(self, count: int) -> list[torch.Tensor]:
         pixels: list[torch.Tensor] = []
-        missing = 0
+        skips = ConsecutiveSkips()  # the same limit as the Transformer's loader
         while len(pixels) < count:
             sample = self.dataset[self.next_index]
             self.next_index += 1
             if sample is not None:
                 pixels.append(sample.pixels)
-                missing = 0
+                skips.read()
                 continue
             self.skipped += 1
-            missing += 1
-            if missing >= MAX_CONSECUTIVE_SKIPS:  # the same limit as the Transformer's loader
-                raise RuntimeError(f"{missing} samples in a row could not be read (up to index "
-                                   f"{self.next_index - 1}): the data is broken, not a few files")
+            skips.skipped(self.next_index - 1)
         return pixels
 
 

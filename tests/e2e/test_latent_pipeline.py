@@ -25,7 +25,7 @@ def test_files_vae_cache_train_sample(tmp_path):
                 + common) == 0
     index = json.loads((cache / "cache.json").read_text())
     assert index["complete"] and index["samples"] == 16
-    for kind, extra in (("cache", [f"--set=data.kind=cache", f"--set=data.cache={cache}"]),
+    for kind, extra in (("cache", ["--set=data.kind=cache", f"--set=data.cache={cache}"]),
                         ("files", [])):
         run = tmp_path / f"run-{kind}"
         assert main(["train", "--config", LATENT, "--run-dir", str(run), "--set=train.steps=4",
