@@ -116,6 +116,7 @@ class LatentConfig:
     # Long clips are encoded `chunk_frames` frames at a time (a multiple of 4; the causal
     # convolutions carry their last frames over, so the result equals encoding at once), and
     # frames larger than `tile_size` pixels in tiles overlapping by `tile_overlap`, blended.
+    # The diffusers VAEs take the same tile size and overlap (and chunk time themselves).
     chunk_frames: int = 16
     tile_size: int = 256
     tile_overlap: int = 64

@@ -254,6 +254,10 @@ class MediaReader:
     one warning each, and a count) the files that cannot be decoded."""
 
     def __init__(self, device: str = "cpu", backend: Backend = "auto"):
+        # Asked for by name, DALI must be there: refused before any work, not per file.
+        if backend == "dali" and dali_missing() is not None:
+            raise ValueError(f"data.decode_backend: dali, but NVIDIA DALI is not installed "
+                             f"({dali_missing()}); use auto or pyav")
         self.device = device
         self.backend = backend
         self.stats = DecodeStats()

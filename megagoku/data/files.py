@@ -36,10 +36,10 @@ class ManifestDataset:
 
     def __init__(self, cfg: DataConfig, device: str = "cpu"):
         self.cfg = cfg
+        self.reader = MediaReader(device, cfg.decode_backend)  # refuses a missing DALI first
         self.records = load_manifest(cfg.manifest)
         self.order = SampleOrder([r.kind for r in self.records], cfg.image_fraction, cfg.seed,
                                  str(cfg.manifest))
-        self.reader = MediaReader(device, cfg.decode_backend)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -47,7 +48,8 @@ class DiffusersVAE:
     """A diffusers AutoencoderKLWan / AutoencoderKLCogVideoX behind the `LatentSpace` interface."""
 
     def __init__(self, path: str, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, tiling: bool = False):
+                 dtype: torch.dtype = torch.float32,
+                 tiles: Optional[tuple[int, int]] = None):
         # Imported here so that the rest of megagoku does not pay for importing diffusers.
         import diffusers
 
@@ -57,9 +59,9 @@ class DiffusersVAE:
         self.model = model_class.from_pretrained(str(path), local_files_only=True,
                                                  torch_dtype=dtype)
         self.model.eval().requires_grad_(False).to(device)
-        if tiling:
+        if tiles is not None:
             # Decoding a 720p clip in one piece needs tens of GB; tiles keep memory bounded.
-            self.model.enable_tiling()
+            self._enable_tiling(*tiles)
 
         # Read from the loaded model's config: it fills in the class defaults that an older
         # config.json may omit (Wan 2.1 configs predate `scale_factor_spatial`, for one).
@@ -131,6 +133,20 @@ class DiffusersVAE:
         return latent / self._scaling_factor
 
     @torch.no_grad()
+    def _enable_tiling(self, size: int, overlap: int) -> None:
+        """Spatial tiles of `size` pixels overlapping by `overlap` (latent.tile_size and
+        tile_overlap), in each class's own terms: Wan takes a stride, CogVideoX an overlap
+        fraction. Time needs nothing: both encode and decode their clips frame-chunk by
+        frame-chunk with cached causal context already (latent.chunk_frames is ours only)."""
+        if self.class_name == "AutoencoderKLWan":
+            self.model.enable_tiling(size, size, size - overlap, size - overlap)
+        else:
+            self.model.enable_tiling(size, size)
+            # Set directly: enable_tiling's `factor or default` would turn an overlap of 0 into
+            # the class default.
+            self.model.tile_overlap_factor_height = overlap / size
+            self.model.tile_overlap_factor_width = overlap / size
+
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         if video.dim() != 4 or video.shape[0] != 3:
             raise ValueError(f"expected a video (3, T, H, W), got shape {tuple(video.shape)}")

@@ -83,7 +83,7 @@ def build_latent_space(cfg: LatentConfig, device: torch.device | str = "cpu") ->
     if cfg.kind == "diffusers":
         from megagoku.models.diffusers_vae import DiffusersVAE
 
-        space = DiffusersVAE(cfg.path, device, tiling=True)
+        space = DiffusersVAE(cfg.path, device, tiles=(cfg.tile_size, cfg.tile_overlap))
         if space.channels != cfg.channels:
             raise ValueError(f"latent.channels: {cfg.channels} differs from the {space.channels} "
                              f"channels of the VAE in {cfg.path}")

@@ -28,7 +28,6 @@ import torch.distributed as dist
 from megagoku.config import ConfigError, TrainingConfig, to_dict
 from megagoku.data import ManifestError, PackingLoader, ShapesDataset
 from megagoku.data.cache import CachedDataset, check_cache_matches
-from megagoku.data.decode import dali_missing
 from megagoku.data.files import ManifestDataset
 from megagoku.models import TextEncoder, build_latent_space, build_model
 from megagoku.models.latent import LatentSpace
@@ -66,9 +65,6 @@ def build_dataset(config: TrainingConfig, device: str = "cpu"
         dataset = CachedDataset(config.data)
         check_cache_matches(dataset.cache, config)
         return dataset
-    if config.data.decode_backend == "dali" and dali_missing() is not None:
-        raise ValueError(f"data.decode_backend: dali, but NVIDIA DALI is not installed "
-                         f"({dali_missing()}); use auto or pyav")
     dataset = ManifestDataset(config.data, device)
     if config.model.patch_size[0] > 1 and any(r.kind == "image" for r in dataset.records):
         raise ValueError(f"model.patch_size: {list(config.model.patch_size)} patches "

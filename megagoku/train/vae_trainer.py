@@ -43,7 +43,6 @@ from megagoku.config import ConfigError, VAETrainingConfig, to_dict
 from megagoku.config.loader import config_from_dict
 from megagoku.config.schema import VAE_SPATIAL_COMPRESSION, VAE_TEMPORAL_COMPRESSION
 from megagoku.data import ManifestError, ShapesDataset
-from megagoku.data.decode import dali_missing
 from megagoku.data.files import ManifestDataset
 from megagoku.data.packing import ConsecutiveSkips
 from megagoku.models.vae import CausalVAE
@@ -104,10 +103,6 @@ def group_by_shape(videos: list[torch.Tensor]) -> list[torch.Tensor]:
 def build_vae_dataset(config: VAETrainingConfig, source: str,
                       device: torch.device) -> ShapesDataset | ManifestDataset:
     """The pixel source of `data.kind`; a problem becomes a ConfigError naming `source`."""
-    if config.data.kind == "manifest" and config.data.decode_backend == "dali" \
-            and dali_missing() is not None:
-        raise ConfigError(f"{source}: data.decode_backend: dali, but NVIDIA DALI is not installed "
-                          f"({dali_missing()}); use auto or pyav")
     try:
         if config.data.kind == "manifest":
             return ManifestDataset(config.data, device.type)

@@ -130,3 +130,13 @@ def test_without_dali_every_video_goes_through_pyav(monkeypatch, shapes_dir):
     clip = next((shapes_dir / "clips").glob("*.webm"))
     assert reader.read(clip, "video", Target(16, 16, 9)) is not None
     assert reader.stats.decoded == {"pyav": 1}
+
+
+def test_dali_asked_for_by_name_but_missing_is_refused_before_any_file(monkeypatch):
+    import megagoku.data.decode as decode
+
+    monkeypatch.setattr(decode, "dali_missing", lambda: "No module named 'nvidia.dali'")
+    with pytest.raises(ValueError, match=r"^data.decode_backend: dali, but NVIDIA DALI is not "
+                                         r"installed \(No module named 'nvidia.dali'\)"):
+        MediaReader(backend="dali")
+    assert MediaReader(backend="auto").backend == "auto"

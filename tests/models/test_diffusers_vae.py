@@ -197,9 +197,28 @@ def test_other_compressions_are_rejected(tmp_path):
         DiffusersVAE(str(tmp_path))
 
 
-def test_tiling_enables_the_models_tiling(tmp_path):
-    tiny_wan().save_pretrained(tmp_path)
-    assert not DiffusersVAE(str(tmp_path)).model.use_tiling
-    vae = DiffusersVAE(str(tmp_path), tiling=True)
-    assert vae.model.use_tiling
+@pytest.mark.parametrize("kind", ["wan", "cogvideox"])
+def test_tiles_follow_latent_tile_size_and_overlap(tmp_path, kind):
+    torch.manual_seed(0)
+    (tiny_wan() if kind == "wan" else tiny_cogvideox()).save_pretrained(tmp_path)
+    whole = DiffusersVAE(str(tmp_path))
+    assert not whole.model.use_tiling
+    vae = DiffusersVAE(str(tmp_path), tiles=(16, 8))
+    model = vae.model
+    assert model.use_tiling and model.tile_sample_min_height == model.tile_sample_min_width == 16
+    if kind == "wan":
+        assert model.tile_sample_stride_height == model.tile_sample_stride_width == 8
+    else:
+        assert model.tile_overlap_factor_height == model.tile_overlap_factor_width == 0.5
+    # A 32x32 clip is larger than a tile: the tiled encode is really tiled (differs from the whole
+    # clip's) yet stays the same shape and close to it.
+    clip = video(5, 32, 32)
+    tiled, plain = vae.encode(clip), whole.encode(clip)
+    assert tiled.shape == plain.shape and not torch.equal(tiled, plain)
     assert vae.to("cpu") is vae
+    # No overlap is kept as 0, not replaced by the class default.
+    flush = DiffusersVAE(str(tmp_path), tiles=(16, 0)).model
+    if kind == "wan":
+        assert flush.tile_sample_stride_height == 16
+    else:
+        assert flush.tile_overlap_factor_height == 0.0

@@ -121,7 +121,7 @@ def test_a_missing_manifest_is_a_config_error(tmp_path):
 
 
 def test_manifest_data_that_cannot_train_stops_before_work(tmp_path, monkeypatch):
-    import megagoku.train.trainer as trainer
+    import megagoku.data.decode as decode
     from megagoku.data.shapes_files import write_shapes_files
 
     cfg = load_training_config(ROOT / "configs/tiny.yaml", ["data.image_fraction=1.0"])
@@ -137,7 +137,7 @@ def test_manifest_data_that_cannot_train_stops_before_work(tmp_path, monkeypatch
     with pytest.raises(ConfigError, match=r"cfg.yaml: data.image_fraction: 0.5 asks for videos, "
                                           r"but .*manifest.jsonl holds none"):
         train(cfg, tmp_path / "run", source="cfg.yaml")
-    monkeypatch.setattr(trainer, "dali_missing", lambda: "No module named 'nvidia.dali'")
+    monkeypatch.setattr(decode, "dali_missing", lambda: "No module named 'nvidia.dali'")
     cfg = load_training_config(ROOT / "configs/tiny.yaml", [
         "data.kind=manifest", f"data.manifest={manifest}", "data.decode_backend=dali"])
     with pytest.raises(ConfigError, match="data.decode_backend: dali, but NVIDIA DALI is not "
