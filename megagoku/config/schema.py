@@ -417,6 +417,10 @@ class VAETrainConfig:
     batch_size: int = 4  # samples per step; images and videos of a step are separate passes
     # The KL term only keeps the posterior near N(0, I); reconstruction dominates (SD uses 1e-6).
     kl_weight: float = 1e-6
+    # Reconstruction = l1_weight * L1 + mse_weight * MSE (see `train/vae_trainer.py`: L1 alone
+    # settles on the background of sparse content such as the shapes; MSE does not).
+    l1_weight: float = 1.0
+    mse_weight: float = 0.0
     adversarial_weight: float = 0.0  # 0: no discriminator
     adversarial_start: int = 0  # step from which the discriminator trains and the term applies
     log_every: int = 10
@@ -430,14 +434,16 @@ class VAETrainConfig:
         for name in ("steps", "lr", "batch_size", "log_every", "stats_samples"):
             if getattr(self, name) <= 0:
                 yield name, f"must be positive, got {getattr(self, name)}"
-        for name in ("weight_decay", "kl_weight", "adversarial_weight", "adversarial_start",
-                     "save_every"):
+        for name in ("weight_decay", "kl_weight", "l1_weight", "mse_weight",
+                     "adversarial_weight", "adversarial_start", "save_every"):
             if getattr(self, name) < 0:
                 yield name, f"must be >= 0, got {getattr(self, name)}"
         if self.grad_clip < 0:
             yield "grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip}"
         if not all(0.0 <= b < 1.0 for b in self.betas):
             yield "betas", f"must both be in [0, 1), got {list(self.betas)}"
+        if self.l1_weight == 0 and self.mse_weight == 0:
+            yield "mse_weight", "l1_weight and mse_weight are both 0: nothing to reconstruct"
 
 
 @dataclass

@@ -146,3 +146,53 @@ def test_cli_trains_and_refuses_a_bad_config(tmp_path, monkeypatch, capsys):
     assert (good / "vae" / "vae.safetensors").is_file()
     assert main(args + overrides + ["--run-dir", str(good)]) == 2  # used, no --overwrite
     assert "run dir already holds" in capsys.readouterr().err
+
+
+class _StubVAE(torch.nn.Module):
+    """`measure`'s view of a VAE: the latent is the pixels; decode gives them back, or black."""
+
+    def __init__(self, black: bool):
+        super().__init__()
+        self.black = black
+        self.config = type("Config", (), {"latent_channels": 3})()
+
+    def encode(self, x):
+        return x, torch.zeros_like(x)
+
+    def decode(self, z):
+        return torch.full_like(z, -1.0) if self.black else z
+
+
+def test_foreground_is_what_differs_from_each_samples_background():
+    x = torch.full((2, 3, 1, 4, 4), -1.0)
+    x[0, 0, 0, 1, 1] = 1.0  # a red pixel on black
+    x[0, :, 0, 2, 2] = -0.95  # within the threshold of the background: not foreground
+    x[1] = 0.5  # a grey background...
+    x[1, 2, 0, 3, 3] = -1.0  # ...with one pixel off in the blue channel only
+    background, mask = vae_trainer.foreground_mask(x)
+    assert background.flatten().tolist() == [-1.0, -1.0, -1.0, 0.5, 0.5, 0.5]
+    expected = torch.zeros(2, 1, 1, 4, 4, dtype=torch.bool)
+    expected[0, 0, 0, 1, 1] = expected[1, 0, 0, 3, 3] = True
+    assert torch.equal(mask, expected)
+
+
+def test_measure_scores_the_foreground_and_the_background_only_baseline():
+    dataset = ShapesDataset(load_vae_training_config(CONFIG, TINY).data)
+    probe = [dataset[i].pixels for i in range(6)]  # images and clips: two shape groups
+    cpu = torch.device("cpu")
+    exact = vae_trainer.measure(_StubVAE(black=False), probe, 4, cpu)
+    black = vae_trainer.measure(_StubVAE(black=True), probe, 4, cpu)
+    assert exact.l1 == 0.0 and exact.fg_mse == 0.0
+    # The shapes' background is black: outputting black is the baseline, exactly.
+    assert black.l1 == pytest.approx(black.background_l1, rel=1e-6)
+    assert black.fg_mse == pytest.approx(black.background_fg_mse, rel=1e-6)
+    assert exact.background_fg_mse == pytest.approx(black.background_fg_mse, rel=1e-6)
+    # By hand: the squared error of black over the pixels differing from black by > 0.1.
+    se, n = 0.0, 0
+    for video in probe:
+        mask = ((video + 1).abs() > vae_trainer.FOREGROUND_THRESHOLD).any(dim=0)
+        se += float((video + 1)[:, mask].pow(2).sum())
+        n += 3 * int(mask.sum())
+    assert black.fg_mse == pytest.approx(se / n, rel=1e-5)
+    # A foreground of one or two channels off by ~2: the all-black foreground MSE is 1-3.
+    assert 1.0 < black.fg_mse < 3.0 and black.l1 < 0.15
