@@ -29,7 +29,7 @@ from torch import nn
 from megagoku.config.schema import ModelConfig
 from megagoku.models.attention import CrossAttention, SelfAttention
 from megagoku.models.norms import RMSNorm
-from megagoku.models.pack_context import PackContext, build_pack_context
+from megagoku.models.pack_context import PackContext, build_pack_context, per_token
 from megagoku.ops import Rope3D
 from megagoku.parallel import (ColumnParallelLinear, RowParallelLinear, current_shard,
                                gather_sequence, grad_summed_over_tp, layout,
@@ -104,7 +104,7 @@ class GokuBlock(nn.Module):
         if self.sequence_parallel:  # each TP rank modulates different tokens
             mod = grad_summed_over_tp(mod)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = \
-            mod[ctx.residual_segment].chunk(6, dim=-1)
+            per_token(mod, ctx.residual_segment).chunk(6, dim=-1)
         x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), rope,
                                    ctx.self_layout)
         x = x + self.cross_attn(self.norm2(x), text, rope, ctx.query_layout, ctx.text_layout)
@@ -120,7 +120,7 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(dim, out_dim)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaln(F.silu(cond))[segment].chunk(2, dim=-1)
+        shift, scale = per_token(self.adaln(F.silu(cond)), segment).chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
 

@@ -44,7 +44,14 @@ class TextEncoder:
 
     Encodings are cached per caption string (least recently used first out, `cache_size`
     entries): frozen weights make them a pure function, and training data repeats captions.
+    For the cache to be exact, a caption's features must not depend on the captions it happened
+    to be encoded with: the matrix kernels pick their blocking by shape, so a caption padded in a
+    batch of another size or length can come out a last bit different, and a resumed run (its
+    cache empty) would drift from the uninterrupted one. So every forward pass has one shape:
+    `ENCODE_BATCH` captions (the last chunk filled with empty ones), padded to `max_length`.
     """
+
+    ENCODE_BATCH = 16
 
     def __init__(self, spec: str, max_length: int = 32, device: torch.device | str = "cpu",
                  cache_size: int = 4096):
@@ -74,14 +81,19 @@ class TextEncoder:
 
     @torch.no_grad()
     def _encode_uncached(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(captions, padding=True, truncation=True,
-                               max_length=self.max_length, return_tensors="pt").to(self.device)
-        hidden = self.model(input_ids=batch["input_ids"],
-                            attention_mask=batch["attention_mask"]).last_hidden_state
-        lengths = batch["attention_mask"].sum(dim=1).tolist()
-        # Cached on the host: a cluster's caption cache would not fit next to the model.
-        return {caption: h[: max(int(n), 1)].float().cpu().clone()
-                for caption, h, n in zip(captions, hidden, lengths)}
+        out = {}
+        for start in range(0, len(captions), self.ENCODE_BATCH):
+            chunk = captions[start:start + self.ENCODE_BATCH]
+            filled = chunk + [""] * (self.ENCODE_BATCH - len(chunk))
+            batch = self.tokenizer(filled, padding="max_length", truncation=True,
+                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            hidden = self.model(input_ids=batch["input_ids"],
+                                attention_mask=batch["attention_mask"]).last_hidden_state
+            lengths = batch["attention_mask"].sum(dim=1).tolist()
+            # Cached on the host: a cluster's caption cache would not fit next to the model.
+            out.update({caption: h[: max(int(n), 1)].float().cpu().clone()
+                        for caption, h, n in zip(chunk, hidden, lengths)})
+        return out
 
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         missing = list(dict.fromkeys(c for c in captions if c not in self._cache))

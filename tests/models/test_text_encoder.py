@@ -50,3 +50,13 @@ def test_cache_is_bounded_and_results_do_not_depend_on_it():
     again, cu2 = enc.encode(list(reversed(captions)))
     pieces = first.split((cu[1:] - cu[:-1]).tolist())
     torch.testing.assert_close(again, torch.cat(list(reversed(pieces))), atol=1e-5, rtol=1e-5)
+
+
+def test_a_captions_features_do_not_depend_on_its_batch():
+    # A resumed run starts with an empty cache and encodes captions in other company than the
+    # uninterrupted run did: the features must be the same to the last bit.
+    others = ["a green square moving up", "a blue triangle moving left", "a yellow circle",
+              "a much longer caption about a red square that moves slowly to the right", "x"]
+    alone, _ = TextEncoder("builtin:all-minilm-l6-v2", 24, cache_size=0).encode(["a red circle"])
+    batched, cu = TextEncoder("builtin:all-minilm-l6-v2", 24).encode(others + ["a red circle"])
+    assert torch.equal(batched[cu[-2]:cu[-1]], alone)
