@@ -3,6 +3,7 @@
 from megagoku.config.loader import (ConfigError, load_model_config, load_training_config,
                                     load_vae_training_config, to_dict, training_config_from_dict)
 from megagoku.config.schema import (
+    CheckpointConfig,
     DataConfig,
     FlowConfig,
     LatentConfig,
@@ -18,6 +19,7 @@ from megagoku.config.schema import (
 )
 
 __all__ = [
+    "CheckpointConfig",
     "ConfigError",
     "DataConfig",
     "FlowConfig",

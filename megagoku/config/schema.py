@@ -284,7 +284,6 @@ class TrainConfig:
     ema_decay: float = 0.995
     seed: int = 0
     log_every: int = 10
-    save_every: int = 0  # 0: only at the end
     max_minutes: float = 0.0  # 0: no limit; else stop (and save) after this much training time
     run_dir: str = "checkpoints/run"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when one is present
@@ -306,6 +305,38 @@ class TrainConfig:
             yield "log_every", f"must be positive, got {self.log_every}"
         if self.grad_clip < 0:
             yield "grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip}"
+
+
+@dataclass
+class CheckpointConfig:
+    """When checkpoints are saved and kept, and where a run resumes from
+    (`megagoku/train/checkpointer.py`)."""
+
+    every: int = 0  # save every this many steps; 0: only at the end (and on a stop signal)
+    async_save: bool = True  # snapshot to host memory, persist in the background
+    keep_last: int = 3  # committed checkpoints kept (the newest ones)...
+    keep_every: int = 0  # ...plus every step that is a multiple of this (0: none)
+    # Continue a run exactly (weights, EMA, optimizer, scheduler, loader, RNG, step). none: a new
+    # run (refuses a used run dir); auto: the run dir's newest valid checkpoint, or a new run
+    # when it has none yet; or the path of a checkpoint or run dir.
+    resume: str = "none"
+    # Start a new run (the next stage) from another run's checkpoint: its weights, and its
+    # optimizer moments when init_optimizer; the step, schedule, data and EMA start afresh.
+    init_from: Optional[str] = None
+    init_optimizer: bool = False
+    commit_timeout_s: float = 1800.0  # rank 0 gives up a save whose parts never all arrive
+
+    def problems(self) -> Iterator[Problem]:
+        for name in ("every", "keep_every"):
+            if getattr(self, name) < 0:
+                yield name, f"must be >= 0, got {getattr(self, name)}"
+        if self.keep_last <= 0:
+            yield "keep_last", (f"must be positive (the newest checkpoint is always kept), "
+                                f"got {self.keep_last}")
+        if self.commit_timeout_s <= 0:
+            yield "commit_timeout_s", f"must be positive, got {self.commit_timeout_s}"
+        if not self.resume:
+            yield "resume", "must be none, auto or a checkpoint / run dir path"
 
 
 @dataclass
@@ -369,6 +400,7 @@ class TrainingConfig:
     data: DataConfig = field(default_factory=DataConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 

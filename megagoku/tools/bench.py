@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 
 from megagoku.config import ModelConfig
+from megagoku.tools import bench_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TARGET_SPEEDUP = 2.0
@@ -56,7 +57,7 @@ class Result:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="benchmarks: fused kernels vs eager PyTorch",
+    p = subparsers.add_parser("bench", help="benchmarks: kernels, data, packing, checkpoint",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_subparsers(dest="bench", required=True)
     k = which.add_parser("kernels", help="fused RMSNorm and 3D RoPE, forward + backward",
@@ -85,6 +86,7 @@ def register(subparsers) -> None:
                     help="pack windows to compare (repeatable; default 1, 16, 64, 256)")
     pk.add_argument("--seed", type=int, default=0)
     pk.set_defaults(func=run_packing)
+    bench_checkpoint.register(which)
 
 
 class Timer:

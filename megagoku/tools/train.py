@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from megagoku.config import load_training_config
+from megagoku.exit_codes import REQUEUE
 
 
 def register(subparsers) -> None:
@@ -15,6 +16,10 @@ def register(subparsers) -> None:
                               description=__doc__)
     p.add_argument("--config", required=True, help="training config YAML (e.g. configs/tiny.yaml)")
     add_run_options(p, "checkpoints")
+    p.add_argument("--resume", metavar="auto|PATH",
+                   help="continue a run exactly: auto = the run dir's newest valid checkpoint "
+                        "(a new run if it has none); or a checkpoint / run dir "
+                        "(default: checkpoint.resume)")
     p.set_defaults(func=run)
 
 
@@ -32,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from megagoku.train.trainer import train  # heavy imports only after the config is valid
 
     result = train(config, args.run_dir or config.train.run_dir, source=args.config,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, resume=args.resume)
     if result.checkpoint is not None:  # rank 0 of a launch writes; the others stay quiet
         print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; "
               f"checkpoint: {result.checkpoint}")
-    return 0
+    # Stopped by a signal: the checkpoint is committed; ask to be run again.
+    return REQUEUE if result.stop_reason == "signal" else 0

@@ -1,15 +1,30 @@
-"""Checkpoints of a run: RUN_DIR/checkpoints/step_00001000/ holding
+"""The on-disk checkpoint: what a committed checkpoint holds, how it is written, verified, found
+and read. (`train/checkpointer.py` decides when and runs the writes in the background;
+`train/train_state.py` gathers the tensors from the model and optimizer and puts them back.)
 
-    model.safetensors   raw weights          ema.safetensors   EMA weights (used for sampling)
-    config.yaml         the full training config, so a checkpoint is self-describing
-    state.json          step and loader state
-    manifest.json       size and sha256 of every file above, written last
+RUN_DIR/checkpoints/step_00001000/
+    rank-00000-of-00002.safetensors   the logical tensors rank 0 wrote (see below)
+    rank-00001-of-00002.safetensors   ... rank 1's
+    config.yaml                       the full training config: a checkpoint describes itself
+    state.json                        step, scheduler, loader, every rank's RNG, the key index
+    manifest.json                     bytes and sha256 of every file above; written last
 
-A checkpoint is written under a temporary name and renamed into place once its manifest is on
-disk, so a crash mid-save never leaves a directory that looks complete. Loading verifies the
-manifest; `find_checkpoint(run_dir)` takes the newest valid checkpoint and says which broken ones
-it passed over. (Asynchronous, resharding checkpoints with optimizer state build on this in the
-training-system issue.)
+Tensors are stored per *logical* tensor, whole, under keys `model/<name>`, `ema/<name>`,
+`optim.exp_avg/<name>`, `optim.exp_avg_sq/<name>`: never as a rank's TP piece or ZeRO partition.
+That is what makes a checkpoint load under any (TP, Ulysses, DP, ZeRO) layout: each rank reads
+the whole tensor (memory-mapped) and keeps its own piece. The writing is spread: every logical
+tensor is written by exactly one rank, chosen so that ranks write about the same number of bytes
+(`assign_writers`), so no rank holds or writes the whole model.
+
+Commit protocol (every rank shares the checkpoint filesystem, as on any cluster):
+1. every rank writes its file into `.tmp_step_N/`, fsyncs it, then writes `rank-R.json` (its
+   file's size and sha256, its keys, its RNG state) and fsyncs that;
+2. rank 0 waits for all ranks' markers, writes config.yaml and state.json, then manifest.json,
+   fsyncs, and renames `.tmp_step_N` to `step_N` (atomic on POSIX), then fsyncs the parent.
+A crash at any point leaves either no `step_N` or a complete one; a `step_N` whose files were
+later truncated or altered fails verification and is passed over by `find_checkpoint`.
+
+Nothing here unpickles: tensors are safetensors, everything else JSON/YAML.
 """
 
 from __future__ import annotations
@@ -19,30 +34,47 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
+from typing import Iterable, Optional
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 log = logging.getLogger(__name__)
 
-FILES = ("model.safetensors", "ema.safetensors", "config.yaml", "state.json")
+META_FILES = ("config.yaml", "state.json")
+WEIGHT_KINDS = ("model", "ema")
 
 
 class CheckpointError(RuntimeError):
     pass
 
 
-def _sha256(path: Path) -> str:
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def rank_file_name(rank: int, world: int) -> str:
+    return f"rank-{rank:05d}-of-{world:05d}.safetensors"
+
+
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -50,45 +82,127 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor],
-                    ema_state: dict[str, torch.Tensor], config: dict, state: dict) -> Path:
-    root = Path(run_dir) / "checkpoints"
-    final = root / f"step_{step:08d}"
-    tmp = root / f".tmp_step_{step:08d}"
-    for stale in root.glob(".tmp_step_*"):  # left by a save that crashed
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    contiguous = lambda sd: {k: v.detach().contiguous().cpu() for k, v in sd.items()}  # noqa: E731
-    save_file(contiguous(model_state), str(tmp / "model.safetensors"))
-    save_file(contiguous(ema_state), str(tmp / "ema.safetensors"))
+def assign_writers(sizes: dict[str, int], world: int) -> dict[str, int]:
+    """Which rank writes each logical tensor: largest first to the rank with the fewest bytes so
+    far (ties by rank), so every rank computes the same answer from the same sizes."""
+    load = [0] * world
+    owner = {}
+    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        owner[name] = rank
+        load[rank] += sizes[name]
+    return owner
+
+
+def write_rank_part(tmp: Path, rank: int, world: int, tensors: dict[str, torch.Tensor],
+                    rng: dict) -> dict:
+    """Step 1 of the commit for one rank: its tensors, then its marker. Returns the marker."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    name = rank_file_name(rank, world)
+    save_file(tensors, str(tmp / name))
+    fsync_file(tmp / name)
+    marker = {"file": name, "bytes": (tmp / name).stat().st_size, "sha256": sha256_of(tmp / name),
+              "keys": sorted(tensors), "rng": rng}
+    marker_path = tmp / f"rank-{rank:05d}.json"
+    partial = marker_path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(marker))
+    fsync_file(partial)
+    os.replace(partial, marker_path)  # a marker is whole or absent
+    return marker
+
+
+def wait_for_markers(tmp: Path, world: int, timeout_s: float) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        paths = [tmp / f"rank-{r:05d}.json" for r in range(world)]
+        missing = [p.name for p in paths if not p.exists()]
+        if not missing:
+            return [json.loads(p.read_text()) for p in paths]
+        failed = sorted(tmp.glob("rank-*.failed"))
+        if failed:
+            raise CheckpointError(f"{failed[0]}: {json.loads(failed[0].read_text())}; "
+                                  "not committed")
+        if time.monotonic() > deadline:
+            raise CheckpointError(f"{tmp}: ranks never finished writing ({', '.join(missing)} "
+                                  f"missing after {timeout_s:.0f} s); not committed")
+        time.sleep(0.02)
+
+
+def commit(root: Path, step: int, world: int, config: dict, state: dict,
+           timeout_s: float = 1800.0) -> Path:
+    """Step 2, on rank 0: once every rank's part is on disk, the metadata, the manifest and the
+    rename that makes the checkpoint exist."""
+    tmp = root / f".tmp_{step_dir_name(step)}"
+    markers = wait_for_markers(tmp, world, timeout_s)
+    state = {**state, "step": step, "world_size": world,
+             "rng": [m["rng"] for m in markers],
+             "index": {key: m["file"] for m in markers for key in m["keys"]}}
     (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
-    manifest = {name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-                for name in FILES}
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    manifest = {m["file"]: {"bytes": m["bytes"], "sha256": m["sha256"]} for m in markers}
+    for name in META_FILES:
+        fsync_file(tmp / name)
+        manifest[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_of(tmp / name)}
+    for r in range(world):
+        (tmp / f"rank-{r:05d}.json").unlink()
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    for name in (*FILES, "manifest.json"):
-        with open(tmp / name, "rb") as f:
-            os.fsync(f.fileno())
-    _fsync_dir(tmp)
-    # Re-saving a step: move the old copy aside first, so a good checkpoint exists at every moment.
-    old = root / f".old_step_{step:08d}"
-    if final.exists():
+    fsync_file(tmp / "manifest.json")
+    fsync_dir(tmp)
+    final = root / step_dir_name(step)
+    old = root / f".old_{step_dir_name(step)}"
+    if final.exists():  # re-saving a step: a good copy exists at every moment
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def verify_checkpoint(path: Path) -> None:
-    """Raise CheckpointError naming the file that is missing, truncated or altered."""
+def remove_stale_parts(root: Path) -> None:
+    """Half-written parts left by a run that crashed mid-save (rank 0, before any save)."""
+    for stale in list(root.glob(".tmp_step_*")) + list(root.glob(".old_step_*")):
+        log.warning("removing %s, left by a save that never committed", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def prune(root: Path, keep_last: int, keep_every: int) -> list[Path]:
+    """Delete committed checkpoints beyond the newest `keep_last`, except every `keep_every`-th
+    step (0: none kept for that reason). Returns what was removed."""
+    steps = sorted(committed_steps(root))
+    keep = set(steps[-keep_last:]) if keep_last > 0 else set(steps)
+    keep |= {s for s in steps if keep_every and s % keep_every == 0}
+    removed = []
+    for step in steps:
+        if step not in keep:
+            path = root / step_dir_name(step)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def committed_steps(root: Path) -> list[int]:
+    if not root.is_dir():
+        return []
+    steps = []
+    for path in root.glob("step_*"):
+        try:
+            steps.append(int(path.name[len("step_"):]))
+        except ValueError:
+            continue
+    return steps
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """The manifest of a complete, unaltered checkpoint; else CheckpointError naming the file
+    that is missing, truncated or altered."""
     manifest_path = path / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text())
-        entries = {name: (int(manifest[name]["bytes"]), str(manifest[name]["sha256"]))
-                   for name in FILES}
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        entries = {name: (int(e["bytes"]), str(e["sha256"])) for name, e in manifest.items()}
+        if not all(name in entries for name in META_FILES):
+            raise KeyError(", ".join(n for n in META_FILES if n not in entries))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{manifest_path}: missing, unreadable or incomplete manifest "
                               f"({type(e).__name__}: {e})") from None
     for name, (size, digest) in entries.items():
@@ -97,34 +211,85 @@ def verify_checkpoint(path: Path) -> None:
             raise CheckpointError(f"{file}: missing")
         if file.stat().st_size != size:
             raise CheckpointError(f"{file}: {file.stat().st_size} bytes, manifest says {size}")
-        if _sha256(file) != digest:
+        if sha256_of(file) != digest:
             raise CheckpointError(f"{file}: checksum differs from the manifest")
+    try:  # state.json is verified now: every tensor file it indexes must be verified too
+        unlisted = sorted(set(json.loads((path / "state.json").read_text())["index"].values())
+                          - set(entries))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path / 'state.json'}: no tensor index ({type(e).__name__}: "
+                              f"{e})") from None
+    if unlisted:
+        raise CheckpointError(f"{manifest_path}: incomplete manifest (no entry for "
+                              f"{', '.join(unlisted)})")
+    return manifest
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (-> its newest valid checkpoint)."""
+    """A checkpoint directory (verified), or a run directory -> its newest valid checkpoint,
+    saying which broken ones it passed over."""
     path = Path(path)
-    if (path / "manifest.json").exists() or (path / "model.safetensors").exists():
+    if (path / "manifest.json").exists() or (path / "state.json").exists():
         verify_checkpoint(path)
         return path
     root = path / "checkpoints"
-    candidates = sorted(root.glob("step_*"), reverse=True) if root.is_dir() else []
-    if not candidates:
+    steps = sorted(committed_steps(root), reverse=True)
+    if not steps:
         raise CheckpointError(f"{path}: no checkpoint here (expected {root}/step_*)")
-    for candidate in candidates:
+    for step in steps:
+        candidate = root / step_dir_name(step)
         try:
             verify_checkpoint(candidate)
             return candidate
         except CheckpointError as e:
             log.warning("skipping broken checkpoint: %s", e)
-    raise CheckpointError(f"{path}: every checkpoint is broken ({len(candidates)} tried)")
+    raise CheckpointError(f"{path}: every checkpoint is broken ({len(steps)} tried)")
 
 
-def load_checkpoint(path: str | Path, weights: str = "ema") -> tuple[dict, dict[str, torch.Tensor], Path]:
-    """(config dict, state dict of the chosen weights, checkpoint dir). No pickle is read."""
-    if weights not in ("ema", "model"):
-        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+class CheckpointReader:
+    """A verified checkpoint: its config, its state, and its tensors by key, read lazily (each
+    rank memory-maps only the tensors it asks for)."""
+
+    def __init__(self, path: str | Path, verified: bool = False):
+        self.path = Path(path)
+        if not verified:
+            verify_checkpoint(self.path)
+        self.config = yaml.safe_load((self.path / "config.yaml").read_text())
+        self.state = json.loads((self.path / "state.json").read_text())
+        self.index: dict[str, str] = self.state["index"]
+        self._files: dict[str, object] = {}
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    def keys(self, prefix: str) -> list[str]:
+        """Logical tensor names stored under `prefix` ('model', 'ema', 'optim.exp_avg', ...)."""
+        return sorted(k[len(prefix) + 1:] for k in self.index if k.startswith(prefix + "/"))
+
+    def has(self, key: str) -> bool:
+        return key in self.index
+
+    def tensor(self, key: str) -> torch.Tensor:
+        file = self.index.get(key)
+        if file is None:
+            raise CheckpointError(f"{self.path}: no tensor {key!r} in state.json's index")
+        handle = self._files.get(file)
+        if handle is None:
+            handle = self._files[file] = safe_open(str(self.path / file), framework="pt")
+        return handle.get_tensor(key)
+
+    def tensors(self, prefix: str, names: Optional[Iterable[str]] = None) -> dict[str, torch.Tensor]:
+        names = self.keys(prefix) if names is None else names
+        return {name: self.tensor(f"{prefix}/{name}") for name in names}
+
+
+def load_checkpoint(path: str | Path, weights: str = "ema"
+                    ) -> tuple[dict, dict[str, torch.Tensor], Path]:
+    """(config dict, whole state dict of the chosen weights, checkpoint dir), for sampling and
+    conversion. `path` is a checkpoint or a run directory (its newest valid checkpoint)."""
+    if weights not in WEIGHT_KINDS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_KINDS)}, got {weights!r}")
     ckpt = find_checkpoint(path)
-    config = yaml.safe_load((ckpt / "config.yaml").read_text())
-    state = load_file(str(ckpt / f"{weights}.safetensors"))
-    return config, state, ckpt
+    reader = CheckpointReader(ckpt, verified=True)
+    return reader.config, reader.tensors(weights), ckpt

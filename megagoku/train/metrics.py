@@ -56,11 +56,33 @@ class LogWindow:
         return out
 
 
+def truncate_after(jsonl: Path, step: int) -> None:
+    """Drop the records of steps after `step` (logged after the checkpoint a run resumes from,
+    and about to be logged again), and a torn last line."""
+    if not jsonl.exists():
+        return
+    kept = []
+    for line in jsonl.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    jsonl.write_text("".join(line + "\n" for line in kept))
+
+
 class MetricsLogger:
-    def __init__(self, run_dir: Path, total_steps: int, stream=sys.stderr):
+    """metrics.jsonl and TensorBoard; a resumed run (`start_step` > 0) continues both from that
+    step, as if the steps after it had never been logged."""
+
+    def __init__(self, run_dir: Path, total_steps: int, stream=sys.stderr, start_step: int = 0):
         run_dir.mkdir(parents=True, exist_ok=True)
+        if start_step:
+            truncate_after(run_dir / "metrics.jsonl", start_step)
         self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
-        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"),
+                                         purge_step=start_step + 1 if start_step else None)
+        self.start_step = start_step
         self.total_steps = total_steps
         self.stream = stream
         self.start = time.perf_counter()

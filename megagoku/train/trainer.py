@@ -7,7 +7,10 @@ replicas read different samples; the TP and Ulysses ranks of a replica read the 
 draw the same noise) and each keeps its share. Rank 0 writes metrics and checkpoints, which hold
 the whole model whatever the layout.
 
-Multi-stage recipes and exact resume build on this loop in their own issues.
+Checkpoints (`train/checkpointer.py`) are saved every `checkpoint.every` steps, at the end and
+on SIGUSR1/SIGTERM, asynchronously; `checkpoint.resume` (or `--resume`) continues a run exactly
+from its newest valid checkpoint: weights, EMA, optimizer, scheduler, loader, every RNG.
+`checkpoint.init_from` starts a new run (the next stage) from another run's weights.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import logging
 import math
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,7 @@ from megagoku.config import ConfigError, TrainingConfig, to_dict
 from megagoku.data import ManifestError, PackingLoader, ShapesDataset
 from megagoku.data.cache import CachedDataset, check_cache_matches
 from megagoku.data.files import ManifestDataset
+from megagoku.data.packing import reshard_loader_states
 from megagoku.models import TextEncoder, build_latent_space, build_model
 from megagoku.models.latent import LatentSpace
 from megagoku.models.text_encoder import encoder_width
@@ -39,9 +45,14 @@ from megagoku.parallel import (current_shard, data_parallel_rank, data_parallel_
 from megagoku.parallel.activation_checkpoint import apply_activation_checkpointing
 from megagoku.parallel.distributed import init_distributed, shutdown
 from megagoku.parallel.engine import TrainEngine
-from megagoku.parallel.weights import full_weights, is_tp_split
-from megagoku.train.checkpoint import save_checkpoint
+from megagoku.parallel.weights import is_tp_split
+from megagoku.train.checkpoint import (CheckpointError, CheckpointReader, find_checkpoint,
+                                       remove_stale_parts)
+from megagoku.train.checkpointer import Checkpointer
 from megagoku.train.ema import EMA
+from megagoku.train.train_state import (optimizer_meta, replica_rng, restore_optimizer,
+                                        restore_weights, rng_state, set_rng_state,
+                                        snapshot_tensors)
 from megagoku.train.metrics import LogWindow, MetricsLogger
 from megagoku.train.step import mean_over, pack_total, step_loss
 
@@ -54,6 +65,7 @@ class TrainResult:
     checkpoint: Path
     steps: int
     final_loss: float  # mean over the last logging window
+    stop_reason: str = "done"  # done | max_minutes | signal (SIGUSR1/SIGTERM: requeue me)
 
 
 def build_dataset(config: TrainingConfig, device: str = "cpu"
@@ -179,15 +191,38 @@ RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard")
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """A new run never mixes with an old one's metrics or checkpoints (exact resume arrives with
-    the training-system issue): refuse a used run dir, or clear our own outputs from it."""
+    """A new run never mixes with an old one's metrics or checkpoints: refuse a used run dir, or
+    clear our own outputs from it."""
     used = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
     if used and not overwrite:
         raise ConfigError(f"{run_dir}: run dir already holds {', '.join(used)}; pass --overwrite "
-                          "to replace them or choose another --run-dir")
+                          "to replace them, --resume auto to continue, or choose another "
+                          "--run-dir")
     for name in used:
         path = run_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def resume_point(run_dir: Path, resume: str) -> Optional[Path]:
+    """The checkpoint `checkpoint.resume` names: none -> None; auto -> the run dir's newest valid
+    checkpoint, or None when it has none yet (a first start, or a crash before the first save);
+    a path -> that checkpoint (or that run dir's newest valid one). Broken checkpoints are
+    reported and passed over, never loaded."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        if not any((run_dir / "checkpoints").glob("step_*")):
+            return None
+        return find_checkpoint(run_dir)
+    return find_checkpoint(resume)
+
+
+def agree_on_path(path: Optional[Path]) -> Optional[Path]:
+    """Rank 0's choice, on every rank (the others do not re-verify the checksums)."""
+    box = [None if path is None else str(path)]
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(box, src=0)
+    return None if box[0] is None else Path(box[0])
 
 
 def start_grid(config: TrainingConfig, source: str) -> bool:
@@ -202,9 +237,43 @@ def start_grid(config: TrainingConfig, source: str) -> bool:
     return started and dist.get_world_size() > 1
 
 
+class StopSignals:
+    """SIGUSR1 / SIGTERM (a Slurm preemption, a launcher stopping the job) ask for a checkpoint
+    and a clean exit at the end of the current step, not an abrupt death."""
+
+    NAMES = ("SIGUSR1", "SIGTERM")
+
+    def __init__(self):
+        self.received: Optional[str] = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for name in self.NAMES:
+                number = getattr(signal, name)
+                self._previous[number] = signal.signal(number, self._handle)
+
+    def _handle(self, number, frame) -> None:
+        self.received = signal.Signals(number).name
+        log.warning("%s received: checkpointing at the end of this step, then exiting",
+                    self.received)
+
+    def restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag true on any rank, on every rank (so that all stop at the same step)."""
+    if dist.get_world_size() == 1:
+        return flags
+    tensor = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in tensor.tolist()]
+
+
 def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
-          overwrite: bool = False) -> TrainResult:
-    tcfg = config.train
+          overwrite: bool = False, resume: Optional[str] = None) -> TrainResult:
+    tcfg, ccfg = config.train, config.checkpoint
+    resume = resume or ccfg.resume
     run_dir = Path(run_dir)
     inputs = preflight(config, source)
     dataset, device = inputs.dataset, inputs.device
@@ -213,15 +282,31 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
         device = torch.device("cuda", torch.cuda.current_device())
     if inputs.latent_space is not None:
         inputs.latent_space.to(device)
-    rank0 = dist.get_rank() == 0
+    rank, world = dist.get_rank(), dist.get_world_size()
+    rank0 = rank == 0
+    resume_from = None
     if rank0:
-        prepare_run_dir(run_dir, overwrite)
+        resume_from = resume_point(run_dir, resume)
+        if resume_from is None:
+            prepare_run_dir(run_dir, overwrite or resume == "auto")
+        else:
+            remove_stale_parts(run_dir / "checkpoints")
+    resume_from = agree_on_path(resume_from)
+    reader = CheckpointReader(resume_from, verified=True) if resume_from else None
+    init = None
+    if reader is None and ccfg.init_from:
+        init = CheckpointReader(agree_on_path(find_checkpoint(ccfg.init_from) if rank0 else None),
+                                verified=True)
     dist.barrier()
     replica, replicas = data_parallel_rank(), data_parallel_size()
     generator = seed_everything(tcfg.seed, replica)
 
     model = build_model(config.model).to(device)
     ema = EMA(model, tcfg.ema_decay)  # before ZeRO-3 partitions the parameters
+    if reader is not None or init is not None:
+        restore_weights(model, ema, reader or init)  # before DeepSpeed builds its partitions
+    if init is not None:
+        ema = EMA(model, tcfg.ema_decay)  # a new stage averages from its initial weights
     apply_activation_checkpointing(model.blocks, config.parallel.activation_checkpointing,
                                    config.parallel.checkpoint_every)
     n_params = sum(p.numel() * (tensor_parallel_size() if is_tp_split(p) else 1)
@@ -234,75 +319,125 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
                                   weight_decay=tcfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(tcfg, s))
     engine = TrainEngine(model, optimizer, config.parallel.zero_stage, tcfg.grad_clip)
+    start_step = 0
+    if reader is not None:
+        start_step = continue_run(reader, model, optimizer, scheduler, loader, generator,
+                                  replica, replicas)
+    elif init is not None and ccfg.init_optimizer:
+        restore_optimizer(model, optimizer, init)
+    if init is not None:
+        log.info("initialised from %s (%s)", init.path,
+                 "weights and optimizer" if ccfg.init_optimizer else "weights")
     shard = current_shard()
-    metrics = MetricsLogger(run_dir, tcfg.steps) if rank0 else None
+    metrics = MetricsLogger(run_dir, tcfg.steps, start_step=start_step) if rank0 else None
+    checkpointer = Checkpointer(run_dir, rank, world, ccfg.async_save, ccfg.keep_last,
+                                ccfg.keep_every, ccfg.commit_timeout_s)
     log.info("model: %.2fM parameters on %s x %d processes (%s); %s; run dir %s",
-             n_params / 1e6, device, dist.get_world_size(), config.parallel,
+             n_params / 1e6, device, world, config.parallel,
              describe(config.model.kernels, device.type), run_dir)
 
-    def save(step: int) -> Path | None:
-        weights = full_weights(model)  # collective: every rank takes part
-        averaged = ema.state_dict(weights, model)
+    def save(step: int) -> float:
+        """Phase 1 of a checkpoint (training waits for it); returns the seconds it blocked."""
+        start = time.perf_counter()
+        checkpointer.wait_quietly()  # at most one save in flight
+        tensors = snapshot_tensors(model, ema, optimizer, rank, world, checkpointer.to_host)
         loader_states = gather_loader_states(loader, replicas)  # collective
-        path = None
+        state = None
         if rank0:
-            path = save_checkpoint(run_dir, step, weights, averaged, to_dict(config),
-                                   {"loader": loader_states})
-        dist.barrier()
-        return path
+            state = {"loader": loader_states, "scheduler": scheduler.state_dict(),
+                     "optimizer": optimizer_meta(optimizer), "ema_updates": ema.updates,
+                     "saved_under": {"world_size": world, "parallel": to_dict(config.parallel)}}
+        checkpointer.persist(step, tensors, rng_state(generator, replica, replicas), to_dict(config), state)
+        blocked = time.perf_counter() - start
+        checkpointer.stats.blocked_s.append(blocked)
+        return blocked
 
+    signals = StopSignals()
     window = LogWindow()
     train_start = window.start
-    logged_loss, step = float("nan"), 0
+    logged_loss, step, stop_reason, blocked = float("nan"), start_step, "done", 0.0
     model.train()
-    for step in range(1, tcfg.steps + 1):
-        t0 = time.perf_counter()
-        batch = loader.next_pack().to(device)
-        drop = torch.rand(batch.num_samples, generator=generator) < config.text.dropout
-        text, text_cu = caption_features(text_encoder, batch, drop.tolist())
-        data_seconds = time.perf_counter() - t0
+    try:
+        for step in range(start_step + 1, tcfg.steps + 1):
+            t0 = time.perf_counter()
+            batch = loader.next_pack().to(device)
+            drop = torch.rand(batch.num_samples, generator=generator) < config.text.dropout
+            text, text_cu = caption_features(text_encoder, batch, drop.tolist())
+            data_seconds = time.perf_counter() - t0
 
-        loss, per_sample, _ = step_loss(model, batch, text, text_cu, config.flow, generator,
-                                        shard, tcfg.precision)
-        engine.backward(loss)
-        lr = engine.lr  # the rate this step uses
-        grad_norm = engine.step()
-        scheduler.step()
-        ema.update(model)
+            loss, per_sample, _ = step_loss(model, batch, text, text_cu, config.flow, generator,
+                                            shard, tcfg.precision)
+            engine.backward(loss)
+            lr = engine.lr  # the rate this step uses
+            grad_norm = engine.step()
+            scheduler.step()
+            ema.update(model)
 
-        # The pack's loss (Ulysses shares summed), averaged over the replicas.
-        loss_value = float(mean_over(pack_total(loss), gradient_group()))
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {step}")
-        window.add(loss_value, batch.tokens.shape[0] * replicas, batch.kinds,
-                   pack_total(per_sample).tolist(), data_seconds)
+            # The pack's loss (Ulysses shares summed), averaged over the replicas.
+            loss_value = float(mean_over(pack_total(loss), gradient_group()))
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at step {step}")
+            window.add(loss_value, batch.tokens.shape[0] * replicas, batch.kinds,
+                       pack_total(per_sample).tolist(), data_seconds)
 
-        elapsed_total = time.perf_counter() - train_start
-        out_of_time = tcfg.max_minutes > 0 and elapsed_total > 60 * tcfg.max_minutes
-        if dist.get_world_size() > 1:  # every rank stops at the same step
-            flag = torch.tensor([float(out_of_time)], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flag.item())
-        if step % tcfg.log_every == 0 or step == tcfg.steps or out_of_time:
-            scalars = {**window.scalars(), "lr": lr, "grad_norm": grad_norm,
-                       "elapsed_s": elapsed_total,
-                       "data_skipped": skipped_samples(loader, device),
-                       **decode_counts(dataset)}
-            if metrics is not None:
-                metrics.log(step, scalars)
-                metrics.progress(step, scalars["loss"], scalars["steps_per_s"],
-                                 scalars["tokens_per_s"])
-            logged_loss = scalars["loss"]
-            window = LogWindow()
-        if tcfg.save_every and step % tcfg.save_every == 0 and step != tcfg.steps \
-                and not out_of_time:  # the final save below covers those
+            elapsed_total = time.perf_counter() - train_start
+            out_of_time, signalled = any_rank(
+                [tcfg.max_minutes > 0 and elapsed_total > 60 * tcfg.max_minutes,
+                 signals.received is not None], device)
+            if step % tcfg.log_every == 0 or step == tcfg.steps or out_of_time or signalled:
+                scalars = {**window.scalars(), "lr": lr, "grad_norm": grad_norm,
+                           "elapsed_s": elapsed_total,
+                           "data_skipped": skipped_samples(loader, device),
+                           "checkpoint_blocked_s": blocked,
+                           **decode_counts(dataset)}
+                if metrics is not None:
+                    metrics.log(step, scalars)
+                    metrics.progress(step, scalars["loss"], scalars["steps_per_s"],
+                                     scalars["tokens_per_s"])
+                logged_loss = scalars["loss"]
+                window = LogWindow()
+            if signalled or out_of_time:
+                stop_reason = "signal" if signalled else "max_minutes"
+                why = (signals.received or "a stop signal on another rank") if signalled else \
+                    f"train.max_minutes={tcfg.max_minutes} reached"
+                log.warning("%s at step %d: saving and stopping", why, step)
+                break
+            if ccfg.every and step % ccfg.every == 0 and step != tcfg.steps:
+                blocked = save(step)  # the final save below covers the last step
+        if step > start_step or reader is None:
             save(step)
-        if out_of_time:
-            log.warning("train.max_minutes=%s reached at step %d: stopping", tcfg.max_minutes, step)
-            break
-    checkpoint = save(step)
-    if metrics is not None:
-        metrics.close()
+        checkpoint = checkpointer.wait()  # the final save must be committed (CheckpointError)
+        if checkpoint is None and reader is not None and rank0:
+            checkpoint = reader.path  # nothing left to train: the resumed checkpoint is the end
+    finally:
+        signals.restore()
+        checkpointer.wait_quietly()
+        if metrics is not None:
+            metrics.close()
     if owns_group:
         shutdown()
-    return TrainResult(run_dir, checkpoint, step, logged_loss)
+    return TrainResult(run_dir, checkpoint, step, logged_loss, stop_reason)
+
+
+def continue_run(reader: CheckpointReader, model, optimizer, scheduler, loader: PackingLoader,
+                 generator: torch.Generator, replica: int, replicas: int) -> int:
+    """Put a run's optimizer, scheduler, loader and RNG state back (its weights and EMA are back
+    already); returns the step it had finished. Under another TP / Ulysses / ZeRO layout nothing
+    changes but the float summation order; after a change of DP size the weights and optimizer
+    state still load (stored whole), the loader is resharded (`reshard_loader_states` says what
+    is kept) and the RNGs restart from the seed."""
+    restore_optimizer(model, optimizer, reader)
+    scheduler.load_state_dict(reader.state["scheduler"])
+    saved = reader.state["loader"]
+    states = saved["states"] if saved["replicas"] == replicas else \
+        reshard_loader_states(saved["states"], replicas)
+    loader.load_state_dict(states[replica])
+    rng = replica_rng(reader, replica, replicas)
+    if rng is not None:
+        set_rng_state(rng, generator)
+    else:
+        log.warning("%s was saved by another number of data-parallel replicas than this run's "
+                    "%d: the weights, optimizer and data position carry over, the random streams "
+                    "restart from the seed", reader.path, replicas)
+    log.info("resumed from %s at step %d", reader.path, reader.step)
+    return reader.step

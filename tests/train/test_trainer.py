@@ -31,7 +31,7 @@ def test_short_training_lowers_the_loss_and_writes_its_outputs(tmp_path):
 
 def test_periodic_checkpoints_record_the_loader_position(tmp_path):
     cfg = load_training_config(ROOT / "configs/tiny.yaml",
-                               SHORT + ["train.steps=4", "train.save_every=2",
+                               SHORT + ["train.steps=4", "checkpoint.every=2",
                                         "data.image_fraction=0"])
     train(cfg, tmp_path)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())

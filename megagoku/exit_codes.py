@@ -1,0 +1,6 @@
+"""Exit codes that mean something to whoever restarts a training process (the fault-tolerant
+launcher, a Slurm requeue script). Kept apart so that the launcher needs nothing else of ours."""
+
+# Stopped on SIGUSR1/SIGTERM after committing a checkpoint: run me again with --resume auto.
+# 75 is EX_TEMPFAIL of sysexits.h ("temporary failure; the user is invited to retry").
+REQUEUE = 75

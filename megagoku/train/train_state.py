@@ -1,0 +1,216 @@
+"""What a checkpoint takes from a running job and puts back, whatever the layout it was saved or
+is loaded under.
+
+Taken (collective: every rank calls it with the same model, in the same order):
+- the whole logical tensors of the weights, the EMA and AdamW's `exp_avg`/`exp_avg_sq`: TP pieces
+  are concatenated (`gather_tp`), ZeRO partitions assembled through DeepSpeed's per-parameter
+  fragment API (`safe_get_full_optimizer_state`: ZeRO-1/2's flat partitions and ZeRO-3's
+  partitioned parameters alike); each rank keeps only the tensors `assign_writers` gives it;
+- small state, as JSON: the optimizer's step count and hyper-parameters, the LR scheduler, the EMA
+  update count, and this rank's RNGs (torch CPU and CUDA, python, numpy, the replica generator).
+
+Put back: the weights and EMA before DeepSpeed wraps the model (each rank slices its TP piece
+from the whole tensor; DeepSpeed then builds its fp32 partitions from them), the optimizer
+moments after (`safe_set_full_optimizer_state` writes each rank's fragment; a plain torch
+optimizer gets its state dict entries). Since everything is stored whole, a checkpoint saved at
+TP=2 or under ZeRO-3 loads at TP=1 or ZeRO-1, or on one process.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from megagoku.parallel import state as grid
+from megagoku.parallel.weights import gather_tp, gathered, is_tp_split, tp_piece
+from megagoku.train.checkpoint import CheckpointError, CheckpointReader, assign_writers
+from megagoku.train.ema import EMA
+
+OPTIMIZER_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def whole_shape(tensor: torch.Tensor) -> list[int]:
+    """The logical shape of a parameter or buffer, from this rank's piece."""
+    shape = list(getattr(tensor, "ds_shape", tensor.shape))  # ZeRO-3 keeps the TP-local shape
+    if is_tp_split(tensor):
+        shape[tensor.partition_dim] *= grid.tensor_parallel_size()
+    return shape
+
+
+def logical_sizes(model: nn.Module) -> dict[str, int]:
+    """Bytes of every tensor a checkpoint stores for `model` (weights, EMA, moments)."""
+    params = dict(model.named_parameters())
+    sizes = {}
+    for name, tensor in model.weights().items():
+        source = params.get(name, tensor)
+        nbytes = int(np.prod(whole_shape(source))) * source.element_size()
+        sizes[f"model/{name}"] = sizes[f"ema/{name}"] = nbytes
+        if name in params:
+            for moment in OPTIMIZER_MOMENTS:
+                sizes[f"optim.{moment}/{name}"] = int(np.prod(whole_shape(source))) * 4
+    return sizes
+
+
+def _uses_deepspeed_fragments(param: torch.Tensor) -> bool:
+    return hasattr(param, "ds_id") or hasattr(param, "_hp_mapping")
+
+
+def _moment(param: nn.Parameter, optimizer: torch.optim.Optimizer, moment: str) -> torch.Tensor:
+    """This TP rank's whole (not ZeRO-partitioned) optimizer moment of `param` (collective over
+    the gradient group under ZeRO)."""
+    if _uses_deepspeed_fragments(param):
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        value = safe_get_full_optimizer_state(param, moment)
+    else:
+        value = optimizer.state.get(param, {}).get(moment)
+    if value is None:
+        raise CheckpointError(f"no optimizer {moment} for a parameter of shape "
+                              f"{whole_shape(param)}: save only after an optimizer step")
+    return value.reshape(getattr(param, "ds_shape", param.shape))
+
+
+def snapshot_tensors(model: nn.Module, ema: EMA, optimizer: torch.optim.Optimizer,
+                     rank: int, world: int,
+                     to_host: Callable[[str, torch.Tensor], torch.Tensor]
+                     ) -> dict[str, torch.Tensor]:
+    """This rank's share of the logical tensors, each copied by `to_host(key, tensor)`
+    (collective)."""
+    owner = assign_writers(logical_sizes(model), world)
+    params = dict(model.named_parameters())
+    out: dict[str, torch.Tensor] = {}
+
+    def keep(key: str, tensor: torch.Tensor) -> None:
+        if owner[key] == rank:
+            out[key] = to_host(key, tensor.contiguous())
+
+    for name, tensor in model.weights().items():
+        param = params.get(name)
+        if param is None:  # a buffer: replicated, and the EMA model holds the same one
+            keep(f"model/{name}", tensor)
+            keep(f"ema/{name}", tensor)
+            continue
+        with gathered([param]):  # ZeRO-3: whole for the read; otherwise a no-op
+            keep(f"model/{name}", gather_tp(param.detach(), param))
+        keep(f"ema/{name}", gather_tp(ema.shadow[name], param))
+        for moment in OPTIMIZER_MOMENTS:
+            keep(f"optim.{moment}/{name}", gather_tp(_moment(param, optimizer, moment), param))
+    return out
+
+
+def _piece(reader: CheckpointReader, key: str, like: torch.Tensor) -> torch.Tensor:
+    whole = reader.tensor(key)
+    expected = whole_shape(like)
+    if list(whole.shape) != expected:
+        raise CheckpointError(f"{reader.path}: {key} is {list(whole.shape)} but this model "
+                              f"needs {expected} (a checkpoint of another model config?)")
+    return tp_piece(whole, like)
+
+
+def restore_weights(model: nn.Module, ema: EMA, reader: CheckpointReader) -> None:
+    """Weights and EMA from `reader`, each rank keeping its TP piece; before DeepSpeed wraps the
+    model (its ZeRO partitions are built from these)."""
+    params = dict(model.named_parameters())
+    weights = {}
+    for name, tensor in model.weights().items():
+        weights[name] = _piece(reader, f"model/{name}", params.get(name, tensor))
+    model.load_weights(weights)
+    for name, shadow in ema.shadow.items():
+        shadow.copy_(_piece(reader, f"ema/{name}", params[name]))
+    ema.updates = int(reader.state["ema_updates"])
+
+
+def optimizer_step_count(optimizer: torch.optim.Optimizer) -> float:
+    for state in optimizer.state.values():
+        if "step" in state:
+            return float(state["step"])
+    return 0.0
+
+
+def restore_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer,
+                      reader: CheckpointReader) -> None:
+    """AdamW's moments and step count from `reader` (after DeepSpeed, when used, wrapped the
+    optimizer: each rank writes its own fragment)."""
+    step = float(reader.state["optimizer"]["step"])
+    # torch's AdamW creates its state at the first step, and DeepSpeed's ZeRO-3 partitions
+    # are empty until then: create it here (zeros, then overwritten) so there is a place to
+    # write the saved moments into. DeepSpeed's base optimizer holds its flat fp32 partitions,
+    # which are the params of its param groups; torch's AdamW keeps the step per parameter.
+    flats = [p for group in optimizer.param_groups for p in group["params"]]
+    zero3 = next((p._z3_optimizer for p in model.parameters() if hasattr(p, "_z3_optimizer")),
+                 None)
+    if zero3 is not None:  # it puts its fp32 partitions into the param groups only to step
+        flats = list(zero3.fp32_partitioned_groups_flat)
+    for flat in flats:
+        state = optimizer.state[flat]
+        for moment in OPTIMIZER_MOMENTS:
+            if moment not in state:
+                state[moment] = torch.zeros_like(flat, memory_format=torch.preserve_format)
+        state["step"] = torch.tensor(step, dtype=torch.float32)
+    for name, param in model.named_parameters():
+        for moment in OPTIMIZER_MOMENTS:
+            piece = _piece(reader, f"optim.{moment}/{name}", param).to(param.device)
+            if _uses_deepspeed_fragments(param):
+                from deepspeed.utils import safe_set_full_optimizer_state
+
+                safe_set_full_optimizer_state(param, piece, moment)
+            else:
+                optimizer.state[param][moment] = piece.clone().to(param.dtype)
+    for group, saved in zip(optimizer.param_groups, reader.state["optimizer"]["groups"]):
+        group.update(saved)
+
+
+def optimizer_meta(optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's JSON state: its step count and each group's hyper-parameters."""
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()
+               if k != "params" and isinstance(v, (int, float, bool, tuple, list, type(None)))}
+              for g in optimizer.param_groups]
+    return {"step": optimizer_step_count(optimizer), "groups": groups}
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.numpy().tobytes()).decode()
+
+
+def _from_b64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+
+def rng_state(generator: torch.Generator, replica: int, replicas: int) -> dict:
+    """This rank's every RNG, as JSON, with the data-parallel replica it belongs to."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": _b64(torch.get_rng_state()), "generator": _b64(generator.get_state()),
+             "python": [version, list(mt), gauss],
+             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+             "replica": replica, "replicas": replicas}
+    if torch.cuda.is_available():
+        state["cuda"] = _b64(torch.cuda.get_rng_state().cpu())
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(_from_b64(state["torch"]))
+    generator.set_state(_from_b64(state["generator"]))
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(_from_b64(state["cuda"]))
+
+
+def replica_rng(reader: CheckpointReader, replica: int, replicas: int) -> Optional[dict]:
+    """The RNG state saved by a rank of this data-parallel replica, when the run had as many
+    replicas (the ranks of one replica, TP and Ulysses, draw the same numbers, so a TP or Ulysses
+    change keeps the random streams); None after a change of DP size, when every RNG continues
+    from the seed instead and the run is no longer bit-exact."""
+    for state in reader.state.get("rng", []):
+        if state.get("replicas") == replicas and state.get("replica") == replica:
+            return state
+    return None

@@ -1,0 +1,75 @@
+"""Checkpoints reshard: saved under TP=2 or Ulysses x ZeRO-3 on two gloo processes, a run resumes
+on one process (and the reverse) and ends where the uninterrupted one-process run ends, weights,
+EMA and optimizer moments alike (up to the float summation order of the parallel layout)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from megagoku.config import load_training_config
+from megagoku.train.checkpoint import CheckpointReader
+from megagoku.train.trainer import train
+from tests.distributed.launch import ROOT, free_port
+
+RUN = ["train.steps=6", "train.log_every=1", "train.warmup_steps=2", "train.min_lr_ratio=0.1",
+       "train.max_minutes=0", "data.tokens_per_step=512", "model.depth=2", "train.ema_decay=0.9",
+       "checkpoint.every=3"]
+LAYOUTS = {
+    "tp2": ["parallel.tensor_parallel=2"],
+    "ulysses2_zero3": ["parallel.ulysses=2", "parallel.zero_stage=3"],
+}
+
+
+def torchrun(run_dir: Path, sets: list[str], resume: str | None = None) -> None:
+    args = [arg for kv in RUN + sets for arg in ("--set", kv)]
+    if resume:
+        args += ["--resume", resume]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         f"--master_port={free_port()}", "-m", "megagoku", "train", "--config",
+         "configs/tiny.yaml", "--run-dir", str(run_dir), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+             "TOKENIZERS_PARALLELISM": "false", "HOME": str(Path.home())})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def step_tensors(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
+    reader = CheckpointReader(run_dir / "checkpoints" / f"step_{step:08d}")
+    return {key: reader.tensor(key) for key in reader.index}
+
+
+def assert_close(ours: dict, reference: dict) -> None:
+    assert ours.keys() == reference.keys()
+    for key in reference:
+        # The second moment is tiny (~1e-6): compare it relative to its own scale.
+        torch.testing.assert_close(ours[key], reference[key], atol=5e-5, rtol=1e-3, msg=key)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("one")
+    train(load_training_config(ROOT / "configs/tiny.yaml", RUN), run_dir)
+    return run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_saved_on_two_ranks_resumes_on_one(layout, one_process, tmp_path):
+    torchrun(tmp_path / "two", LAYOUTS[layout])
+    assert_close(step_tensors(tmp_path / "two", 6), step_tensors(one_process, 6))
+    train(load_training_config(ROOT / "configs/tiny.yaml", RUN), tmp_path / "one",
+          resume=str(tmp_path / "two" / "checkpoints" / "step_00000003"))
+    assert_close(step_tensors(tmp_path / "one", 6), step_tensors(one_process, 6))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_saved_on_one_rank_resumes_on_two(layout, one_process, tmp_path):
+    torchrun(tmp_path, LAYOUTS[layout],
+             resume=str(one_process / "checkpoints" / "step_00000003"))
+    assert_close(step_tensors(tmp_path, 6), step_tensors(one_process, 6))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000006"]
