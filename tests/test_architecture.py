@@ -17,7 +17,8 @@ MAY_IMPORT = {
     "curation": {"config", "data"},
     "models": {"config", "ops", "parallel"},
     "inference": {"config", "models", "flow", "data", "parallel"},
-    "train": {"config", "models", "ops", "flow", "parallel", "data", "inference"},
+    # train -> launch: the heartbeat, event log and exit codes the launcher reads (plain files).
+    "train": {"config", "models", "ops", "flow", "parallel", "data", "inference", "launch"},
     "launch": {"config"},
 }
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from megagoku.config import load_training_config
-from megagoku.exit_codes import REQUEUE
+from megagoku.launch.exit_codes import REQUEUE
 
 
 def register(subparsers) -> None:

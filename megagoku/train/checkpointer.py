@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -43,12 +43,14 @@ class SaveStats:
 
 class Checkpointer:
     def __init__(self, run_dir: Path, rank: int, world: int, async_save: bool = True,
-                 keep_last: int = 3, keep_every: int = 0, commit_timeout_s: float = 1800.0):
+                 keep_last: int = 3, keep_every: int = 0, commit_timeout_s: float = 1800.0,
+                 on_commit: Optional[Callable[[int, Path], None]] = None):
         self.root = Path(run_dir) / "checkpoints"
         self.rank, self.world = rank, world
         self.async_save = async_save
         self.keep_last, self.keep_every = keep_last, keep_every
         self.commit_timeout_s = commit_timeout_s
+        self.on_commit = on_commit  # rank 0, in the writer thread: e.g. the launcher's event log
         self.stats = SaveStats()
         self._thread: Optional[threading.Thread] = None
         self._error: Optional[BaseException] = None
@@ -109,6 +111,8 @@ class Checkpointer:
                 self._last_path = commit(self.root, step, self.world, config, state,
                                          self.commit_timeout_s)
                 self.stats.committed.append(step)
+                if self.on_commit is not None:
+                    self.on_commit(step, self._last_path)
                 for removed in prune(self.root, self.keep_last, self.keep_every):
                     log.info("removed old checkpoint %s", removed.name)
         except Exception as e:  # noqa: BLE001 - any failure: nothing committed, training goes on

@@ -35,6 +35,8 @@ from megagoku.data import ManifestError, PackingLoader, ShapesDataset
 from megagoku.data.cache import CachedDataset, check_cache_matches
 from megagoku.data.files import ManifestDataset
 from megagoku.data.packing import reshard_loader_states
+from megagoku.launch.events import EventLog
+from megagoku.launch.heartbeat import Heartbeat
 from megagoku.models import TextEncoder, build_latent_space, build_model
 from megagoku.models.latent import LatentSpace
 from megagoku.models.text_encoder import encoder_width
@@ -45,14 +47,15 @@ from megagoku.parallel import (current_shard, data_parallel_rank, data_parallel_
 from megagoku.parallel.activation_checkpoint import apply_activation_checkpointing
 from megagoku.parallel.distributed import init_distributed, shutdown
 from megagoku.parallel.engine import TrainEngine
+from megagoku.parallel.selfcheck import SelfCheckError, self_check
 from megagoku.parallel.weights import is_tp_split
-from megagoku.train.checkpoint import (CheckpointError, CheckpointReader, find_checkpoint,
+from megagoku.train.checkpoint import (CheckpointReader, find_checkpoint,
                                        remove_stale_parts)
 from megagoku.train.checkpointer import Checkpointer
 from megagoku.train.ema import EMA
-from megagoku.train.train_state import (optimizer_meta, replica_rng, restore_optimizer,
-                                        restore_weights, rng_state, set_rng_state,
-                                        snapshot_tensors)
+from megagoku.train.train_state import (logical_sizes, optimizer_meta, replica_rng,
+                                        restore_optimizer, restore_weights, rng_state,
+                                        set_rng_state, snapshot_tensors)
 from megagoku.train.metrics import LogWindow, MetricsLogger
 from megagoku.train.step import mean_over, pack_total, step_loss
 
@@ -329,9 +332,21 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
         log.info("initialised from %s (%s)", init.path,
                  "weights and optimizer" if ccfg.init_optimizer else "weights")
     shard = current_shard()
+    try:  # before any step: a broken rank or a full disk is found now, not at the first save
+        self_check(run_dir / "checkpoints", sum(logical_sizes(model).values()), device)
+    except SelfCheckError as e:
+        raise ConfigError(f"{run_dir}: {e}") from None
+    # Set by `megagoku launch`: progress beats for hang detection, events for its log.
+    heartbeat = Heartbeat.from_env(rank)
+    events = EventLog.from_env() if rank0 else None
     metrics = MetricsLogger(run_dir, tcfg.steps, start_step=start_step) if rank0 else None
+    on_commit = None if events is None else \
+        (lambda step, path: events.log("checkpoint_committed", step=step, path=str(path)))
     checkpointer = Checkpointer(run_dir, rank, world, ccfg.async_save, ccfg.keep_last,
-                                ccfg.keep_every, ccfg.commit_timeout_s)
+                                ccfg.keep_every, ccfg.commit_timeout_s, on_commit)
+    if events is not None:
+        events.log("resumed" if reader else "training_started", step=start_step,
+                   checkpoint=str(reader.path) if reader else None, world_size=world)
     log.info("model: %.2fM parameters on %s x %d processes (%s); %s; run dir %s",
              n_params / 1e6, device, world, config.parallel,
              describe(config.model.kernels, device.type), run_dir)
@@ -380,6 +395,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
             window.add(loss_value, batch.tokens.shape[0] * replicas, batch.kinds,
                        pack_total(per_sample).tolist(), data_seconds)
 
+            if heartbeat is not None:
+                heartbeat.beat(step)
             elapsed_total = time.perf_counter() - train_start
             out_of_time, signalled = any_rank(
                 [tcfg.max_minutes > 0 and elapsed_total > 60 * tcfg.max_minutes,
