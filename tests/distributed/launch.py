@@ -49,3 +49,20 @@ def run_ranks(n: int, args: list[str], timeout: float = 300, extra_env: dict | N
         if proc.returncode != 0:
             raise AssertionError(f"rank {rank} exited {proc.returncode}:\n{out[-4000:]}")
     return outputs
+
+
+def torchrun_train(run_dir: Path, overrides: list[str], extra: list[str] = (),
+                   nproc: int = 2) -> subprocess.CompletedProcess:
+    """`megagoku train --config configs/tiny.yaml --set ...` under torchrun on `nproc` gloo
+    processes, in a clean environment; fails with the output if it fails."""
+    sets = [arg for kv in overrides for arg in ("--set", kv)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+         f"--master_port={free_port()}", "-m", "megagoku", "train", "--config",
+         "configs/tiny.yaml", "--run-dir", str(run_dir), *sets, *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+             "TOKENIZERS_PARALLELISM": "false", "HOME": str(Path.home())})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+

@@ -2,8 +2,6 @@
 on one process (and the reverse) and ends where the uninterrupted one-process run ends, weights,
 EMA and optimizer moments alike (up to the float summation order of the parallel layout)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import torch
 from megagoku.config import load_training_config
 from megagoku.train.checkpoint import CheckpointReader
 from megagoku.train.trainer import train
-from tests.distributed.launch import ROOT, free_port
+from tests.distributed.launch import ROOT, torchrun_train
 
 RUN = ["train.steps=6", "train.log_every=1", "train.warmup_steps=2", "train.min_lr_ratio=0.1",
        "train.max_minutes=0", "data.tokens_per_step=512", "model.depth=2", "train.ema_decay=0.9",
@@ -24,17 +22,7 @@ LAYOUTS = {
 
 
 def torchrun(run_dir: Path, sets: list[str], resume: str | None = None) -> None:
-    args = [arg for kv in RUN + sets for arg in ("--set", kv)]
-    if resume:
-        args += ["--resume", resume]
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         f"--master_port={free_port()}", "-m", "megagoku", "train", "--config",
-         "configs/tiny.yaml", "--run-dir", str(run_dir), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-             "TOKENIZERS_PARALLELISM": "false", "HOME": str(Path.home())})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun_train(run_dir, RUN + sets, ["--resume", resume] if resume else [])
 
 
 def step_tensors(run_dir: Path, step: int) -> dict[str, torch.Tensor]:

@@ -1,9 +1,6 @@
 """`megagoku train` under torchrun on two gloo processes trains the same model as one process:
 same data, same noise, whole-model checkpoints written by rank 0."""
 
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +8,7 @@ import torch
 from megagoku.config import load_training_config
 from megagoku.train.checkpoint import load_checkpoint
 from megagoku.train.trainer import train
-from tests.distributed.launch import ROOT, free_port
+from tests.distributed.launch import ROOT, torchrun_train
 
 STEPS = ["train.steps=3", "train.log_every=1", "train.warmup_steps=0", "train.max_minutes=0",
          "data.tokens_per_step=512", "model.depth=2", "train.ema_decay=0.5"]
@@ -33,15 +30,7 @@ def one_process(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_torchrun_training_equals_one_process(layout, one_process, tmp_path):
-    sets = [arg for kv in STEPS + LAYOUTS[layout] for arg in ("--set", kv)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         f"--master_port={free_port()}", "-m", "megagoku", "train", "--config",
-         "configs/tiny.yaml", "--run-dir", str(tmp_path), *sets],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-             "TOKENIZERS_PARALLELISM": "false", "HOME": str(Path.home())})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = torchrun_train(tmp_path, STEPS + LAYOUTS[layout])
     assert "x 2 processes" in proc.stderr
     for weights in ("model", "ema"):
         config, state, _ = load_checkpoint(tmp_path, weights)
