@@ -106,9 +106,12 @@ class SupervisingAgent(LocalElasticAgent):
                         remaining=self._remaining_restarts)
         log.warning("restarting the workers in %.1f s from the newest valid checkpoint "
                     "(%d restarts left)", delay, self._remaining_restarts)
-        self._stop_workers(worker_group)  # first: the survivors must not run during the backoff
+        # The base class's restart (stop, then rendezvous and start), with the backoff between:
+        # the survivors must not run during it.
+        self._stop_workers(worker_group)
+        worker_group.state = WorkerState.STOPPED
         time.sleep(delay)
-        super()._restart_workers(worker_group)
+        self._initialize_workers(worker_group)
 
     def _shutdown(self, death_sig: signal.Signals = signal.SIGTERM, timeout: int = 30) -> None:
         if self._kill_on_stop:  # after a crash or hang: nothing left to save

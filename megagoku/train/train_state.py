@@ -48,11 +48,11 @@ def logical_sizes(model: nn.Module) -> dict[str, int]:
     sizes = {}
     for name, tensor in model.weights().items():
         source = params.get(name, tensor)
-        nbytes = int(np.prod(whole_shape(source))) * source.element_size()
-        sizes[f"model/{name}"] = sizes[f"ema/{name}"] = nbytes
+        numel = int(np.prod(whole_shape(source)))
+        sizes[f"model/{name}"] = sizes[f"ema/{name}"] = numel * source.element_size()
         if name in params:
             for moment in OPTIMIZER_MOMENTS:
-                sizes[f"optim.{moment}/{name}"] = int(np.prod(whole_shape(source))) * 4
+                sizes[f"optim.{moment}/{name}"] = numel * 4  # AdamW keeps fp32 moments
     return sizes
 
 
