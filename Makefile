@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 KERNELS := $(VENV)/.kernels
 KERNEL_SOURCES := $(wildcard csrc/*/*.h csrc/*/*.cuh csrc/*/*.cpp csrc/*/*.cu)
 
-.PHONY: install kernels demo test test-fast bench clean
+.PHONY: install kernels demo test test-fast bench gpu-check clean
 
 install: $(STAMP) $(KERNELS)
 
@@ -37,6 +37,11 @@ test-fast: install
 
 bench: install
 	$(BIN)/megagoku bench kernels
+
+# On a GPU machine with a CUDA torch and nvcc (not CI): build, test, benchmark and train on the GPU.
+ENCODER ?= builtin:all-minilm-l6-v2
+gpu-check:
+	PYTHON=$(PYTHON) launchers/gpu_check.sh $(ENCODER)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache megagoku/ops/_C*.so

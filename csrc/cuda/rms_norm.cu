@@ -1,7 +1,9 @@
 // RMSNorm on CUDA: one warp per row, 16-byte vector loads when the rows allow them, fp32
 // accumulation (fp64 for double). Grids are sized to what fits on the GPU at once (occupancy),
-// rows taken grid-stride. The backward pass sums each block's weight gradient in shared memory,
-// writes one partial row per block, and a second kernel adds the partials in a fixed order.
+// rows taken grid-stride. The backward pass sums each warp's weight gradient in its own row of
+// shared memory (no atomics: every slot has one writer, rows are taken in order), adds the warps'
+// rows in a fixed order into one partial row per block, and a second kernel adds the partials in
+// a fixed order: the same inputs give the same bits on every run.
 #include "device.cuh"
 
 namespace megagoku {
@@ -77,13 +79,17 @@ __global__ void __launch_bounds__(kThreads)
   using A = typename Acc<T>::type;
   using V = Vec<T, N>;
   extern __shared__ unsigned char shared_bytes[];
-  A* dw_block = reinterpret_cast<A*>(shared_bytes);
+  const int64_t slots = dw_slots<N>(cols);
+  const int lane = threadIdx.x & 31;
+  // This warp's row of the block's weight-gradient sums: [kWarpsPerBlock][slots] in all.
+  A* dw_warp = reinterpret_cast<A*>(shared_bytes) + (threadIdx.x >> 5) * slots;
   const bool want_dw = dw_partial != nullptr;  // uniform over the grid
   if (want_dw) {
-    for (int64_t c = threadIdx.x; c < dw_slots<N>(cols); c += blockDim.x) dw_block[c] = 0;
+    for (int64_t c = threadIdx.x; c < kWarpsPerBlock * slots; c += blockDim.x) {
+      reinterpret_cast<A*>(shared_bytes)[c] = 0;
+    }
     __syncthreads();
   }
-  const int lane = threadIdx.x & 31;
   const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int64_t step = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
   for (int64_t r = first; r < rows; r += step) {
@@ -112,15 +118,21 @@ __global__ void __launch_bounds__(kThreads)
         const A xhat = load_acc(v.v[i]) * inv;
         out.v[i] = store_as<T>(rms_input_grad(w != nullptr ? d * w[c + i] : d, xhat, coef, inv));
         // = dw_slot<N>(c + i): this lane's element i of the chunk starting at c - lane * N.
-        if (want_dw) atomicAdd(&dw_block[c - lane * N + i * 32 + lane], d * xhat);
+        if (want_dw) dw_warp[c - lane * N + i * 32 + lane] += d * xhat;
       }
       *reinterpret_cast<V*>(dxr + c) = out;
     }
   }
   if (want_dw) {
     __syncthreads();
-    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
-      dw_partial[static_cast<int64_t>(blockIdx.x) * cols + c] = dw_block[dw_slot<N>(c)];
+    const A* dw_block = reinterpret_cast<const A*>(shared_bytes);
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      const int64_t slot = dw_slot<N>(c);
+      A total = 0;
+#pragma unroll
+      for (int w = 0; w < kWarpsPerBlock; ++w) total += dw_block[w * slots + slot];
+      dw_partial[static_cast<int64_t>(blockIdx.x) * cols + c] = total;
+    }
   }
 }
 
@@ -195,7 +207,7 @@ template <typename T, int N>
 BackwardPlan plan_backward_as(const RmsNormBackward& a, bool vectors) {
   using A = typename Acc<T>::type;
   auto kernel = rms_norm_backward_kernel<T, N>;
-  const size_t shared = a.dweight != nullptr ? dw_slots<N>(a.cols) * sizeof(A) : 0;
+  const size_t shared = a.dweight != nullptr ? kWarpsPerBlock * dw_slots<N>(a.cols) * sizeof(A) : 0;
   if (shared > 48 * 1024) {
     int device = 0, limit = 0;
     cudaGetDevice(&device);
@@ -263,8 +275,15 @@ const char* rms_norm_forward_cuda(const RmsNormForward& args, void* stream) {
   });
 }
 
+// Sized by the plan of the kernel that will run (storage type and vector width decide its
+// occupancy, hence its block count): a plan for another type could give fewer blocks than launch.
 int64_t rms_norm_backward_workspace_cuda(const RmsNormBackward& args) {
-  return args.dtype == DType::f64 ? cuda::workspace_bytes<double>(args) : cuda::workspace_bytes<float>(args);
+  int64_t bytes = -1;
+  cuda::with_storage_type(args.dtype, [&](auto type) -> const char* {
+    bytes = cuda::workspace_bytes<decltype(type)>(args);
+    return nullptr;
+  });
+  return bytes;
 }
 
 const char* rms_norm_backward_cuda(const RmsNormBackward& args, void* stream) {
