@@ -48,7 +48,8 @@ class EventLog:
 def time_lost(events: list[dict]) -> dict:
     """Seconds lost to failures: work redone (from the last commit, or the attempt's start, to
     the failure) and downtime (from the failure to the next resume). A failure with no later
-    resume counts its redone work only."""
+    resume counts its redone work only; failures before a resume (a restart that fails again)
+    are each counted, their time once."""
     redone = downtime = 0.0
     failures = 0
     last_progress: Optional[float] = None  # the last point training state was safe on disk
@@ -62,10 +63,11 @@ def time_lost(events: list[dict]) -> dict:
             last_progress = e["time"]
         elif kind == "checkpoint_committed":
             last_progress = e["time"]
-        elif kind in ("failure", "hang") and failed_at is None:
+        elif kind in ("failure", "hang"):
             failures += 1
-            failed_at = e["time"]
-            if last_progress is not None:
-                redone += failed_at - last_progress
+            if failed_at is None:  # a failure of the restart itself extends the same downtime
+                failed_at = e["time"]
+                if last_progress is not None:
+                    redone += failed_at - last_progress
     return {"failures": failures, "redone_s": round(redone, 3), "downtime_s": round(downtime, 3),
             "lost_s": round(redone + downtime, 3)}

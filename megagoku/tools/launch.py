@@ -104,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
     # The stop signals are ours (forwarded to the workers), not torch's (which would tear the
     # workers down before they checkpoint).
     os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGINT,SIGHUP,SIGQUIT"
+    # A fresh store for every attempt. With the rendezvous store shared (torch's default), the
+    # workers of a restarted group meet in the same key space as the dead ones: process groups
+    # are named by a counter that starts again at 0, so a rank can read a dead peer's gloo
+    # address and fail with "Connection refused". Unshared, the first worker hosts a new store
+    # on a new port in every round.
+    os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
 
     endpoint = args.rdzv_endpoint or f"127.0.0.1:{free_port()}"
     rdzv = RendezvousParameters(backend="c10d", endpoint=endpoint,
