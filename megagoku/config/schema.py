@@ -289,6 +289,16 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when one is present
     # auto: bf16 autocast over fp32 master weights on a GPU, fp32 on the CPU.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Loss anomalies (megagoku/train/anomaly.py): a non-finite loss or gradient norm always, a
+    # spike when spike_factor > 0 (loss > spike_factor x the mean of the last spike_window).
+    anomaly_response: Literal["skip", "rollback", "stop"] = "skip"
+    spike_factor: float = 0.0
+    spike_window: int = 50
+    rollback_steps: int = 1  # a rollback skips this many steps, up to the anomalous one
+    max_anomalies: int = 20  # anomalous steps (skipped or rolled back) before the run stops
+    # MFU is reported against this peak per device in TFLOP/s; 0: a known GPU's dense bf16 peak
+    # under bf16 (H100/H200 989, A100 312), else no MFU.
+    peak_tflops: float = 0.0
 
     def problems(self) -> Iterator[Problem]:
         if self.steps <= 0:
@@ -305,6 +315,15 @@ class TrainConfig:
             yield "log_every", f"must be positive, got {self.log_every}"
         if self.grad_clip < 0:
             yield "grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip}"
+        if self.spike_factor != 0 and self.spike_factor <= 1:
+            yield "spike_factor", f"must be 0 (off) or > 1, got {self.spike_factor}"
+        for name in ("spike_window", "rollback_steps"):
+            if getattr(self, name) <= 0:
+                yield name, f"must be positive, got {getattr(self, name)}"
+        if self.max_anomalies < 0:
+            yield "max_anomalies", f"must be >= 0, got {self.max_anomalies}"
+        if self.peak_tflops < 0:
+            yield "peak_tflops", f"must be >= 0 (0: known GPUs only), got {self.peak_tflops}"
 
 
 @dataclass
@@ -381,8 +400,15 @@ class SampleConfig:
     seed: int = 0
     upscale: int = 8  # nearest-neighbour upscaling of written files, so tiny videos are visible
     fps: int = 8
+    # During training: every this many steps (0: never) rank 0 samples `prompts` with the EMA
+    # weights at the data's size, into TensorBoard and <run_dir>/samples/step_N/. Empty prompts:
+    # the built-in shapes data's held-out and seen ones.
+    every: int = 0
+    prompts: list[str] = field(default_factory=list)
 
     def problems(self) -> Iterator[Problem]:
+        if self.every < 0:
+            yield "every", f"must be >= 0 (0: no samples during training), got {self.every}"
         if self.steps <= 0:
             yield "steps", f"must be positive, got {self.steps}"
         if self.upscale <= 0:
@@ -431,6 +457,9 @@ class TrainingConfig:
                     yield "data.tokens_per_step", (f"{self.data.tokens_per_step} cannot hold one "
                                                    f"{where} ({tokens} tokens)")
                     return
+        if self.sample.every and not self.sample.prompts and self.data.kind != "shapes":
+            yield "sample.prompts", ("sample.every needs prompts (only the built-in shapes data "
+                                     "has default ones)")
         if self.data.kind == "shapes" and self.data.image_fraction != 0 and pt != 1:
             yield "data.image_fraction", (f"images are one frame, which a temporal patch of {pt} "
                                           "cannot cover: set it to 0 or use patch_size [1, h, w]")

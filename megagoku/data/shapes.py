@@ -38,6 +38,19 @@ def all_video_captions() -> list[str]:
     return [video_caption(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
 
 
+# Combinations the demo and the training-time samples show besides the held-out ones.
+SEEN_PROMPTS = ["a red circle moving right", "a blue square moving left",
+                "a green circle moving up", "a yellow triangle moving down"]
+
+
+def demo_prompts(cfg: DataConfig) -> tuple[list[str], list[str]]:
+    """(held-out prompts, seen prompts) of the shapes data: captions never trained on, and some
+    that were."""
+    held_out = [p if p.startswith("a ") else f"a {p}" for p in cfg.holdout]
+    seen = [p for p in SEEN_PROMPTS if p.removeprefix("a ") not in cfg.holdout]
+    return held_out, seen
+
+
 @dataclass
 class ShapeSample:
     pixels: torch.Tensor  # (3, T, H, W) float32 in [-1, 1]; T = 1 for images

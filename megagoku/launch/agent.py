@@ -8,6 +8,8 @@ restart the worker group) with MegaScale's additions, as a subclass of `LocalEla
 - stop signals: SIGUSR1 or SIGTERM to the launcher (Slurm preemption) are forwarded to the
   workers, which checkpoint and exit with `exit_codes.REQUEUE`; then nothing is restarted and
   the launcher exits with that code too, asking to be requeued;
+- loss-anomaly rollbacks: ranks that exit with `exit_codes.ROLLBACK` are restarted from the
+  checkpoint at once, without spending a restart;
 - the event log (`events.py`).
 
 Crash and hang restarts kill the surviving workers at once (SIGKILL): they cannot save anything
@@ -25,7 +27,7 @@ from typing import Optional
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, WorkerState
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 
-from megagoku.launch.exit_codes import REQUEUE
+from megagoku.launch.exit_codes import REQUEUE, ROLLBACK
 from megagoku.launch.events import EventLog
 from megagoku.launch.heartbeat import HeartbeatMonitor
 
@@ -46,6 +48,7 @@ class SupervisingAgent(LocalElasticAgent):
         self.attempt = 0
         self.last_failure: Optional[str] = None
         self._kill_on_stop = False
+        self._rollback = False
 
     # -- stop signals --------------------------------------------------------------------------
     def request_stop(self, signum: int, frame=None) -> None:
@@ -80,6 +83,15 @@ class SupervisingAgent(LocalElasticAgent):
                 self.requeue = True
                 self._remaining_restarts = 0
                 self.events.log("stopped", attempt=self.attempt, exit_codes=codes)
+            elif ROLLBACK in codes.values() and \
+                    all(c in (ROLLBACK, -signal.SIGTERM) for c in codes.values()):
+                # The ranks stopped together on a loss anomaly (those still exiting got SIGTERM):
+                # restart from the checkpoint at once, without spending a restart on it. The
+                # trainer bounds this (train.max_anomalies).
+                self._remaining_restarts += 1
+                self._rollback = True
+                self.events.log("rollback", attempt=self.attempt, exit_codes=codes)
+                log.warning("attempt %d rolls back to the newest valid checkpoint", self.attempt)
             else:
                 self._kill_on_stop = True
                 self.last_failure = ", ".join(f"rank {r} exited with {c}"
@@ -101,7 +113,9 @@ class SupervisingAgent(LocalElasticAgent):
 
     def _restart_workers(self, worker_group: WorkerGroup) -> None:
         restarts = self.attempt  # restarts done so far + 1
-        delay = min(self.backoff_s * 2 ** (restarts - 1), self.max_backoff_s)
+        delay = 0.0 if self._rollback else min(self.backoff_s * 2 ** (restarts - 1),
+                                               self.max_backoff_s)
+        self._rollback = False
         self.events.log("restart", attempt=self.attempt + 1, backoff_s=delay,
                         remaining=self._remaining_restarts)
         log.warning("restarting the workers in %.1f s from the newest valid checkpoint "

@@ -4,3 +4,7 @@ launcher, a Slurm requeue script). Kept apart so that the launcher needs nothing
 # Stopped on SIGUSR1/SIGTERM after committing a checkpoint: run me again with --resume auto.
 # 75 is EX_TEMPFAIL of sysexits.h ("temporary failure; the user is invited to retry").
 REQUEUE = 75
+
+# Stopped by a loss anomaly under train.anomaly_response=rollback, without saving: run me again
+# with --resume auto (the newest valid checkpoint; the anomalous steps are recorded to be skipped).
+ROLLBACK = 76

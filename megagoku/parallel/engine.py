@@ -84,6 +84,7 @@ class TrainEngine:
                 model=model, optimizer=optimizer, mpu=MegatronMPU(),
                 config=deepspeed_config(zero_stage, grad_clip), dist_init_required=False)
         self.model = model
+        self.applied_non_finite_update = False
 
     def backward(self, loss: torch.Tensor) -> None:
         scaled = loss * self.loss_scale if self.loss_scale != 1 else loss
@@ -94,15 +95,21 @@ class TrainEngine:
             scaled.backward()
 
     def step(self) -> float:
-        """Clip and step; returns the global gradient norm (before clipping)."""
+        """Clip and step; returns the global gradient norm (before clipping). Without DeepSpeed
+        a non-finite norm skips the update; DeepSpeed applies it (`applied_non_finite_update`
+        then says so: only a rollback can undo it)."""
+        self.applied_non_finite_update = False
         if self.deepspeed is not None:
             self.deepspeed.step()
             norm = self.deepspeed.get_global_grad_norm()
-            return float(norm) if norm is not None else math.nan
+            norm = float(norm) if norm is not None else math.nan
+            self.applied_non_finite_update = not math.isfinite(norm)
+            return norm
         clip = self.grad_clip if self.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.optimizer.step()
-        return float(norm)
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if math.isfinite(norm):
+            self.optimizer.step()
+        return norm
 
     @property
     def lr(self) -> float:

@@ -17,9 +17,8 @@ import numpy as np
 from PIL import Image
 
 from megagoku.config import ConfigError, load_training_config
+from megagoku.data.shapes import demo_prompts
 
-SEEN_PROMPTS = ["a red circle moving right", "a blue square moving left",
-                "a green circle moving up", "a yellow triangle moving down"]
 
 
 def plot_loss(metrics_path: Path, out: Path) -> Path:
@@ -112,8 +111,7 @@ def run(args: argparse.Namespace) -> int:
     shutil.rmtree(samples_dir, ignore_errors=True)
     report = {}
     all_rows = []
-    held_out = [p if p.startswith("a ") else f"a {p}" for p in config.data.holdout]
-    seen = [p for p in SEEN_PROMPTS if p.removeprefix("a ") not in config.data.holdout]
+    held_out, seen = demo_prompts(config.data)
     for split, prompts in (("held_out", held_out), ("seen", seen)):
         if not prompts:
             continue

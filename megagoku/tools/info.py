@@ -13,6 +13,7 @@ import json
 from collections import defaultdict
 
 from megagoku.config import ConfigError, ModelConfig, load_model_config
+from megagoku.models.flops import flops_per_token
 
 
 def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
@@ -28,24 +29,6 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
         parts[key] += param.numel()
     parts["total"] = sum(p.numel() for p in model.parameters())
     return dict(parts)
-
-
-def flops_per_token(cfg: ModelConfig, seq_len: int, text_len: int) -> dict[str, float]:
-    """Multiply-accumulates x 2 of one sample of `seq_len` tokens with a `text_len` caption,
-    divided by seq_len. Per-sample work (adaLN, text keys/values) is spread over the tokens."""
-    d, p, td = cfg.hidden_size, cfg.patch_dim, cfg.text_dim
-    hidden = int(d * cfg.mlp_ratio)
-    per_block = (
-        2 * d * 3 * d + 2 * d * d  # self-attention projections
-        + 2 * 2 * seq_len * d  # scores and weighted values over the sample
-        + 2 * d * d + 2 * d * d  # cross-attention query and output projections
-        + 2 * 2 * text_len * d  # cross-attention scores and values
-        + 2 * text_len * td * 2 * d / seq_len  # caption keys/values, once per sample
-        + 2 * 2 * d * hidden  # MLP
-        + 2 * d * 6 * d / seq_len  # adaLN, once per sample
-    )
-    forward = 2 * p * d + cfg.depth * per_block + 2 * d * p + 2 * d * 2 * d / seq_len
-    return {"forward": forward, "train": 3 * forward}
 
 
 def register(subparsers) -> None:

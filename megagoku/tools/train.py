@@ -5,9 +5,10 @@ Under a launcher every rank runs this same command; the `parallel` config sectio
 from __future__ import annotations
 
 import argparse
+import sys
 
 from megagoku.config import load_training_config
-from megagoku.launch.exit_codes import REQUEUE
+from megagoku.launch.exit_codes import REQUEUE, ROLLBACK
 
 
 def register(subparsers) -> None:
@@ -34,10 +35,25 @@ def add_run_options(p: argparse.ArgumentParser, outputs: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_training_config(args.config, args.overrides)
-    from megagoku.train.trainer import train  # heavy imports only after the config is valid
+    # Heavy imports only after the config is valid.
+    from megagoku.parallel.distributed import discover
+    from megagoku.train.trainer import TrainingAnomaly, train
 
-    result = train(config, args.run_dir or config.train.run_dir, source=args.config,
-                   overwrite=args.overwrite, resume=args.resume)
+    run_dir = args.run_dir or config.train.run_dir
+    try:
+        result = train(config, run_dir, source=args.config, overwrite=args.overwrite,
+                       resume=args.resume)
+        while result.stop_reason == "rollback":
+            launch = discover()
+            if launch.world_size > 1 or launch.launcher != "none":
+                return ROLLBACK  # the launcher restarts every rank from the checkpoint
+            # One process: roll back here, from the newest valid checkpoint of the run dir.
+            print("rolling back to the newest valid checkpoint; the anomalous steps will be "
+                  "skipped", file=sys.stderr)
+            result = train(config, run_dir, source=args.config, resume="auto")
+    except TrainingAnomaly as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if result.checkpoint is not None:  # rank 0 of a launch writes; the others stay quiet
         print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; "
               f"checkpoint: {result.checkpoint}")

@@ -30,27 +30,36 @@ class LogWindow:
     tokens: int = 0
     samples: int = 0
     data_seconds: float = 0.0
+    flops: float = 0.0  # training FLOPs of the steps (all replicas)
+    skipped: int = 0  # steps whose update was not applied (anomalies, rollback skips)
     errors: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
     def add(self, loss: float, tokens: int, kinds: list[str], per_sample: list[float],
-            data_seconds: float) -> None:
+            data_seconds: float, flops: float = 0.0) -> None:
         self.steps += 1
         self.loss_sum += loss
         self.tokens += tokens
         self.samples += len(kinds)
         self.data_seconds += data_seconds
+        self.flops += flops
         for kind, err in zip(kinds, per_sample):
             self.errors[kind].append(err)
 
-    def scalars(self) -> dict[str, float]:
+    def scalars(self, world: int = 1, peak_tflops: float = 0.0) -> dict[str, float]:
+        """Means and rates; FLOP/s per device over `world` devices, and MFU against
+        `peak_tflops` per device when it is known."""
         dt = time.perf_counter() - self.start
         out = {
-            "loss": self.loss_sum / self.steps,
-            "steps_per_s": self.steps / dt,
+            "loss": self.loss_sum / self.steps if self.steps else float("nan"),
+            "steps_per_s": (self.steps + self.skipped) / dt,
             "tokens_per_s": self.tokens / dt,
             "samples_per_s": self.samples / dt,
             "data_wait_fraction": self.data_seconds / dt,
+            "tflops_per_device": self.flops / dt / world / 1e12,
+            "skipped_steps": self.skipped,
         }
+        if peak_tflops > 0:
+            out["mfu"] = out["tflops_per_device"] / peak_tflops
         for kind, errors in sorted(self.errors.items()):
             out[f"loss_{kind}"] = sum(errors) / len(errors)  # per modality: video, image
         return out

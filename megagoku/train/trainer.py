@@ -38,6 +38,7 @@ from megagoku.data.packing import reshard_loader_states
 from megagoku.launch.events import EventLog
 from megagoku.launch.heartbeat import Heartbeat
 from megagoku.models import TextEncoder, build_latent_space, build_model
+from megagoku.models.flops import pack_train_flops
 from megagoku.models.latent import LatentSpace
 from megagoku.models.text_encoder import encoder_width
 from megagoku.ops import KernelsUnavailable, describe, use_fused
@@ -51,12 +52,14 @@ from megagoku.parallel.selfcheck import SelfCheckError, self_check
 from megagoku.parallel.weights import is_tp_split
 from megagoku.train.checkpoint import (CheckpointReader, find_checkpoint,
                                        remove_stale_parts)
+from megagoku.train.anomaly import SKIP_FILE, AnomalyDetector, add_skip_steps, read_skip_steps
 from megagoku.train.checkpointer import Checkpointer
 from megagoku.train.ema import EMA
 from megagoku.train.train_state import (logical_sizes, optimizer_meta, replica_rng,
                                         restore_optimizer, restore_weights, rng_state,
                                         set_rng_state, snapshot_tensors)
 from megagoku.train.metrics import LogWindow, MetricsLogger
+from megagoku.train.samples import PeriodicSampler
 from megagoku.train.step import mean_over, pack_total, step_loss
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,27 @@ class TrainResult:
     checkpoint: Path
     steps: int
     final_loss: float  # mean over the last logging window
-    stop_reason: str = "done"  # done | max_minutes | signal (SIGUSR1/SIGTERM: requeue me)
+    # done | max_minutes | signal (SIGUSR1/SIGTERM: requeue me) | rollback (an anomaly: resume me
+    # from the newest valid checkpoint; the anomalous steps are recorded to be skipped)
+    stop_reason: str = "done"
+
+
+class TrainingAnomaly(RuntimeError):
+    """A loss anomaly the run will not go past (response stop, or too many anomalies)."""
+
+
+# Dense bf16 peak per GPU in TFLOP/s (the vendors' datasheets), by name: the default MFU base.
+GPU_PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
+
+
+def peak_tflops(tcfg, device: torch.device) -> float:
+    """The per-device peak MFU is measured against: configured, else a known GPU under bf16."""
+    if tcfg.peak_tflops > 0:
+        return tcfg.peak_tflops
+    if device.type == "cuda" and tcfg.precision in ("auto", "bf16"):
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in GPU_PEAK_BF16_TFLOPS.items() if k in name), 0.0)
+    return 0.0
 
 
 def build_dataset(config: TrainingConfig, device: str = "cpu"
@@ -294,6 +317,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
             prepare_run_dir(run_dir, overwrite or resume == "auto")
         else:
             remove_stale_parts(run_dir / "checkpoints")
+        if overwrite and resume_from is None:  # a new run: an old run's skips do not apply
+            (run_dir / SKIP_FILE).unlink(missing_ok=True)
     resume_from = agree_on_path(resume_from)
     reader = CheckpointReader(resume_from, verified=True) if resume_from else None
     init = None
@@ -331,6 +356,15 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     if init is not None:
         log.info("initialised from %s (%s)", init.path,
                  "weights and optimizer" if ccfg.init_optimizer else "weights")
+    detector = AnomalyDetector(tcfg.spike_factor, tcfg.spike_window)
+    if reader is not None:
+        detector.load_state_dict(reader.state.get("anomaly", {}))
+    try:
+        skip_steps = read_skip_steps(run_dir)  # every rank reads it: all skip the same steps
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    anomalies = len(skip_steps)
+    peak = peak_tflops(tcfg, device)
     shard = current_shard()
     try:  # before any step: a broken rank or a full disk is found now, not at the first save
         self_check(run_dir / "checkpoints", sum(logical_sizes(model).values()), device)
@@ -340,6 +374,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     heartbeat = Heartbeat.from_env(rank)
     events = EventLog.from_env() if rank0 else None
     metrics = MetricsLogger(run_dir, tcfg.steps, start_step=start_step) if rank0 else None
+    sampler = PeriodicSampler(config, run_dir, text_encoder, device, metrics.tensorboard) \
+        if rank0 and config.sample.every else None
     on_commit = None if events is None else \
         (lambda step, path: events.log("checkpoint_committed", step=step, path=str(path)))
     checkpointer = Checkpointer(run_dir, rank, world, ccfg.async_save, ccfg.keep_last,
@@ -361,6 +397,7 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
         if rank0:
             state = {"loader": loader_states, "scheduler": scheduler.state_dict(),
                      "optimizer": optimizer_meta(optimizer), "ema_updates": ema.updates,
+                     "anomaly": detector.state_dict(),
                      "saved_under": {"world_size": world, "parallel": to_dict(config.parallel)}}
         checkpointer.persist(step, tensors, rng_state(generator, replica, replicas), to_dict(config), state)
         blocked = time.perf_counter() - start
@@ -371,6 +408,7 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     window = LogWindow()
     train_start = window.start
     logged_loss, step, stop_reason, blocked = float("nan"), start_step, "done", 0.0
+    grad_norm = float("nan")
     model.train()
     try:
         for step in range(start_step + 1, tcfg.steps + 1):
@@ -382,18 +420,45 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
 
             loss, per_sample, _ = step_loss(model, batch, text, text_cu, config.flow, generator,
                                             shard, tcfg.precision)
-            engine.backward(loss)
-            lr = engine.lr  # the rate this step uses
-            grad_norm = engine.step()
-            scheduler.step()
-            ema.update(model)
-
-            # The pack's loss (Ulysses shares summed), averaged over the replicas.
+            # The pack's loss (Ulysses shares summed), averaged over the replicas: the same
+            # value on every rank, so every rank takes the same decision below.
             loss_value = float(mean_over(pack_total(loss), gradient_group()))
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss became {loss_value} at step {step}")
-            window.add(loss_value, batch.tokens.shape[0] * replicas, batch.kinds,
-                       pack_total(per_sample).tolist(), data_seconds)
+            lr = engine.lr  # the rate this step uses
+            skipped = skip_steps.get(step)  # recorded by a rollback: no update from this pack
+            anomaly = None if skipped else detector.judge(loss_value)
+            if skipped is None and anomaly is None:
+                engine.backward(loss)
+                grad_norm = engine.step()  # no update when the norm is not finite
+                anomaly = detector.judge_gradient(grad_norm)
+            scheduler.step()  # the schedule follows the step count, updated or not
+            if skipped is None and anomaly is None:
+                detector.accept(loss_value)
+                ema.update(model)
+                window.add(loss_value, batch.tokens.shape[0] * replicas, batch.kinds,
+                           pack_total(per_sample).tolist(), data_seconds,
+                           pack_train_flops(config.model, batch.tokens_per_sample().tolist(),
+                                            text_cu.diff().tolist()) * replicas)
+            else:
+                window.skipped += 1
+            if anomaly is not None:
+                anomalies += 1
+                response = tcfg.anomaly_response
+                if response == "skip" and engine.applied_non_finite_update:
+                    response = "rollback"  # the update is in the weights already: undo it
+                log.warning("step %d: %s; response: %s", step, anomaly, response)
+                if events is not None:
+                    events.log("anomaly", step=step, why=anomaly, response=response)
+                if response == "stop" or anomalies > tcfg.max_anomalies:
+                    why = "train.anomaly_response=stop" if response == "stop" else \
+                        f"{anomalies} anomalous steps, more than train.max_anomalies=" \
+                        f"{tcfg.max_anomalies}"
+                    raise TrainingAnomaly(f"{run_dir}: step {step}: {anomaly} ({why})")
+                if response == "rollback":
+                    if rank0:
+                        add_skip_steps(run_dir, range(max(1, step - tcfg.rollback_steps + 1),
+                                                      step + 1), anomaly)
+                    stop_reason = "rollback"
+                    break
 
             if heartbeat is not None:
                 heartbeat.beat(step)
@@ -402,10 +467,10 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
                 [tcfg.max_minutes > 0 and elapsed_total > 60 * tcfg.max_minutes,
                  signals.received is not None], device)
             if step % tcfg.log_every == 0 or step == tcfg.steps or out_of_time or signalled:
-                scalars = {**window.scalars(), "lr": lr, "grad_norm": grad_norm,
+                scalars = {**window.scalars(world, peak), "lr": lr, "grad_norm": grad_norm,
                            "elapsed_s": elapsed_total,
                            "data_skipped": skipped_samples(loader, device),
-                           "checkpoint_blocked_s": blocked,
+                           "checkpoint_blocked_s": blocked, "anomalies": anomalies,
                            **decode_counts(dataset)}
                 if metrics is not None:
                     metrics.log(step, scalars)
@@ -413,6 +478,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
                                      scalars["tokens_per_s"])
                 logged_loss = scalars["loss"]
                 window = LogWindow()
+            if sampler is not None and sampler.due(step):
+                sampler.sample(step, model, ema)  # a copy of the model: training is untouched
             if signalled or out_of_time:
                 stop_reason = "signal" if signalled else "max_minutes"
                 why = (signals.received or "a stop signal on another rank") if signalled else \
@@ -421,8 +488,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
                 break
             if ccfg.every and step % ccfg.every == 0 and step != tcfg.steps:
                 blocked = save(step)  # the final save below covers the last step
-        if step > start_step or reader is None:
-            save(step)
+        if stop_reason != "rollback" and (step > start_step or reader is None):
+            save(step)  # (a rollback saves nothing: the state after an anomaly is suspect)
         checkpoint = checkpointer.wait()  # the final save must be committed (CheckpointError)
         if checkpoint is None and reader is not None and rank0:
             checkpoint = reader.path  # nothing left to train: the resumed checkpoint is the end

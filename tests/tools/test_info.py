@@ -5,7 +5,8 @@ import pytest
 
 from megagoku.cli import main
 from megagoku.config import load_model_config
-from megagoku.tools.info import flops_per_token, parameter_counts
+from megagoku.models.flops import flops_per_token
+from megagoku.tools.info import parameter_counts
 
 ROOT = Path(__file__).resolve().parents[2]
 

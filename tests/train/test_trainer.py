@@ -144,3 +144,19 @@ def test_manifest_data_that_cannot_train_stops_before_work(tmp_path, monkeypatch
                                           "installed"):
         train(cfg, tmp_path / "run", source="cfg.yaml")
     assert not (tmp_path / "run").exists()
+
+
+def test_metrics_report_flops_and_mfu_against_the_configured_peak(tmp_path):
+    from megagoku.models.flops import flops_per_token
+
+    cfg = load_training_config(ROOT / "configs/tiny.yaml", [
+        "train.steps=4", "train.log_every=2", "train.max_minutes=0", "data.tokens_per_step=512",
+        "model.depth=2", "train.peak_tflops=0.5"])
+    train(cfg, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        assert r["mfu"] == pytest.approx(r["tflops_per_device"] / 0.5, rel=1e-3)
+        # FLOPs per step: about a full pack of 16x16x8 videos (128 tokens, 16-token captions).
+        per_step = r["tflops_per_device"] * 1e12 / r["steps_per_s"]
+        expected = 512 * flops_per_token(cfg.model, 128, 16)["train"]
+        assert 0.5 * expected < per_step < 1.5 * expected, (per_step, expected)
