@@ -1,6 +1,6 @@
 """`megagoku sample --checkpoint DIR --prompt TEXT --out FILE [options]`: text-to-video (MP4 or
-GIF) or text-to-image (PNG, or --frames 1) from a checkpoint or a run directory (its newest
-valid checkpoint). Unset options default to the checkpoint's training config."""
+GIF) or text-to-image (PNG, or --frames 1) from a checkpoint, a run directory (its newest
+valid checkpoint) or a model directory written by `megagoku convert`. Unset options default to the checkpoint's training config."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import argparse
 def register(subparsers) -> None:
     p = subparsers.add_parser("sample", help="generate a video or image from a prompt",
                               description=__doc__)
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory or run directory")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint directory, run directory, or model directory (megagoku "
+                        "convert; its one kind of weights)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", required=True, help="output file: .mp4, .webm, .gif or .png")
     p.add_argument("--frames", type=int, help="video frames (1 = an image)")

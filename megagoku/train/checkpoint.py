@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 META_FILES = ("config.yaml", "state.json")
 WEIGHT_KINDS = ("model", "ema")
+# A consolidated model directory (`megagoku convert`, train/export.py): one kind of weights.
+MODEL_FILE, MODEL_CONFIG, MODEL_FORMAT = "model.safetensors", "config.json", "megagoku-model"
 
 
 class CheckpointError(RuntimeError):
@@ -284,12 +286,86 @@ class CheckpointReader:
         return {name: self.tensor(f"{prefix}/{name}") for name in names}
 
 
+def is_model_dir(path: str | Path) -> bool:
+    return (Path(path) / MODEL_FILE).is_file() and (Path(path) / MODEL_CONFIG).is_file()
+
+
+def verify_model_dir(path: Path) -> dict:
+    """The metadata of a complete, unaltered model directory; else CheckpointError."""
+    meta_path = path / MODEL_CONFIG
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != MODEL_FORMAT:
+            raise KeyError(f"format {meta.get('format')!r}, expected {MODEL_FORMAT!r}")
+        size, digest = int(meta["bytes"]), str(meta["sha256"])
+        meta["config"], meta["weights"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{meta_path}: not a megagoku model description "
+                              f"({type(e).__name__}: {e})") from None
+    file = path / MODEL_FILE
+    if file.stat().st_size != size:
+        raise CheckpointError(f"{file}: {file.stat().st_size} bytes, {MODEL_CONFIG} says {size}")
+    if sha256_of(file) != digest:
+        raise CheckpointError(f"{file}: checksum differs from {MODEL_CONFIG}")
+    return meta
+
+
+class ModelDirReader:
+    """A consolidated model directory read like a checkpoint that holds weights only: its one
+    kind of weights serves as both `model/` and `ema/`, there is no optimizer state."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.meta = verify_model_dir(self.path)
+        self.config = self.meta["config"]
+        self.state = {"step": self.meta.get("step", 0), "ema_updates": 0}
+        self._file = safe_open(str(self.path / MODEL_FILE), framework="pt")
+        self.names = sorted(self._file.keys())
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    def keys(self, prefix: str) -> list[str]:
+        return list(self.names) if prefix in WEIGHT_KINDS else []
+
+    def has(self, key: str) -> bool:
+        prefix, _, name = key.partition("/")
+        return prefix in WEIGHT_KINDS and name in self.names
+
+    def tensor(self, key: str) -> torch.Tensor:
+        if not self.has(key):
+            raise CheckpointError(f"{self.path}: no tensor {key!r} (a model directory holds "
+                                  f"weights only)")
+        return self._file.get_tensor(key.partition("/")[2])
+
+    def tensors(self, prefix: str, names: Optional[Iterable[str]] = None) -> dict[str, torch.Tensor]:
+        names = self.keys(prefix) if names is None else names
+        return {name: self.tensor(f"{prefix}/{name}") for name in names}
+
+
+def find_weights(path: str | Path) -> Path:
+    """A model directory (verified) or a checkpoint / run dir (its newest valid checkpoint)."""
+    if is_model_dir(path):
+        verify_model_dir(Path(path))
+        return Path(path)
+    return find_checkpoint(path)
+
+
+def open_weights(path: str | Path) -> "CheckpointReader | ModelDirReader":
+    """A reader for a path `find_weights` returned (already verified)."""
+    return ModelDirReader(path) if is_model_dir(path) else CheckpointReader(path, verified=True)
+
+
 def load_checkpoint(path: str | Path, weights: str = "ema"
                     ) -> tuple[dict, dict[str, torch.Tensor], Path]:
-    """(config dict, whole state dict of the chosen weights, checkpoint dir), for sampling and
-    conversion. `path` is a checkpoint or a run directory (its newest valid checkpoint)."""
+    """(config dict, whole state dict of the chosen weights, where they came from), for sampling.
+    `path` is a checkpoint, a run directory (its newest valid checkpoint) or a model directory
+    written by `megagoku convert` (its one kind of weights, whatever `weights` says)."""
     if weights not in WEIGHT_KINDS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHT_KINDS)}, got {weights!r}")
-    ckpt = find_checkpoint(path)
-    reader = CheckpointReader(ckpt, verified=True)
-    return reader.config, reader.tensors(weights), ckpt
+    found = find_weights(path)
+    reader = open_weights(found)
+    if isinstance(reader, ModelDirReader):
+        weights = reader.meta["weights"]
+    return reader.config, reader.tensors(weights), found

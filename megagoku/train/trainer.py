@@ -50,7 +50,8 @@ from megagoku.parallel.distributed import init_distributed, shutdown
 from megagoku.parallel.engine import TrainEngine
 from megagoku.parallel.selfcheck import SelfCheckError, self_check
 from megagoku.parallel.weights import is_tp_split
-from megagoku.train.checkpoint import (CheckpointReader, find_checkpoint,
+from megagoku.train.checkpoint import (CheckpointReader, ModelDirReader, find_checkpoint,
+                                       find_weights, open_weights,
                                        remove_stale_parts)
 from megagoku.train.anomaly import SKIP_FILE, AnomalyDetector, add_skip_steps, read_skip_steps
 from megagoku.train.checkpointer import Checkpointer
@@ -322,9 +323,11 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     resume_from = agree_on_path(resume_from)
     reader = CheckpointReader(resume_from, verified=True) if resume_from else None
     init = None
-    if reader is None and ccfg.init_from:
-        init = CheckpointReader(agree_on_path(find_checkpoint(ccfg.init_from) if rank0 else None),
-                                verified=True)
+    if reader is None and ccfg.init_from:  # a checkpoint, a run dir, or a converted model dir
+        init = open_weights(agree_on_path(find_weights(ccfg.init_from) if rank0 else None))
+        if ccfg.init_optimizer and isinstance(init, ModelDirReader):
+            raise ConfigError(f"{source}: checkpoint.init_optimizer: {init.path} is a model "
+                              "directory (weights only, no optimizer state)")
     dist.barrier()
     replica, replicas = data_parallel_rank(), data_parallel_size()
     generator = seed_everything(tcfg.seed, replica)
