@@ -100,9 +100,13 @@ class TrainEngine:
         then says so: only a rollback can undo it)."""
         self.applied_non_finite_update = False
         if self.deepspeed is not None:
+            # DeepSpeed reports the norm under ZeRO 1-3 only; without ZeRO the gradients are
+            # whole (and all-reduced) in .grad before the step: measure them there.
+            norm = global_grad_norm(self.model) if self.zero_stage == 0 else None
             self.deepspeed.step()
-            norm = self.deepspeed.get_global_grad_norm()
-            norm = float(norm) if norm is not None else math.nan
+            if norm is None:
+                reported = self.deepspeed.get_global_grad_norm()
+                norm = float(reported) if reported is not None else math.nan
             self.applied_non_finite_update = not math.isfinite(norm)
             return norm
         clip = self.grad_clip if self.grad_clip > 0 else float("inf")
@@ -114,3 +118,20 @@ class TrainEngine:
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+
+def global_grad_norm(model: nn.Module) -> float:
+    """L2 norm of the whole model's gradients: tensor-parallel pieces summed over the TP group,
+    replicated parameters counted once (accumulated on the gradients' device, read once)."""
+    from megagoku.parallel.weights import is_tp_split
+
+    device = next(model.parameters()).device
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # [TP pieces, replicated]
+    for p in model.parameters():
+        if p.grad is not None:
+            sums[0 if is_tp_split(p) else 1] += p.grad.detach().double().square().sum()
+    if state.tensor_parallel_size() > 1:
+        split = sums[:1].clone()
+        dist.all_reduce(split, group=state.tensor_parallel_group())
+        sums[0] = split[0]
+    return math.sqrt(float(sums.sum()))
