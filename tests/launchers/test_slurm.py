@@ -1,0 +1,120 @@
+"""`launchers/slurm/train.sbatch` on a real Slurm cluster on this machine (two emulated nodes,
+started by `launchers/slurm/local_cluster.sh start`; `.ci/run` starts and stops it): 2 nodes x 1
+process and 1 node x 2 processes train the tiny model; a job preempted with USR1 checkpoints,
+requeues itself, resumes, and ends bit-identical to a job that ran straight through."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from megagoku.train.checkpoint import CheckpointReader, find_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+SBATCH = ROOT / "launchers" / "slurm" / "train.sbatch"
+TRAIN = ["train", "--config", "configs/tiny.yaml"] + [
+    a for kv in ("data.tokens_per_step=512", "model.depth=2", "train.log_every=10",
+                 "train.max_minutes=0", "checkpoint.every=40") for a in ("--set", kv)]
+
+
+def idle_nodes() -> int:
+    if shutil.which("sinfo") is None:
+        return 0
+    proc = subprocess.run(["sinfo", "-h", "-t", "idle", "-o", "%D"], capture_output=True,
+                          text=True)
+    return sum(int(x) for x in proc.stdout.split() if x.isdigit()) if proc.returncode == 0 else 0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    if idle_nodes() < 2:
+        message = ("no local Slurm cluster with 2 idle nodes "
+                   "(launchers/slurm/local_cluster.sh start)")
+        if os.environ.get("MEGAGOKU_REQUIRE_SLURM") == "1":
+            pytest.fail(message)  # CI started one: its absence is a failure, not a skip
+        pytest.skip(message)
+
+
+def sbatch(run_dir: Path, nodes: int, nproc: int, steps: int, wait: bool = True):
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    env = (f"ALL,MEGAGOKU={sys.executable} -m megagoku,NPROC_PER_NODE={nproc},"
+           "OMP_NUM_THREADS=1,PYTHONUNBUFFERED=1")
+    cmd = ["sbatch", "--parsable", f"--nodes={nodes}", f"--output={run_dir}.out",
+           f"--export={env}", *(["--wait"] if wait else []), str(SBATCH), str(run_dir), "--",
+           *TRAIN, "--set", f"train.steps={steps}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return proc, Path(f"{run_dir}.out")
+
+
+def log_of(out: Path) -> str:
+    return out.read_text() if out.exists() else "(no job output)"
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def final_tensors(run_dir: Path, steps: int) -> dict:
+    reader = CheckpointReader(find_checkpoint(run_dir))
+    assert reader.step == steps
+    return {k: reader.tensor(k) for k in reader.index}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nodes, nproc", [(2, 1), (1, 2)])
+def test_sbatch_trains_on_nodes_x_processes(tmp_path, nodes, nproc):
+    run_dir = tmp_path / "run"
+    proc, out = sbatch(run_dir, nodes, nproc, steps=8)
+    assert proc.returncode == 0, proc.stderr + log_of(out)[-4000:]
+    assert f"{nodes} node(s) x {nproc} process(es)" in log_of(out)
+    started = next(e for e in events(run_dir) if e["event"] == "training_started")
+    assert started["world_size"] == 2
+    assert (run_dir / "checkpoints" / "step_00000008" / "manifest.json").is_file()
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text()
+             .splitlines()]
+    assert steps == [8]
+
+
+@pytest.mark.slow
+def test_a_preempted_job_checkpoints_requeues_and_resumes_bit_identical(tmp_path):
+    steps = 120
+    straight, out = sbatch(tmp_path / "straight", 1, 1, steps)
+    assert straight.returncode == 0, log_of(out)[-4000:]
+
+    run_dir = tmp_path / "preempted"
+    proc, out = sbatch(run_dir, 1, 1, steps, wait=False)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    beat = run_dir / "heartbeats" / "rank-00000.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # past the first checkpoint, well before the end
+        try:
+            if json.loads(beat.read_text())["step"] >= 50:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    else:
+        pytest.fail("the job never reached step 50:\n" + log_of(out)[-3000:])
+    # What Slurm does before a preemption or the time limit (--signal=B:USR1@...), at once.
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        queued = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True)
+        if not queued.stdout.strip() and (run_dir / "checkpoints" / f"step_{steps:08d}").is_dir():
+            break
+        time.sleep(1)
+    log = log_of(out)
+    assert "requeueing job" in log and "(restart 1)" in log, log[-4000:]
+    stopped = [e for e in events(run_dir) if e["event"] == "checkpoint_committed"]
+    resumed = next(e for e in events(run_dir) if e["event"] == "resumed")
+    assert resumed["step"] >= 50 and any(e["step"] == resumed["step"] for e in stopped)
+    a, b = final_tensors(run_dir, steps), final_tensors(tmp_path / "straight", steps)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed job differs from the straight one"
