@@ -67,6 +67,11 @@ write_config() {
 }
 
 start() {
+    if scontrol ping 2>/dev/null | grep -q "is UP"; then
+        echo "local slurm: already running"
+        status
+        return
+    fi
     install_packages
     write_config
     install -d -o munge -g munge /run/munge
