@@ -128,6 +128,11 @@ def init_distributed(backend: str = "auto", timeout_minutes: float = 30.0) -> La
     info = discover()
     if dist.is_initialized():
         return info
+    if info.launcher in ("srun", "mpirun"):  # DeepSpeed reads torchrun's variables
+        for name, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size),
+                            ("LOCAL_RANK", info.local_rank), ("MASTER_ADDR", info.master_addr),
+                            ("MASTER_PORT", info.master_port)):
+            os.environ.setdefault(name, str(value))
     backend = default_backend() if backend == "auto" else backend
     if torch.cuda.is_available():
         torch.cuda.set_device(info.local_rank % torch.cuda.device_count())
