@@ -6,7 +6,7 @@ time shift the schedule spends more steps at high noise, matching training.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -27,8 +27,13 @@ def guided_velocity(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) 
 
 
 @torch.no_grad()
-def euler_sample(velocity: Velocity, noise: torch.Tensor, schedule: torch.Tensor) -> torch.Tensor:
+def euler_sample(velocity: Velocity, noise: torch.Tensor, schedule: torch.Tensor,
+                 progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """Integrate from the noise along `schedule`; `progress(done, total)` after each step."""
     x = noise
-    for t0, t1 in zip(schedule[:-1].tolist(), schedule[1:].tolist()):
+    total = len(schedule) - 1
+    for i, (t0, t1) in enumerate(zip(schedule[:-1].tolist(), schedule[1:].tolist())):
         x = x + (t1 - t0) * velocity(x, t0)
+        if progress is not None:
+            progress(i + 1, total)
     return x

@@ -8,6 +8,7 @@ Sample i's noise comes from `seed + i`, so a video does not change with the batc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
@@ -33,8 +34,11 @@ class Generator:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], frames: int, height: int, width: int,
-                 steps: int, cfg_scale: float, seed: int = 0) -> list[torch.Tensor]:
-        """-> one video (3, frames, height, width) in [-1, 1] per prompt."""
+                 steps: int, cfg_scale: float, seed: int = 0,
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 seeds: Optional[list[int]] = None) -> list[torch.Tensor]:
+        """-> one video (3, frames, height, width) in [-1, 1] per prompt; sample i's noise comes
+        from seeds[i] (default seed + i); `progress(step, steps)` after each Euler step."""
         cfg = self.config
         patch = cfg.model.patch_size
         channels, lt, lh, lw = self.latent_space.latent_shape(frames, height, width)
@@ -45,9 +49,12 @@ class Generator:
         n_tok = grid[0] * grid[1] * grid[2]
         b = len(prompts)
         device = next(self.model.parameters()).device
+        seeds = list(seeds) if seeds is not None else [seed + i for i in range(b)]
+        if len(seeds) != b:
+            raise ValueError(f"{len(seeds)} seeds for {b} prompts")
         noise = torch.cat([torch.randn(n_tok, cfg.model.patch_dim,
-                                       generator=torch.Generator().manual_seed(seed + i))
-                           for i in range(b)]).to(device)
+                                       generator=torch.Generator().manual_seed(s))
+                           for s in seeds]).to(device)
         positions = grid_positions(grid).repeat(b, 1).to(device)
         cu = (torch.arange(b + 1) * n_tok).to(torch.int32).to(device)
         text, text_cu = self.text_encoder.encode(prompts)
@@ -70,7 +77,7 @@ class Generator:
             return v
 
         shift = float(time_shift_for(cfg.flow, torch.tensor([n_tok]))[0])
-        latents = euler_sample(velocity, noise, sampling_schedule(steps, shift))
+        latents = euler_sample(velocity, noise, sampling_schedule(steps, shift), progress)
         videos = []
         for tokens in latents.cpu().split(n_tok):
             latent = unpatchify(tokens, grid, patch, channels)

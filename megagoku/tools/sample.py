@@ -1,20 +1,35 @@
 """`megagoku sample --checkpoint DIR --prompt TEXT --out FILE [options]`: text-to-video (MP4 or
 GIF) or text-to-image (PNG, or --frames 1) from a checkpoint, a run directory (its newest
-valid checkpoint) or a model directory written by `megagoku convert`. Unset options default to the checkpoint's training config."""
+valid checkpoint) or a model directory written by `megagoku convert`. Unset options default to
+the checkpoint's training config; any size the model's patches divide works (3D RoPE
+extrapolates). `--prompts FILE` samples every line of FILE (blank and # lines skipped) into the
+folder `--out` as `--format` files; `--seeds N` gives N samples per prompt (seeds seed..seed+N-1).
+A progress line per prompt batch shows the Euler steps with rate and ETA."""
 
 from __future__ import annotations
 
 import argparse
+import re
+import sys
+import time
+from pathlib import Path
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("sample", help="generate a video or image from a prompt",
+    p = subparsers.add_parser("sample", help="generate videos or images from prompts",
                               description=__doc__)
     p.add_argument("--checkpoint", required=True,
                    help="checkpoint directory, run directory, or model directory (megagoku "
                         "convert; its one kind of weights)")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--out", required=True, help="output file: .mp4, .webm, .gif or .png")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--prompt", help="one prompt")
+    which.add_argument("--prompts", metavar="FILE", help="a file of prompts, one per line")
+    p.add_argument("--out", required=True,
+                   help="output file (.mp4, .webm, .gif or .png); with --prompts, a folder")
+    p.add_argument("--format", choices=("mp4", "webm", "gif", "png"),
+                   help="with --prompts: the files' format (default mp4; png for --frames 1)")
+    p.add_argument("--seeds", type=int, default=1, help="samples per prompt (default 1)")
+    p.add_argument("--batch", type=int, default=4, help="videos generated together (default 4)")
     p.add_argument("--frames", type=int, help="video frames (1 = an image)")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
@@ -29,27 +44,88 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def read_prompts(path: str) -> list[str]:
+    from megagoku.config import ConfigError
+
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise ConfigError(f"--prompts {path}: cannot read: {e.strerror}") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ConfigError(f"--prompts {path}: no prompts (one per line; # starts a comment)")
+    return prompts
+
+
+def slug(prompt: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", prompt).strip("_")[:60] or "prompt"
+
+
+class StepProgress:
+    """One line per batch, rewritten in place on a terminal: Euler step, rate, ETA."""
+
+    def __init__(self, label: str, stream=None):
+        self.label, self.stream = label, stream or sys.stderr
+        self.start = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        elapsed = time.perf_counter() - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        end = "\n" if done == total or not self.stream.isatty() else "\r"
+        if done == total or self.stream.isatty() or done % max(1, total // 4) == 0:
+            print(f"{self.label}: step {done}/{total}, {rate:.2f} step/s, ETA {eta:.0f} s",
+                  end=end, file=self.stream, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     from megagoku.config import ConfigError
     from megagoku.data.video_io import check_output_path, write_video
     from megagoku.inference import load_generator
     from megagoku.train.checkpoint import load_checkpoint
 
-    try:
-        check_output_path(args.out)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    for name in ("frames", "height", "width", "steps", "fps", "upscale"):
+    for name in ("frames", "height", "width", "steps", "fps", "upscale", "seeds", "batch"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ConfigError(f"--{name}: must be positive, got {getattr(args, name)}")
+    if args.prompts:
+        prompts = read_prompts(args.prompts)
+        if Path(args.out).suffix.lower() in (".mp4", ".webm", ".gif", ".png"):
+            raise ConfigError(f"--out {args.out}: with --prompts, --out is a folder")
+        suffix = "." + (args.format or ("png" if args.frames == 1 else "mp4"))
+    else:
+        prompts = [args.prompt]
+        try:
+            check_output_path(args.out)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        suffix = Path(args.out).suffix.lower()
     config_dict, state, ckpt = load_checkpoint(args.checkpoint, args.weights)
     gen = load_generator(config_dict, state, f"{ckpt}/config.yaml", args.device)
     data, sample = gen.config.data, gen.config.sample
     pick = lambda value, default: default if value is None else value  # noqa: E731
-    frames = pick(args.frames, 1 if args.out.lower().endswith(".png") else data.frames)
-    video = gen.generate([args.prompt], frames, pick(args.height, data.height),
-                         pick(args.width, data.width), pick(args.steps, sample.steps),
-                         pick(args.cfg, sample.cfg_scale), pick(args.seed, sample.seed))[0]
-    out = write_video(args.out, video, pick(args.fps, sample.fps), pick(args.upscale, sample.upscale))
-    print(f"wrote {out} ({frames} frame(s) of {video.shape[2]}x{video.shape[3]} from {ckpt})")
+    frames = pick(args.frames, 1 if suffix == ".png" else data.frames)
+    seed = pick(args.seed, sample.seed)
+    # (prompt index, prompt, seed) of every sample; a sample's seed fixes its noise, so it does
+    # not change with the batch it rides in.
+    jobs = [(i, p, seed + k) for i, p in enumerate(prompts) for k in range(args.seeds)]
+    written = []
+    for start in range(0, len(jobs), args.batch):
+        chunk = jobs[start:start + args.batch]
+        progress = StepProgress(f"samples {start + 1}-{start + len(chunk)} of {len(jobs)}")
+        videos = gen.generate([p for _, p, _ in chunk], frames, pick(args.height, data.height),
+                              pick(args.width, data.width), pick(args.steps, sample.steps),
+                              pick(args.cfg, sample.cfg_scale), progress=progress,
+                              seeds=[s for _, _, s in chunk])
+        for (i, prompt, s), video in zip(chunk, videos):
+            if args.prompts:
+                path = Path(args.out) / f"{i:03d}_{slug(prompt)}_seed{s}{suffix}"
+            elif args.seeds > 1:
+                path = Path(args.out).with_name(f"{Path(args.out).stem}_seed{s}{suffix}")
+            else:
+                path = Path(args.out)
+            written.append(write_video(path, video, pick(args.fps, sample.fps),
+                                       pick(args.upscale, sample.upscale)))
+    size = f"{videos[0].shape[2]}x{videos[0].shape[3]}"
+    where = written[0] if len(written) == 1 else f"{len(written)} files in {Path(written[0]).parent}"
+    print(f"wrote {where} ({frames} frame(s) of {size} from {ckpt})")
     return 0
