@@ -16,7 +16,11 @@ from megagoku.config import TrainingConfig, training_config_from_dict
 from megagoku.data.packing import grid_positions, unpatchify
 from megagoku.flow import euler_sample, guided_velocity, sampling_schedule, time_shift_for
 from megagoku.models import GokuTransformer, TextEncoder, build_latent_space, build_model
-from megagoku.parallel import ensure_single_process_groups, resolve_device
+from megagoku.config import ParallelConfig
+from megagoku.parallel import (current_shard, ensure_single_process_groups, gather_shards,
+                               initialize_groups, resolve_device)
+from megagoku.parallel.distributed import init_distributed
+from megagoku.parallel.weights import load_full_weights
 
 
 def _concat_cu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -67,10 +71,13 @@ class Generator:
         text, text_cu = text.to(device), text_cu.to(device)
         copies = 2 if guided else 1
 
+        shard = current_shard()  # under Ulysses each rank runs its slice of the pack
+
         def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
             xx = x.repeat(copies, 1)
             tt = torch.full((copies * b,), t, device=device)
-            v = self.model(xx, tt, positions, cu, text, text_cu)
+            local = self.model(shard.slice(xx), tt, shard.slice(positions), cu, text, text_cu)
+            v = gather_shards(local, xx.shape[0])  # every rank integrates the whole pack
             if guided:
                 v_cond, v_uncond = v.chunk(2)
                 return guided_velocity(v_cond, v_uncond, cfg_scale)
@@ -86,13 +93,26 @@ class Generator:
 
 
 def load_generator(config_dict: dict, state_dict: dict[str, torch.Tensor], source: str,
-                   device: str = "auto") -> Generator:
-    """Build model and text encoder from a checkpoint's config and load its weights."""
+                   device: str = "auto", tensor_parallel: int = 1, ulysses: int = 1
+                   ) -> Generator:
+    """Build model and text encoder from a checkpoint's config and load its weights. With
+    `tensor_parallel` x `ulysses` > 1 (every rank of a launch calls this) the model is split
+    over that many ranks: long videos on several GPUs."""
     config = training_config_from_dict(config_dict, source)
     device = resolve_device(device)
-    ensure_single_process_groups()
+    if tensor_parallel * ulysses > 1:
+        init_distributed()
+        world = torch.distributed.get_world_size()
+        if world != tensor_parallel * ulysses:
+            raise ValueError(f"--tensor-parallel {tensor_parallel} x --ulysses {ulysses} must "
+                             f"equal the launched world size {world}")
+        initialize_groups(ParallelConfig(tensor_parallel=tensor_parallel, ulysses=ulysses))
+        if device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        ensure_single_process_groups()
     model = build_model(config.model, device)
-    model.load_weights(state_dict)
+    load_full_weights(model, state_dict)
     model.eval()
     encoder = TextEncoder(config.text.encoder, config.text.max_length, device)
     return Generator(config, model, encoder)

@@ -6,7 +6,8 @@ Only this package touches process groups or megatron's global state (docs/archit
 
 from megagoku.parallel.layers import (ColumnParallelLinear, RowParallelLinear, gather_sequence,
                                       grad_summed_over_tp, model_parallel_config, scatter_sequence)
-from megagoku.parallel.sequence import SequenceShard, current_shard, heads_to_seq, seq_to_heads
+from megagoku.parallel.sequence import (SequenceShard, current_shard, gather_shards, heads_to_seq,
+                                        seq_to_heads)
 from megagoku.parallel.state import (ParallelLayout, data_parallel_rank, data_parallel_size,
                                      ensure_single_process_groups, gradient_group,
                                      initialize_groups, layout, resolve_device,
@@ -23,6 +24,7 @@ __all__ = [
     "data_parallel_size",
     "ensure_single_process_groups",
     "gather_sequence",
+    "gather_shards",
     "grad_summed_over_tp",
     "gradient_group",
     "heads_to_seq",

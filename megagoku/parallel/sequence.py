@@ -71,3 +71,16 @@ def heads_to_seq(x: torch.Tensor) -> torch.Tensor:
     out = all_to_all(state.ulysses_group(), x.contiguous())
     out = out.reshape(size, total // size, *mid, heads, dim).movedim(0, -3)
     return out.reshape(total // size, *mid, size * heads, dim)
+
+
+def gather_shards(local: torch.Tensor, total: int) -> torch.Tensor:
+    """Every Ulysses rank's slice (`SequenceShard.slice`) back into the whole (L, ...) pack, on
+    every rank, padding dropped. For inference: no gradient flows through it."""
+    size = state.layout().ulysses
+    if size == 1:
+        return local[:total]
+    import torch.distributed as dist
+
+    pieces = [torch.empty_like(local) for _ in range(size)]
+    dist.all_gather(pieces, local.contiguous(), group=state.ulysses_group())
+    return torch.cat(pieces)[:total]

@@ -4,7 +4,9 @@ valid checkpoint) or a model directory written by `megagoku convert`. Unset opti
 the checkpoint's training config; any size the model's patches divide works (3D RoPE
 extrapolates). `--prompts FILE` samples every line of FILE (blank and # lines skipped) into the
 folder `--out` as `--format` files; `--seeds N` gives N samples per prompt (seeds seed..seed+N-1).
-A progress line per prompt batch shows the Euler steps with rate and ETA."""
+A progress line per prompt batch shows the Euler steps with rate and ETA. Under torchrun or
+`megagoku launch`, `--ulysses N` (and `--tensor-parallel N`) split a long video over N ranks;
+the first rank writes the files."""
 
 from __future__ import annotations
 
@@ -41,6 +43,11 @@ def register(subparsers) -> None:
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: the GPU when one is present")
+    p.add_argument("--tensor-parallel", type=int, default=1,
+                   help="split the model over this many ranks (under torchrun / megagoku "
+                        "launch; tensor-parallel x ulysses = the number of ranks)")
+    p.add_argument("--ulysses", type=int, default=1,
+                   help="split the sequence over this many ranks (long videos on several GPUs)")
     p.set_defaults(func=run)
 
 
@@ -84,9 +91,11 @@ def run(args: argparse.Namespace) -> int:
     from megagoku.inference import load_generator
     from megagoku.train.checkpoint import load_checkpoint
 
-    for name in ("frames", "height", "width", "steps", "fps", "upscale", "seeds", "batch"):
+    for name in ("frames", "height", "width", "steps", "fps", "upscale", "seeds", "batch",
+                 "tensor_parallel", "ulysses"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise ConfigError(f"--{name}: must be positive, got {getattr(args, name)}")
+            raise ConfigError(f"--{name.replace('_', '-')}: must be positive, got "
+                              f"{getattr(args, name)}")
     if args.prompts:
         prompts = read_prompts(args.prompts)
         if Path(args.out).suffix.lower() in (".mp4", ".webm", ".gif", ".png"):
@@ -100,7 +109,14 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(str(e)) from None
         suffix = Path(args.out).suffix.lower()
     config_dict, state, ckpt = load_checkpoint(args.checkpoint, args.weights)
-    gen = load_generator(config_dict, state, f"{ckpt}/config.yaml", args.device)
+    try:
+        gen = load_generator(config_dict, state, f"{ckpt}/config.yaml", args.device,
+                             args.tensor_parallel, args.ulysses)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    import torch.distributed as dist
+
+    first = dist.get_rank() == 0  # every rank computes; the first one writes
     data, sample = gen.config.data, gen.config.sample
     pick = lambda value, default: default if value is None else value  # noqa: E731
     frames = pick(args.frames, 1 if suffix == ".png" else data.frames)
@@ -111,12 +127,13 @@ def run(args: argparse.Namespace) -> int:
     written = []
     for start in range(0, len(jobs), args.batch):
         chunk = jobs[start:start + args.batch]
-        progress = StepProgress(f"samples {start + 1}-{start + len(chunk)} of {len(jobs)}")
+        progress = StepProgress(f"samples {start + 1}-{start + len(chunk)} of {len(jobs)}") \
+            if first else None
         videos = gen.generate([p for _, p, _ in chunk], frames, pick(args.height, data.height),
                               pick(args.width, data.width), pick(args.steps, sample.steps),
                               pick(args.cfg, sample.cfg_scale), progress=progress,
                               seeds=[s for _, _, s in chunk])
-        for (i, prompt, s), video in zip(chunk, videos):
+        for (i, prompt, s), video in zip(chunk, videos if first else []):
             if args.prompts:
                 path = Path(args.out) / f"{i:03d}_{slug(prompt)}_seed{s}{suffix}"
             elif args.seeds > 1:
@@ -125,7 +142,13 @@ def run(args: argparse.Namespace) -> int:
                 path = Path(args.out)
             written.append(write_video(path, video, pick(args.fps, sample.fps),
                                        pick(args.upscale, sample.upscale)))
-    size = f"{videos[0].shape[2]}x{videos[0].shape[3]}"
-    where = written[0] if len(written) == 1 else f"{len(written)} files in {Path(written[0]).parent}"
-    print(f"wrote {where} ({frames} frame(s) of {size} from {ckpt})")
+    if first:
+        size = f"{videos[0].shape[2]}x{videos[0].shape[3]}"
+        where = written[0] if len(written) == 1 else \
+            f"{len(written)} files in {Path(written[0]).parent}"
+        print(f"wrote {where} ({frames} frame(s) of {size} from {ckpt})")
+    if dist.get_world_size() > 1:
+        from megagoku.parallel.distributed import shutdown
+
+        shutdown()
     return 0

@@ -1,7 +1,8 @@
-"""`launchers/slurm/train.sbatch` on a real Slurm cluster on this machine (two emulated nodes,
-started by `launchers/slurm/local_cluster.sh start`; `.ci/run` starts and stops it): 2 nodes x 1
-process and 1 node x 2 processes train the tiny model; a job preempted with USR1 checkpoints,
-requeues itself, resumes, and ends bit-identical to a job that ran straight through."""
+"""`launchers/slurm/*.sbatch` on a real Slurm cluster on this machine (two emulated nodes, started
+by `launchers/slurm/local_cluster.sh start`; `.ci/run` starts and stops it): train.sbatch trains
+the tiny model on 2 nodes x 1 process and 1 node x 2 processes, srun.sbatch and deepspeed.sbatch
+on 2 nodes; a job preempted with USR1 checkpoints, requeues itself, resumes, and ends
+bit-identical to a job that ran straight through."""
 
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from megagoku.train.checkpoint import CheckpointReader, find_checkpoint
+from tests.distributed.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SBATCH = ROOT / "launchers" / "slurm" / "train.sbatch"
@@ -41,12 +43,17 @@ def cluster():
         pytest.skip(message)
 
 
-def sbatch(run_dir: Path, nodes: int, nproc: int, steps: int, wait: bool = True):
+def sbatch(run_dir: Path, nodes: int, nproc: int, steps: int, wait: bool = True,
+           script: Path = SBATCH):
     run_dir.parent.mkdir(parents=True, exist_ok=True)
+    bin_dir = Path(sys.executable).parent
     env = (f"ALL,MEGAGOKU={sys.executable} -m megagoku,NPROC_PER_NODE={nproc},"
-           "OMP_NUM_THREADS=1,PYTHONUNBUFFERED=1")
-    cmd = ["sbatch", "--parsable", f"--nodes={nodes}", f"--output={run_dir}.out",
-           f"--export={env}", *(["--wait"] if wait else []), str(SBATCH), str(run_dir), "--",
+           f"DEEPSPEED={bin_dir / 'deepspeed'},PATH={bin_dir}:/usr/bin:/bin,"
+           f"MASTER_PORT={free_port()},OMP_NUM_THREADS=1,PYTHONUNBUFFERED=1")
+    tasks = nproc if script.name == "srun.sbatch" else 1  # srun.sbatch: a task per rank
+    cmd = ["sbatch", "--parsable", f"--nodes={nodes}", f"--ntasks-per-node={tasks}",
+           f"--output={run_dir}.out",
+           f"--export={env}", *(["--wait"] if wait else []), str(script), str(run_dir), "--",
            *TRAIN, "--set", f"train.steps={steps}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     return proc, Path(f"{run_dir}.out")
@@ -79,6 +86,18 @@ def test_sbatch_trains_on_nodes_x_processes(tmp_path, nodes, nproc):
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text()
              .splitlines()]
     assert steps == [8]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["srun.sbatch", "deepspeed.sbatch"])
+def test_the_other_sbatch_scripts_train_on_two_nodes(tmp_path, script):
+    """One task per node started by srun itself, or by DeepSpeed's launcher over a hostfile."""
+    run_dir = tmp_path / "run"
+    proc, out = sbatch(run_dir, 2, 1, steps=4, script=SBATCH.parent / script)
+    assert proc.returncode == 0, proc.stderr + log_of(out)[-4000:]
+    assert "x 2 processes" in log_of(out)
+    state = json.loads((run_dir / "checkpoints" / "step_00000004" / "state.json").read_text())
+    assert state["world_size"] == 2
 
 
 @pytest.mark.slow
