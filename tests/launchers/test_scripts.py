@@ -3,7 +3,6 @@
 its final checkpoint written by 2 ranks."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
