@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Optional
 
 ENV = "MEGAGOKU_EVENT_LOG"
+# Which node wrote an event: Slurm's name for it where there is one (several emulated nodes can
+# share a host name), else the host name. A multi-node launch has one launcher per node, all
+# appending to the same file.
+NODE = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 class EventLog:
@@ -28,7 +33,7 @@ class EventLog:
         return cls(path) if path else None
 
     def log(self, event: str, **fields) -> None:
-        record = {"time": round(time.time(), 3), "event": event, **fields}
+        record = {"time": round(time.time(), 3), "event": event, "node": NODE, **fields}
         # One write of one line in append mode: lines of several writers never interleave.
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -71,3 +76,12 @@ def time_lost(events: list[dict]) -> dict:
                     redone += failed_at - last_progress
     return {"failures": failures, "redone_s": round(redone, 3), "downtime_s": round(downtime, 3),
             "lost_s": round(redone + downtime, 3)}
+
+
+def failures_by_node(events: list[dict]) -> dict[str, int]:
+    """Failures and hangs per node that reported them (launchers log their own workers')."""
+    counts: dict[str, int] = {}
+    for e in events:
+        if e.get("event") in ("failure", "hang") and e.get("node"):
+            counts[e["node"]] = counts.get(e["node"], 0) + 1
+    return counts

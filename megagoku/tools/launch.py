@@ -58,6 +58,9 @@ def register(subparsers) -> None:
     p.add_argument("--stop-timeout", type=float, default=300.0,
                    help="seconds the workers get to checkpoint after SIGUSR1/SIGTERM")
     p.add_argument("--monitor-interval", type=float, default=0.5)
+    p.add_argument("--failed-nodes", type=int, metavar="N",
+                   help="launch nothing: print the nodes with at least N failures or hangs in "
+                        "the run's event log, comma-separated (for a requeue that excludes them)")
     p.add_argument("command", nargs=argparse.REMAINDER,
                    help="-- then the megagoku command, e.g. -- train --config configs/tiny.yaml")
     p.set_defaults(func=run)
@@ -77,7 +80,17 @@ def worker_args(command: list[str], run_dir: Path) -> list[str]:
     return args
 
 
+def print_failed_nodes(run_dir: Path, at_least: int) -> int:
+    from megagoku.launch.events import EventLog, failures_by_node
+
+    counts = failures_by_node(EventLog(run_dir / "events.jsonl").read())
+    print(",".join(sorted(n for n, c in counts.items() if c >= at_least)))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.failed_nodes is not None:
+        return print_failed_nodes(Path(args.run_dir), args.failed_nodes)
     from torch.distributed.elastic.agent.server.api import WorkerSpec
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.rendezvous import RendezvousParameters

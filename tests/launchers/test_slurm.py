@@ -137,3 +137,43 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_bit_identical(tmp_path
     a, b = final_tensors(run_dir, steps), final_tensors(tmp_path / "straight", steps)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed job differs from the straight one"
+
+
+@pytest.mark.slow
+def test_a_node_that_keeps_failing_is_excluded_and_the_job_resubmitted(tmp_path):
+    """The first node the job lands on is broken (its workers cannot start); the launcher spends
+    its restarts there, the batch script submits the job again without that node; the new job
+    trains on the other node from the same run dir."""
+    marker = tmp_path / "broken-node"
+    wrapper = tmp_path / "megagoku-on-a-broken-node"
+    wrapper.write_text(f"""#!/bin/bash
+# The first node to run this is broken: its workers get a config that does not exist.
+[ -f {marker} ] || echo "$SLURMD_NODENAME" > {marker}
+if [ "$(cat {marker})" = "$SLURMD_NODENAME" ]; then
+    set -- "${{@/configs\\/tiny.yaml/{tmp_path}/missing.yaml}}"
+fi
+exec {sys.executable} -m megagoku "$@"
+""")
+    wrapper.chmod(0o755)
+    run_dir = tmp_path / "run"
+    env = (f"ALL,MEGAGOKU={wrapper},NPROC_PER_NODE=1,MAX_RESTARTS=1,OMP_NUM_THREADS=1,"
+           "PYTHONUNBUFFERED=1")
+    proc = subprocess.run(["sbatch", "--parsable", "--nodes=1", f"--output={run_dir}.out",
+                           f"--export={env}", str(SBATCH), str(run_dir), "--", *TRAIN,
+                           "--set", "train.steps=4"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    deadline = time.time() + 600
+    while time.time() < deadline:  # the job, then the one it submits without the broken node
+        queued = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True)
+        if "megagoku" not in queued.stdout and \
+                (run_dir / "checkpoints" / "step_00000004").is_dir():
+            break
+        time.sleep(1)
+    log = log_of(Path(f"{run_dir}.out"))
+    broken = marker.read_text().strip()
+    assert f"node(s) {broken} failed repeatedly: resubmitted as job" in log, log[-4000:]
+    assert int(job) > 0
+    assert (run_dir / "checkpoints" / "step_00000004" / "manifest.json").is_file(), log[-4000:]
+    trained_on = {e["node"] for e in events(run_dir) if e["event"] == "training_started"}
+    assert trained_on and broken not in trained_on
