@@ -30,7 +30,7 @@ from safetensors import safe_open
 
 from megagoku.train.checkpoint import (MODEL_CONFIG, MODEL_FILE, MODEL_FORMAT, WEIGHT_KINDS,
                                        CheckpointError, CheckpointReader, find_checkpoint,
-                                       is_model_dir, verify_checkpoint)
+                                       is_model_dir, verify_checkpoint, verify_model_dir)
 
 # safetensors dtype names <-> torch dtypes
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16,
@@ -156,10 +156,7 @@ def inspect(path: str | Path) -> dict:
     broken one."""
     path = Path(path)
     if is_model_dir(path):
-        meta = json.loads((path / MODEL_CONFIG).read_text())
-        from megagoku.train.checkpoint import verify_model_dir
-
-        verify_model_dir(path)
+        meta = verify_model_dir(path)
         with safe_open(str(path / MODEL_FILE), framework="pt") as f:
             tensors = {k: _describe(f.get_slice(k)) for k in sorted(f.keys())}
         return {"kind": "model", "path": str(path), "step": meta["step"],
