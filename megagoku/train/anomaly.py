@@ -45,7 +45,7 @@ class AnomalyDetector:
         if self.spike_factor > 0 and len(self.recent) == self.recent.maxlen:
             mean = sum(self.recent) / len(self.recent)
             if loss > self.spike_factor * mean:
-                return (f"loss {loss:.4g} is {loss / mean:.1f}x the mean {mean:.4g} of the last "
+                return (f"loss {loss:.4g} is {loss / mean:.3g}x the mean {mean:.4g} of the last "
                         f"{len(self.recent)} steps (train.spike_factor={self.spike_factor:g})")
         return None
 
@@ -80,6 +80,7 @@ def read_skip_steps(run_dir: Path) -> dict[int, str]:
 def add_skip_steps(run_dir: Path, steps: Iterable[int], why: str) -> dict[int, str]:
     """Record steps to skip (rank 0 only); written whole to a temporary file, then renamed."""
     path = Path(run_dir) / SKIP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     known = read_skip_steps(run_dir)
     for step in steps:
         known.setdefault(int(step), why)

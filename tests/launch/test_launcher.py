@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,3 +166,48 @@ def test_sigusr1_saves_and_requeues_then_a_truncated_checkpoint_is_skipped(tmp_p
     resumed = [e for e in events(tmp_path) if e["event"] == "resumed"][-1]
     assert resumed["step"] < stopped["step"]
     assert_bit_identical(tmp_path, uninterrupted)
+
+
+@pytest.mark.slow
+def test_rollbacks_restart_at_once_without_spending_restarts(tmp_path):
+    """Loss spikes (a low spike factor makes them frequent) roll back through `megagoku launch`:
+    each exits 76, the agent restarts at once with no restart budget at all (--max-restarts 0),
+    and the run ends bit-identical to a one-process run told to skip the same steps."""
+    from megagoku.config import load_training_config
+    from megagoku.train.anomaly import SKIP_FILE, add_skip_steps, read_skip_steps
+    from megagoku.train.trainer import train
+
+    spiky = ["train.steps=12", "checkpoint.every=2", "train.anomaly_response=rollback",
+             "train.spike_factor=1.001", "train.spike_window=1", "train.max_anomalies=12",
+             "train.warmup_steps=0"]
+    command = TRAIN + [a for kv in spiky for a in ("--set", kv)]  # later --set wins
+    launched = tmp_path / "launched"
+    proc = start(launched, "--nproc-per-node", "1", "--max-restarts", "0", command=command)
+    # start() launches 2 ranks by default; --nproc-per-node given twice: the last one counts.
+    out = finish(proc)
+    skipped = read_skip_steps(launched)
+    rollbacks = [e for e in events(launched) if e["event"] == "rollback"]
+    assert skipped and len(rollbacks) == len(skipped), out[-3000:]
+    assert "launch succeeded" in out and all(e["exit_codes"] == {"0": 76} for e in rollbacks)
+
+    reference = tmp_path / "reference"
+    add_skip_steps(reference, skipped, "told to")
+    overrides = [kv for kv in spiky if not kv.startswith(("train.anomaly", "train.spike"))]
+    train_args = [TRAIN[i + 1] for i in range(3, len(TRAIN), 2)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the launched worker (OMP_NUM_THREADS=1): the same float sums
+    try:
+        train(load_training_config(ROOT / "configs/tiny.yaml", train_args + overrides),
+              reference, resume="auto")
+    finally:
+        torch.set_num_threads(threads)
+    assert (reference / SKIP_FILE).exists()
+    got, want = final_state_at(launched, 12), final_state_at(reference, 12)
+    assert got.keys() == want.keys() and all(got[k].equal(want[k]) for k in got)
+
+
+def final_state_at(run_dir: Path, step: int) -> dict:
+    tensors = {}
+    for f in sorted((run_dir / "checkpoints" / f"step_{step:08d}").glob("*.safetensors")):
+        tensors.update(load_file(f))
+    return tensors
