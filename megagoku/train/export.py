@@ -51,10 +51,14 @@ class TensorSource:
 
     @property
     def nbytes(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * torch.empty((), dtype=self.dtype).element_size()
+        return tensor_bytes(self.shape, self.dtype)
+
+
+def tensor_bytes(shape: list[int], dtype: torch.dtype) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n * torch.empty((), dtype=dtype).element_size()
 
 
 class Progress:
@@ -180,8 +184,5 @@ def inspect(path: str | Path) -> dict:
 def _describe(piece) -> dict:
     shape = list(piece.get_shape())
     dtype = SAFETENSORS_DTYPES[piece.get_dtype()]
-    n = 1
-    for d in shape:
-        n *= d
     return {"shape": shape, "dtype": str(dtype).removeprefix("torch."),
-            "bytes": n * torch.empty((), dtype=dtype).element_size()}
+            "bytes": tensor_bytes(shape, dtype)}

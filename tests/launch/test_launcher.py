@@ -76,9 +76,10 @@ def wait_until_step(proc: subprocess.Popen, run_dir: Path, rank: int, step: int)
     raise AssertionError(f"rank {rank} never reached step {step}")
 
 
-def final_state(run_dir: Path) -> dict:
-    """Every tensor of the final checkpoint (weights, EMA, AdamW moments), all ranks' files."""
-    ckpt = run_dir / "checkpoints" / f"step_{STEPS:08d}"
+def final_state(run_dir: Path, step: int = STEPS) -> dict:
+    """Every tensor of the checkpoint of `step` (default: the final one): weights, EMA, AdamW
+    moments, all ranks' files."""
+    ckpt = run_dir / "checkpoints" / f"step_{step:08d}"
     tensors = {}
     for f in sorted(ckpt.glob("*.safetensors")):
         tensors.update(load_file(f))
@@ -202,12 +203,6 @@ def test_rollbacks_restart_at_once_without_spending_restarts(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert (reference / SKIP_FILE).exists()
-    got, want = final_state_at(launched, 12), final_state_at(reference, 12)
+    got, want = final_state(launched, 12), final_state(reference, 12)
     assert got.keys() == want.keys() and all(got[k].equal(want[k]) for k in got)
 
-
-def final_state_at(run_dir: Path, step: int) -> dict:
-    tensors = {}
-    for f in sorted((run_dir / "checkpoints" / f"step_{step:08d}").glob("*.safetensors")):
-        tensors.update(load_file(f))
-    return tensors
