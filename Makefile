@@ -14,9 +14,10 @@ install: $(STAMP) $(KERNELS)
 
 # The package itself; the kernels are built in place by the next rule (and rebuilt when csrc/
 # changes), so the editable install skips them.
-$(STAMP): requirements/cpu.txt setup.py
+$(STAMP): requirements/cpu.txt requirements/cpu-nodeps.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -r requirements/cpu.txt
+	$(BIN)/pip install --no-deps -r requirements/cpu-nodeps.txt
 	MEGAGOKU_BUILD_KERNELS=0 $(BIN)/pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

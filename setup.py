@@ -97,6 +97,10 @@ setup(
         # DALI decodes video (on a GPU, every common codec); without it PyAV decodes everything.
         "dali": ["nvidia-dali-cuda120>=1.40"],
         "mpi": ["mpi4py>=4"],
+        # megagoku curate. rapidocr-onnxruntime and scenedetect declare the GUI opencv-python; on
+        # a headless machine install them with --no-deps (requirements/cpu-nodeps.txt).
+        "curate": ["opencv-python-headless>=4.8", "onnxruntime>=1.17", "pyclipper", "shapely",
+                   "rapidocr-onnxruntime>=1.3", "scenedetect>=0.6.4", "matplotlib"],
         "test": ["pytest>=8"],
     },
     entry_points={"console_scripts": ["megagoku=megagoku.cli:main"]},

@@ -62,6 +62,8 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is dict:
+        return f"a mapping of names to {_type_name(typing.get_args(tp)[1])}s"
     if origin in (list, tuple):
         args = typing.get_args(tp)
         if origin is tuple:
@@ -92,6 +94,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError:
                 continue
         raise bad
+    if origin is dict:  # string keys (category names), values of one type
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise bad
+        return {k: _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
     if origin in (list, tuple):  # tuples in the schema have a fixed length
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or (origin is tuple and len(value) != len(args)):

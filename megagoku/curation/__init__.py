@@ -1,0 +1,1 @@
+"""Data curation: from raw videos to a training manifest."""
