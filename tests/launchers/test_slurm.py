@@ -177,3 +177,27 @@ exec {sys.executable} -m megagoku "$@"
     assert (run_dir / "checkpoints" / "step_00000004" / "manifest.json").is_file(), log[-4000:]
     trained_on = {e["node"] for e in events(run_dir) if e["event"] == "training_started"}
     assert trained_on and broken not in trained_on
+
+
+@pytest.mark.slow
+def test_curation_runs_as_a_job_array_and_a_merge_job(tmp_path):
+    """launchers/slurm/curate.sh: 2 shard tasks, then the merge job once both succeeded; the
+    merged funnel counts both shards, and the manifest holds their clips."""
+    from megagoku.curation.synthetic import write_demo_inputs
+
+    inputs = write_demo_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    env = {**os.environ, "MEGAGOKU": f"{sys.executable} -m megagoku", "OMP_NUM_THREADS": "1",
+           "WAIT": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+           "SBATCH_ARGS": f"--output={tmp_path}/%x-%A_%a.out --cpus-per-task=1"}
+    proc = subprocess.run([str(ROOT / "launchers/slurm/curate.sh"), str(out), "2", "--",
+                           "--config", "configs/curate/tiny.yaml", "--input", str(inputs)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("*.out")))
+    assert proc.returncode == 0, proc.stdout + proc.stderr + logs
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["0000-of-0002", "0001-of-0002"]
+    assert "shard 0/2" in logs and "shard 1/2" in logs and "merges the shards" in logs
+    report = json.loads((out / "report.json").read_text())
+    funnel = {s["stage"]: s for s in report}
+    assert funnel["probe"]["inputs"] == 10 and funnel["probe"]["shards"] == 2
+    assert funnel["export"]["kept"] == len((out / "manifest.jsonl").read_text().splitlines()) > 0
