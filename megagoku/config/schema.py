@@ -39,6 +39,10 @@ class ModelConfig:
     # RMSNorm and 3D RoPE: "auto" runs the fused csrc/ kernels where they are built (else the
     # PyTorch reference, said once in the log); "fused" requires them; "reference" never uses them.
     kernels: Literal["auto", "fused", "reference"] = "auto"
+    # Image-to-video (Goku §2.5): the first frame's clean latent, broadcast along time, enters
+    # beside the noisy latent through `cond_embed` (zero-initialised: a model made from a T2V
+    # checkpoint starts as that model).
+    image_condition: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -299,8 +303,13 @@ class TrainConfig:
     # MFU is reported against this peak per device in TFLOP/s; 0: a known GPU's dense bf16 peak
     # under bf16 (H100/H200 989, A100 312), else no MFU.
     peak_tflops: float = 0.0
+    # With model.image_condition: the share of samples trained without their first frame, so
+    # that the model also generates (and classifier-free guidance has) an unconditioned video.
+    image_dropout: float = 0.1
 
     def problems(self) -> Iterator[Problem]:
+        if not 0.0 <= self.image_dropout <= 1.0:
+            yield "image_dropout", f"must be in [0, 1], got {self.image_dropout}"
         if self.steps <= 0:
             yield "steps", f"must be positive, got {self.steps}"
         if self.lr <= 0:

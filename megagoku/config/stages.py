@@ -18,7 +18,8 @@ A stage's config is the base, then its `set` (dotted keys, as `--set`), then the
 checkpoint of `init_from` (default: the stage before; none for the first): its weights, and its
 optimizer moments when `init_optimizer`. Every stage is built and validated when the plan loads,
 so a bad stage stops the plan before the first one starts; all stages must share the model's shape
-(their weights carry over).
+(their weights carry over), except that a stage may add image conditioning (`model.
+image_condition`: an image-to-video stage from a text-to-video one, configs/stages/i2v_tiny.yaml).
 """
 
 from __future__ import annotations
@@ -139,15 +140,31 @@ def load_stage_plan(path: str | Path, overrides: Iterable[str] = ()) -> StagePla
                                                stage_overrides + command_line, base_path.parent)
         except ConfigError as e:
             raise ConfigError(str(e)) from None
-        if stages and to_dict(config.model) != to_dict(stages[0].config.model):
-            field = next(k for k, v in to_dict(config.model).items()
-                         if to_dict(stages[0].config.model)[k] != v)
+        if stages and _shape(config) != _shape(stages[0].config):
+            field = next(k for k, v in _shape(config).items() if _shape(stages[0].config)[k] != v)
             raise ConfigError(f"{where}.set: model.{field} differs from stage "
                               f"{stages[0].name!r}: every stage trains the same weights")
+        parent = next((s for s in stages if s.name == init_from), None)
+        if parent is not None and parent.config.model.image_condition \
+                and not config.model.image_condition:
+            raise ConfigError(f"{where}.set: model.image_condition: stage {init_from!r} is an "
+                              "image-to-video model; a stage from it must be one too")
+        if parent is not None and init_optimizer and \
+                parent.config.model.image_condition != config.model.image_condition:
+            raise ConfigError(f"{where}.init_optimizer: this stage adds image conditioning, "
+                              f"whose new weights {init_from!r}'s optimizer state lacks")
         stages.append(Stage(name, config, init_from, init_optimizer))
 
     run_dir = data.get("run_dir") or f"checkpoints/{data.get('name') or path.stem}"
     return StagePlan(str(data.get("name") or path.stem), source, Path(run_dir), stages)
+
+
+def _shape(config) -> dict:
+    """The model's shape as stages must share it. Image conditioning may be added by a later
+    stage (image-to-video from a text-to-video stage): its new input weights start at zero."""
+    shape = to_dict(config.model)
+    shape.pop("image_condition")
+    return shape
 
 
 def _yaml_scalar(value: object) -> str:

@@ -77,6 +77,23 @@ class PackedBatch:
         return list(tokens.split(self.tokens_per_sample().tolist()))
 
 
+def first_frame_tokens(batch: "PackedBatch", patch: Sequence[int], channels: int,
+                       keep: Optional[Sequence[bool]] = None) -> torch.Tensor:
+    """The I2V condition of a pack, (L, patch_dim): for every token, the patch at its (h, w) of
+    its sample's first latent frame broadcast along time (Goku §2.5), patchified like the
+    tokens. Zeros for images (nothing to animate) and for samples with keep[i] False (dropped
+    for classifier-free guidance)."""
+    pieces = []
+    for i, (tokens, grid) in enumerate(zip(batch.split(batch.tokens), batch.grids)):
+        if batch.kinds[i] != "video" or (keep is not None and not keep[i]):
+            pieces.append(torch.zeros_like(tokens))
+            continue
+        latent = unpatchify(tokens, grid, patch, channels)
+        first = latent[:, :1].expand(-1, latent.shape[1], -1, -1)
+        pieces.append(patchify(first, patch)[0])
+    return torch.cat(pieces)
+
+
 def pack(latents: Sequence[torch.Tensor], captions: Sequence[str], kinds: Sequence[str],
          patch: Sequence[int], texts: Optional[Sequence[torch.Tensor]] = None) -> PackedBatch:
     tokens, positions, grids, lengths = [], [], [], [0]

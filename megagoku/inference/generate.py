@@ -1,8 +1,11 @@
-"""Text-to-video and text-to-image generation with a trained GokuTransformer.
+"""Text-to-video, text-to-image and image-to-video generation with a trained GokuTransformer.
 
 Several prompts are generated in one packed sequence; with CFG the conditional and the
 unconditional (empty caption) copies ride in the same pack, so each Euler step is one forward.
 Sample i's noise comes from `seed + i`, so a video does not change with the batch it is in.
+Image-to-video (a model trained with `model.image_condition`) adds the first frame's latent,
+broadcast along time, to every token (Goku §2.5); the unconditional copy keeps the image and
+drops only the caption, so CFG strengthens the prompt while the first frame stays given.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from megagoku.config import TrainingConfig, training_config_from_dict
-from megagoku.data.packing import grid_positions, unpatchify
+from megagoku.data.packing import grid_positions, patchify, unpatchify
 from megagoku.flow import euler_sample, guided_velocity, sampling_schedule, time_shift_for
 from megagoku.models import GokuTransformer, TextEncoder, build_latent_space, build_model
 from megagoku.config import ParallelConfig
@@ -40,9 +43,11 @@ class Generator:
     def generate(self, prompts: list[str], frames: int, height: int, width: int,
                  steps: int, cfg_scale: float, seed: int = 0,
                  progress: Optional[Callable[[int, int], None]] = None,
-                 seeds: Optional[list[int]] = None) -> list[torch.Tensor]:
+                 seeds: Optional[list[int]] = None,
+                 images: Optional[list[torch.Tensor]] = None) -> list[torch.Tensor]:
         """-> one video (3, frames, height, width) in [-1, 1] per prompt; sample i's noise comes
-        from seeds[i] (default seed + i); `progress(step, steps)` after each Euler step."""
+        from seeds[i] (default seed + i); `progress(step, steps)` after each Euler step.
+        `images`: each prompt's first frame, (3, height, width) in [-1, 1] (I2V models)."""
         cfg = self.config
         patch = cfg.model.patch_size
         channels, lt, lh, lw = self.latent_space.latent_shape(frames, height, width)
@@ -70,13 +75,17 @@ class Generator:
             text, text_cu = torch.cat([text, null_text]), _concat_cu(text_cu, null_cu)
         text, text_cu = text.to(device), text_cu.to(device)
         copies = 2 if guided else 1
+        first = None
+        if images is not None:
+            first = self.first_frame_tokens(images, b, lt, (lh, lw)).to(device).repeat(copies, 1)
 
         shard = current_shard()  # under Ulysses each rank runs its slice of the pack
 
         def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
             xx = x.repeat(copies, 1)
             tt = torch.full((copies * b,), t, device=device)
-            local = self.model(shard.slice(xx), tt, shard.slice(positions), cu, text, text_cu)
+            local = self.model(shard.slice(xx), tt, shard.slice(positions), cu, text, text_cu,
+                               None if first is None else shard.slice(first))
             v = gather_shards(local, xx.shape[0])  # every rank integrates the whole pack
             if guided:
                 v_cond, v_uncond = v.chunk(2)
@@ -90,6 +99,27 @@ class Generator:
             latent = unpatchify(tokens, grid, patch, channels)
             videos.append(self.latent_space.decode(latent))
         return videos
+
+    def first_frame_tokens(self, images: list[torch.Tensor], count: int, latent_frames: int,
+                           latent_size: tuple[int, int]) -> torch.Tensor:
+        """Each image encoded as a one-frame video (a causal VAE encodes a clip's first frame
+        alone, so this is the latent a clip starting with it has), broadcast along time and
+        patchified: the tokens the model was trained with (`data.packing.first_frame_tokens`)."""
+        if self.model.cond_embed is None:
+            raise ValueError("an image was given but this model has no image conditioning "
+                             "(train an I2V model: model.image_condition: true)")
+        if len(images) != count:
+            raise ValueError(f"{len(images)} images for {count} prompts")
+        device = next(self.model.parameters()).device
+        tokens = []
+        for image in images:
+            latent = self.latent_space.encode(image[:, None].to(device))
+            if tuple(latent.shape[2:]) != latent_size:
+                raise ValueError(f"the image's latent is {tuple(latent.shape[2:])}, the video's "
+                                 f"{latent_size}: give an image of the video's size")
+            latent = latent.expand(-1, latent_frames, -1, -1)
+            tokens.append(patchify(latent, self.config.model.patch_size)[0])
+        return torch.cat(tokens)
 
 
 def load_generator(config_dict: dict, state_dict: dict[str, torch.Tensor], source: str,

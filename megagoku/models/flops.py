@@ -20,7 +20,8 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, text_len: int) -> dict[str, 
         + 2 * 2 * d * hidden  # MLP
         + 2 * d * 6 * d / seq_len  # adaLN, once per sample
     )
-    forward = 2 * p * d + cfg.depth * per_block + 2 * d * p + 2 * d * 2 * d / seq_len
+    embed = 2 * p * d * (2 if cfg.image_condition else 1)  # I2V: the first frame's patches too
+    forward = embed + cfg.depth * per_block + 2 * d * p + 2 * d * 2 * d / seq_len
     return {"forward": forward, "train": 3 * forward}
 
 

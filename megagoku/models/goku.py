@@ -21,6 +21,7 @@ under megatron sequence parallelism the residual stream between the TP regions h
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -139,6 +140,11 @@ class GokuTransformer(nn.Module):
         dim = cfg.hidden_size
         self.rope_split = cfg.resolved_rope_split()
         self.patch_embed = nn.Linear(cfg.patch_dim, dim)  # = Conv3d with kernel = stride = patch
+        # I2V: the first frame's patches next to each noisy patch. A Linear of the concatenated
+        # channels is patch_embed(x) + cond_embed(c): the widened patch embedding, kept as its
+        # own tensor so that a T2V checkpoint loads as it is and this part starts at zero.
+        self.cond_embed = nn.Linear(cfg.patch_dim, dim, bias=False) if cfg.image_condition \
+            else None
         self.t_embedder = TimestepEmbedder(dim, cfg.timestep_freq_dim)
         self.text_norm = RMSNorm(cfg.text_dim, cfg.norm_eps, kernels=cfg.kernels)
         self.blocks = nn.ModuleList(GokuBlock(cfg, tp_size, mp_config, replicated_input_config)
@@ -153,12 +159,19 @@ class GokuTransformer(nn.Module):
             return
         nn.init.xavier_uniform_(self.patch_embed.weight)
         nn.init.zeros_(self.patch_embed.bias)
+        if self.cond_embed is not None:
+            nn.init.zeros_(self.cond_embed.weight)
         for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
             nn.init.zeros_(layer.bias)
         for layer in (self.final.adaln, self.final.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    def new_input_weights(self) -> set[str]:
+        """Weights that a checkpoint of the same model without image conditioning lacks, and
+        that start at zero when it initialises this one (`checkpoint.init_from`)."""
+        return {"cond_embed.weight"} if self.cond_embed is not None else set()
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The tensors of the state dict (megatron layers add `_extra_state` entries that hold
@@ -174,10 +187,13 @@ class GokuTransformer(nn.Module):
                            f"unexpected {unexpected[:4]}")
 
     def forward(self, tokens: torch.Tensor, timesteps: torch.Tensor, positions: torch.Tensor,
-                cu_seqlens: torch.Tensor, text: torch.Tensor,
-                text_cu_seqlens: torch.Tensor) -> torch.Tensor:
+                cu_seqlens: torch.Tensor, text: torch.Tensor, text_cu_seqlens: torch.Tensor,
+                first_frame: Optional[torch.Tensor] = None) -> torch.Tensor:
         """tokens (L, patch_dim), timesteps (B,), positions (L, 3), cu_seqlens (B+1,),
         text (S, text_dim), text_cu_seqlens (B+1,) -> velocity (L, patch_dim).
+
+        `first_frame` (L, patch_dim), I2V models only: each token's patch of its sample's first
+        frame (`data.packing.first_frame_tokens`); zeros, or None, for no image.
 
         Under Ulysses, `tokens` and `positions` are this rank's slice of the padded pack
         (`parallel.current_shard().slice(...)`) and so is the output; `cu_seqlens` always
@@ -195,6 +211,10 @@ class GokuTransformer(nn.Module):
         ctx = build_pack_context(cu_seqlens, text_cu_seqlens, shard, tensor_parallel_rank(),
                                  lay.tensor_parallel if lay.megatron_sp else 1)
         x = self.patch_embed(tokens)
+        if first_frame is not None:
+            if self.cond_embed is None:
+                raise ValueError("first_frame given to a model without model.image_condition")
+            x = x + self.cond_embed(first_frame.to(x.dtype))
         if lay.megatron_sp:
             x = scatter_sequence(x)
         cond = self.t_embedder(timesteps)

@@ -6,7 +6,9 @@ extrapolates). `--prompts FILE` samples every line of FILE (blank and # lines sk
 folder `--out` as `--format` files; `--seeds N` gives N samples per prompt (seeds seed..seed+N-1).
 A progress line per prompt batch shows the Euler steps with rate and ETA. Under torchrun or
 `megagoku launch`, `--ulysses N` (and `--tensor-parallel N`) split a long video over N ranks;
-the first rank writes the files."""
+the first rank writes the files. `--image FIRST.png` (image-to-video, a model trained with
+`model.image_condition`) starts every video from that frame, resized to cover the video's size
+and centre-cropped."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ def register(subparsers) -> None:
                    help="output file (.mp4, .webm, .gif or .png); with --prompts, a folder")
     p.add_argument("--format", choices=("mp4", "webm", "gif", "png"),
                    help="with --prompts: the files' format (default mp4; png for --frames 1)")
+    p.add_argument("--image", help="image-to-video: the first frame (PNG/JPEG), for I2V models")
     p.add_argument("--seeds", type=int, default=1, help="samples per prompt (default 1)")
     p.add_argument("--batch", type=int, default=4, help="videos generated together (default 4)")
     p.add_argument("--frames", type=int, help="video frames (1 = an image)")
@@ -62,6 +65,17 @@ def read_prompts(path: str) -> list[str]:
     if not prompts:
         raise ConfigError(f"--prompts {path}: no prompts (one per line; # starts a comment)")
     return prompts
+
+
+def read_first_frame(path: str, height: int, width: int):
+    """The image as (3, height, width) in [-1, 1]: resized to cover, centre-cropped."""
+    from megagoku.config import ConfigError
+    from megagoku.data.decode import DecodeError, Target, decode_image
+
+    try:
+        return decode_image(Path(path), Target(height, width))[:, 0]
+    except DecodeError as e:
+        raise ConfigError(f"--image {e}") from None
 
 
 def slug(prompt: str) -> str:
@@ -120,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
     data, sample = gen.config.data, gen.config.sample
     pick = lambda value, default: default if value is None else value  # noqa: E731
     frames = pick(args.frames, 1 if suffix == ".png" else data.frames)
+    height, width = pick(args.height, data.height), pick(args.width, data.width)
+    image = read_first_frame(args.image, height, width) if args.image else None
     seed = pick(args.seed, sample.seed)
     # (prompt index, prompt, seed) of every sample; a sample's seed fixes its noise, so it does
     # not change with the batch it rides in.
@@ -129,10 +145,14 @@ def run(args: argparse.Namespace) -> int:
         chunk = jobs[start:start + args.batch]
         progress = StepProgress(f"samples {start + 1}-{start + len(chunk)} of {len(jobs)}") \
             if first else None
-        videos = gen.generate([p for _, p, _ in chunk], frames, pick(args.height, data.height),
-                              pick(args.width, data.width), pick(args.steps, sample.steps),
-                              pick(args.cfg, sample.cfg_scale), progress=progress,
-                              seeds=[s for _, _, s in chunk])
+        try:
+            videos = gen.generate([p for _, p, _ in chunk], frames, height, width,
+                                  pick(args.steps, sample.steps), pick(args.cfg, sample.cfg_scale),
+                                  progress=progress, seeds=[s for _, _, s in chunk],
+                                  images=None if image is None else [image] * len(chunk))
+        except ValueError as e:
+            raise ConfigError(f"--image {args.image}: {e}" if image is not None else str(e)) \
+                from None
         for (i, prompt, s), video in zip(chunk, videos if first else []):
             if args.prompts:
                 path = Path(args.out) / f"{i:03d}_{slug(prompt)}_seed{s}{suffix}"

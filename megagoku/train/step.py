@@ -31,14 +31,17 @@ def autocast(precision: str, device: torch.device):
 
 def step_loss(model: nn.Module, batch: PackedBatch, text: torch.Tensor,
               text_cu_seqlens: torch.Tensor, flow: FlowConfig, generator: torch.Generator,
-              shard: SequenceShard, precision: str = "fp32"
+              shard: SequenceShard, precision: str = "fp32",
+              first_frame: Optional[torch.Tensor] = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(this rank's loss share, its per-sample error shares, per-sample t)."""
+    """(this rank's loss share, its per-sample error shares, per-sample t). `first_frame`: the
+    pack's I2V condition (`data.packing.first_frame_tokens`), for image-conditioned models."""
     positions = shard.slice(batch.positions)
+    condition = None if first_frame is None else shard.slice(first_frame)
 
     def velocity(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with autocast(precision, x_t.device):
-            return model(x_t, t, positions, batch.cu_seqlens, text, text_cu_seqlens)
+            return model(x_t, t, positions, batch.cu_seqlens, text, text_cu_seqlens, condition)
 
     return training_loss(velocity, batch.tokens, batch.segment, batch.tokens_per_sample(), flow,
                          generator, local=shard.slice)

@@ -19,8 +19,9 @@ TP=2 or under ZeRO-3 loads at TP=1 or ZeRO-1, or on one process.
 from __future__ import annotations
 
 import base64
+import logging
 import random
-from typing import Callable, Optional
+from typing import Callable, Collection, Optional
 
 import numpy as np
 import torch
@@ -30,6 +31,8 @@ from megagoku.parallel import state as grid
 from megagoku.parallel.weights import gather_tp, gathered, is_tp_split, tp_piece
 from megagoku.train.checkpoint import CheckpointError, CheckpointReader, assign_writers
 from megagoku.train.ema import EMA
+
+log = logging.getLogger(__name__)
 
 OPTIMIZER_MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -112,15 +115,24 @@ def _piece(reader: CheckpointReader, key: str, like: torch.Tensor) -> torch.Tens
     return tp_piece(whole, like)
 
 
-def restore_weights(model: nn.Module, ema: EMA, reader: CheckpointReader) -> None:
+def restore_weights(model: nn.Module, ema: EMA, reader: CheckpointReader,
+                    fresh: Collection[str] = ()) -> None:
     """Weights and EMA from `reader`, each rank keeping its TP piece; before DeepSpeed wraps the
-    model (its ZeRO partitions are built from these)."""
+    model (its ZeRO partitions are built from these). Names in `fresh` that the reader lacks
+    keep their initial values (an I2V model's new input weights, from a T2V checkpoint)."""
     params = dict(model.named_parameters())
     weights = {}
     for name, tensor in model.weights().items():
+        if name in fresh and not reader.has(f"model/{name}"):
+            log.info("%s: %s is not in it: starts at its initial value (zero)", reader.path, name)
+            weights[name] = tensor
+            continue
         weights[name] = _piece(reader, f"model/{name}", params.get(name, tensor))
     model.load_weights(weights)
     for name, shadow in ema.shadow.items():
+        if name in fresh and not reader.has(f"ema/{name}"):
+            shadow.copy_(params[name].detach())
+            continue
         shadow.copy_(_piece(reader, f"ema/{name}", params[name]))
     ema.updates = int(reader.state["ema_updates"])
 

@@ -34,7 +34,7 @@ from megagoku.config import ConfigError, TrainingConfig, to_dict
 from megagoku.data import ManifestError, PackingLoader, ShapesDataset
 from megagoku.data.cache import CachedDataset, check_cache_matches
 from megagoku.data.files import ManifestDataset
-from megagoku.data.packing import reshard_loader_states
+from megagoku.data.packing import first_frame_tokens, reshard_loader_states
 from megagoku.launch.events import EventLog
 from megagoku.launch.heartbeat import Heartbeat
 from megagoku.models import TextEncoder, build_latent_space, build_model
@@ -334,8 +334,9 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
 
     model = build_model(config.model).to(device)
     ema = EMA(model, tcfg.ema_decay)  # before ZeRO-3 partitions the parameters
-    if reader is not None or init is not None:
-        restore_weights(model, ema, reader or init)  # before DeepSpeed builds its partitions
+    if reader is not None or init is not None:  # before DeepSpeed builds its partitions
+        restore_weights(model, ema, reader or init,
+                        fresh=model.new_input_weights() if reader is None else ())
     if init is not None:
         ema = EMA(model, tcfg.ema_decay)  # a new stage averages from its initial weights
     apply_activation_checkpointing(model.blocks, config.parallel.activation_checkpointing,
@@ -419,10 +420,15 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
             batch = loader.next_pack().to(device)
             drop = torch.rand(batch.num_samples, generator=generator) < config.text.dropout
             text, text_cu = caption_features(text_encoder, batch, drop.tolist())
+            first_frame = None
+            if config.model.image_condition:  # I2V: each video's first frame, sometimes dropped
+                keep = torch.rand(batch.num_samples, generator=generator) >= tcfg.image_dropout
+                first_frame = first_frame_tokens(batch, config.model.patch_size,
+                                                 config.model.in_channels, keep.tolist())
             data_seconds = time.perf_counter() - t0
 
             loss, per_sample, _ = step_loss(model, batch, text, text_cu, config.flow, generator,
-                                            shard, tcfg.precision)
+                                            shard, tcfg.precision, first_frame)
             # The pack's loss (Ulysses shares summed), averaged over the replicas: the same
             # value on every rank, so every rank takes the same decision below.
             loss_value = float(mean_over(pack_total(loss), gradient_group()))

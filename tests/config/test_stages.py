@@ -48,6 +48,11 @@ def write(tmp_path, stages: str, extra: str = "") -> str:
     ("  - name: a\n    init_optimizer: true\n", r"init_optimizer: the first stage"),
     ("  - name: a\n    steps: 3\n", r"stages\[0\]\.steps: unknown key"),
     ("  - name: 'a b'\n", r"stages\[0\]\.name: expected a name"),
+    ("  - name: a\n  - name: b\n    init_optimizer: true\n    set: {model: {image_condition: true}}\n",
+     r"\(b\)\.init_optimizer: this stage adds image conditioning"),
+    ("  - name: a\n    set: {model: {image_condition: true}}\n  - name: b\n"
+     "    set: {model: {image_condition: false}}\n",
+     r"\(b\)\.set: model\.image_condition: stage 'a' is an image-to-video model"),
 ])
 def test_bad_plans_are_refused_naming_the_stage_and_field(tmp_path, stages, message):
     with pytest.raises(ConfigError, match=message) as e:
@@ -64,3 +69,11 @@ def test_a_plan_without_stages_or_base_is_refused(tmp_path):
     path.write_text("base: b.yaml\nstages: []\n")
     with pytest.raises(ConfigError, match="stages: expected a non-empty list"):
         load_stage_plan(path)
+
+
+def test_the_i2v_plan_adds_image_conditioning_to_its_t2v_stage():
+    p = load_stage_plan("configs/stages/i2v_tiny.yaml")
+    t2v, i2v = p.stages
+    assert not t2v.config.model.image_condition and i2v.config.model.image_condition
+    assert i2v.init_from == "t2v" and not i2v.init_optimizer
+    assert i2v.config.data.image_fraction == 0.0 and i2v.config.train.image_dropout == 0.1
