@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
@@ -31,6 +30,7 @@ from megagoku.curation.records import Appender, Row, count_rows, read_rows, writ
 from megagoku.curation.report import funnel_markdown, write_stats
 from megagoku.curation.stages import MAP_STAGES, Stage
 from megagoku.data.manifest import record_problems
+from megagoku.progress import RateMeter, format_duration
 
 log = logging.getLogger(__name__)
 INTERNAL = "_from"  # which input a row came from: how a resumed stage knows what is done
@@ -42,17 +42,16 @@ class Progress:
     def __init__(self, stage: str, total: int, every: float = 5.0,
                  emit: Callable[[str], None] = print):
         self.stage, self.total, self.every, self.emit = stage, total, every, emit
-        self.start = self.last = time.monotonic()
+        self.meter, self.last = RateMeter(total), 0.0
 
     def update(self, done: int, kept: int, dropped: int, final: bool = False) -> None:
-        now = time.monotonic()
+        now = self.meter.elapsed()
         if not final and now - self.last < self.every:
             return
         self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else 0.0
-        self.emit(f"curate {self.stage}: {done}/{self.total} ({rate:.2f}/s, "
-                  f"ETA {eta:.0f} s), kept {kept}, dropped {dropped}")
+        rate, eta = self.meter.measure(done)
+        self.emit(f"curate {self.stage}: {done}/{self.total} files ({rate:.2f}/s, "
+                  f"ETA {format_duration(eta)}), kept {kept}, dropped {dropped}")
 
 
 def _thresholds(cfg: CurateConfig) -> dict[str, tuple]:

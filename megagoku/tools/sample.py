@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
 from pathlib import Path
 
 
@@ -86,17 +85,20 @@ class StepProgress:
     """One line per batch, rewritten in place on a terminal: Euler step, rate, ETA."""
 
     def __init__(self, label: str, stream=None):
+        from megagoku.progress import RateMeter
+
         self.label, self.stream = label, stream or sys.stderr
-        self.start = time.perf_counter()
+        self.meter = RateMeter(0)
 
     def __call__(self, done: int, total: int) -> None:
-        elapsed = time.perf_counter() - self.start
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 else float("inf")
+        from megagoku.progress import format_duration
+
+        self.meter.total = total
+        rate, eta = self.meter.measure(done)
         end = "\n" if done == total or not self.stream.isatty() else "\r"
         if done == total or self.stream.isatty() or done % max(1, total // 4) == 0:
-            print(f"{self.label}: step {done}/{total}, {rate:.2f} step/s, ETA {eta:.0f} s",
-                  end=end, file=self.stream, flush=True)
+            print(f"{self.label}: step {done}/{total}, {rate:.2f} step/s, "
+                  f"ETA {format_duration(eta)}", end=end, file=self.stream, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:

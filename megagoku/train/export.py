@@ -20,7 +20,6 @@ import json
 import os
 import struct
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -28,6 +27,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from safetensors import safe_open
 
+from megagoku.progress import RateMeter, format_duration
 from megagoku.train.checkpoint import (MODEL_CONFIG, MODEL_FILE, MODEL_FORMAT, WEIGHT_KINDS,
                                        CheckpointError, CheckpointReader, find_checkpoint,
                                        is_model_dir, verify_checkpoint, verify_model_dir)
@@ -66,17 +66,17 @@ class Progress:
 
     def __init__(self, total: int, label: str, every_s: float = 2.0, stream=sys.stderr):
         self.total, self.label, self.every_s, self.stream = total, label, every_s, stream
-        self.done, self.start, self.last = 0, time.perf_counter(), 0.0
+        self.done, self.meter, self.last = 0, RateMeter(total), 0.0
 
     def add(self, nbytes: int) -> None:
         self.done += nbytes
-        now = time.perf_counter() - self.start
+        now = self.meter.elapsed()
         if now - self.last >= self.every_s or self.done == self.total:
             self.last = now
-            rate = self.done / max(now, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            rate, eta = self.meter.measure(self.done)
             print(f"{self.label}: {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB, "
-                  f"{rate / 1e6:.0f} MB/s, ETA {eta:.0f} s", file=self.stream, flush=True)
+                  f"{rate / 1e6:.0f} MB/s, ETA {format_duration(eta)}", file=self.stream,
+                  flush=True)
 
 
 def write_safetensors(path: Path, sources: Iterable[TensorSource],

@@ -12,12 +12,7 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+from megagoku.progress import format_duration
 
 
 @dataclass
