@@ -34,7 +34,8 @@ SHARD_STAGES = STAGES[:5]
 
 @dataclass
 class ProbeConfig:
-    """Pre-filter on container metadata (Goku: >= 4 s, short side >= 480, >= 500 kbps, >= 24 fps)."""
+    """Pre-filter on container metadata (Goku: >= 4 s, short side >= 480, >= 500 kbps,
+    >= 24 fps)."""
 
     min_duration: float = 4.0
     min_side: int = 480  # images too

@@ -60,8 +60,9 @@ def _thresholds(cfg: CurateConfig) -> dict[str, tuple]:
             "motion": (f.min_motion, f.max_motion)}
 
 
-def _finish(stage_dir: Path, cfg: CurateConfig, inputs: int) -> dict:
-    stats = write_stats(stage_dir, inputs, _thresholds(cfg))
+def _finish(stage_dir: Path, cfg: CurateConfig, inputs: int,
+            kept_file: Optional[Path] = None) -> dict:
+    stats = write_stats(stage_dir, inputs, _thresholds(cfg), kept_file)
     (stage_dir / "DONE").write_text("")
     log.info("curate %s: %d in, %d kept, dropped %s", stage_dir.name, inputs, stats["kept"],
              stats["dropped"] or "none")
@@ -123,7 +124,8 @@ def run_map_stage(name: str, cfg: CurateConfig, source: Path, work_dir: Path,
     if done:
         emit(f"curate {name}: resuming, {len(done)} of {total} inputs already done")
     pending = (row for row in read_rows(source) if row["id"] not in done)
-    kept_out, dropped_out = Appender(stage_dir / "records.jsonl"), Appender(stage_dir / "dropped.jsonl")
+    kept_out = Appender(stage_dir / "records.jsonl")
+    dropped_out = Appender(stage_dir / "dropped.jsonl")
     progress = Progress(name, total, emit=emit)
     counts = Counter(kept=0, dropped=0)
     pool = None
@@ -329,8 +331,7 @@ def run_export(cfg: CurateConfig, source: Path, out: Path) -> dict:
 
     n = write_rows(out / "manifest.jsonl", rows())
     stage_dir.mkdir(parents=True, exist_ok=True)
-    write_rows(stage_dir / "records.jsonl", read_rows(out / "manifest.jsonl"))
-    stats = _finish(stage_dir, cfg, count_rows(source))
+    stats = _finish(stage_dir, cfg, count_rows(source), kept_file=out / "manifest.jsonl")
     log.info("curate: wrote %s (%d records)", out / "manifest.jsonl", n)
     return stats
 

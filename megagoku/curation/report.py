@@ -48,12 +48,15 @@ class Reservoir:
                 "p95": round(float(p[2]), 4)}
 
 
-def stage_stats(stage_dir: Path, inputs: int) -> tuple[dict, dict[str, tuple[list, list]]]:
-    """(stats, {score: (kept values, dropped values)}) from records.jsonl and dropped.jsonl."""
+def stage_stats(stage_dir: Path, inputs: int, kept_file: Optional[Path] = None
+                ) -> tuple[dict, dict[str, tuple[list, list]]]:
+    """(stats, {score: (kept values, dropped values)}) from the stage's records.jsonl (or
+    `kept_file`) and dropped.jsonl."""
     kept, reasons, seconds = 0, Counter(), 0.0
     scores: dict[str, tuple[Reservoir, Reservoir]] = {}
-    for name, is_kept in (("records.jsonl", True), ("dropped.jsonl", False)):
-        for row in read_rows(stage_dir / name):
+    for path, is_kept in ((kept_file or stage_dir / "records.jsonl", True),
+                          (stage_dir / "dropped.jsonl", False)):
+        for row in read_rows(path):
             if is_kept:
                 kept += 1
                 if row.get("kind") == "video" and "end" in row:
@@ -96,9 +99,10 @@ def score_histogram(path: Path, title: str, kept: list[float], dropped: list[flo
     return path
 
 
-def write_stats(stage_dir: Path, inputs: int, thresholds: dict[str, tuple]) -> dict:
+def write_stats(stage_dir: Path, inputs: int, thresholds: dict[str, tuple],
+                kept_file: Optional[Path] = None) -> dict:
     """stats.json and one histogram per score; returns the stats."""
-    stats, values = stage_stats(stage_dir, inputs)
+    stats, values = stage_stats(stage_dir, inputs, kept_file)
     for name, (kept, dropped) in sorted(values.items()):
         score_histogram(stage_dir / f"hist_{name}.png", f"{stage_dir.name}: {name}", kept,
                         dropped, thresholds.get(name, ()))
