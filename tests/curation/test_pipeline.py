@@ -20,6 +20,8 @@ from megagoku.curation.records import read_rows
 from megagoku.curation.stages import FilterStage
 from megagoku.curation.synthetic import write_demo_inputs
 from megagoku.data.manifest import load_manifest
+from tests.curation.test_captioning import captioner_dir  # noqa: F401 - fixtures
+from tests.curation.test_features import clip_dir, dino_dir  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "curate" / "tiny.yaml"
@@ -234,3 +236,43 @@ def test_the_curated_manifest_trains(demo, tmp_path):
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+def test_model_backends_run_through_the_pipeline(demo, tmp_path, dino_dir, clip_dir,
+                                                 captioner_dir):
+    """DINOv2 features for the split, the LAION head over CLIP for aesthetics and an
+    image-to-text model for captions, all from local directories (tiny random ones here)."""
+    import torch
+
+    from megagoku.curation.aesthetic import LaionAestheticHead
+
+    out, inputs, truth, _ = demo
+    head = tmp_path / "head.pth"
+    torch.manual_seed(0)
+    torch.save(LaionAestheticHead(16).state_dict(), head)
+    subset = tmp_path / "inputs.jsonl"
+    lines = inputs.read_text().splitlines()
+    subset.write_text("\n".join(line.replace('"raw/', f'"{inputs.parent}/raw/')
+                                for line in lines if "cuts.mp4" in line or "still_0" in line))
+    cfg = load_curate_config(TINY, [
+        "split.features=dinov2", f"split.model_dir={dino_dir}", "split.similarity=0.01",
+        "filter.aesthetic=laion", f"filter.clip_dir={clip_dir}", f"filter.head_path={head}",
+        "filter.min_aesthetic=null", "filter.min_motion=null", "filter.max_motion=null",
+        "filter.max_text_coverage=null",
+        "caption.sources=[model, existing]", "caption.strategy=join",
+        f"caption.model_dir={captioner_dir}", "balance.enabled=false"])
+    pipeline.run(cfg, subset, tmp_path / "out", emit=lambda line: None)
+    records = rows(tmp_path / "out", "caption")
+    clips = [r for r in records if r["kind"] == "video"]
+    # A similarity threshold of 0.01 does not cut: only the hard cut splits, and the 8 s cap
+    # halves the 8.5 s after it.
+    assert [(r["start"], r["end"]) for r in clips] == [(0.0, 5.0), (5.0, 9.25), (9.25, 13.5)]
+    assert all(r["fine_cuts"] == 0 for r in clips)
+    heuristic = {r["id"]: r["scores"]["aesthetic"] for r in rows(out, "filter")}
+    for r in records:
+        model_caption = r["captions"]["model"]
+        assert model_caption and r["caption"].startswith(model_caption.rstrip(".") + ".")
+        existing = r["caption"][len(model_caption.rstrip(".")) + 2:]
+        assert existing.rstrip(".") in {c["text"] for c in truth["cuts"]["captions"]} | {
+            "a photo of a blue triangle over a textured background"}
+        assert r["scores"]["aesthetic"] != heuristic.get(r["id"])  # the LAION head's, not ours
