@@ -53,7 +53,7 @@ class ClassifierSpec:
     displacement: tuple[float, float] = (0.6, 0.8)
     channels: tuple[int, int, int] = (16, 32, 64)
     features: int = 64
-    steps: int = 500
+    steps: int = 1000
     batch: int = 32  # videos per step, and as many images
     lr: float = 3e-3
     train_videos: int = 4096
@@ -186,7 +186,7 @@ def train_classifier(spec: ClassifierSpec, say: Callable[[str], None] = print
             if step % every == 0 or step == spec.steps:
                 elapsed = time.perf_counter() - start
                 eta = elapsed / step * (spec.steps - step)
-                say(f"evaluation classifier: step {step}/{spec.steps} loss {float(loss):.4f} "
+                say(f"evaluation classifier: step {step}/{spec.steps} loss {loss.item():.4f} "
                     f"{step / elapsed:.1f} step/s ETA {eta:.0f} s")
         test_videos, test_video_labels = render_pool(spec, "video", 512, spec.seed + 2)
         test_images, test_image_labels = render_pool(spec, "image", 512, spec.seed + 3)

@@ -238,6 +238,7 @@ def test_the_curated_manifest_trains(demo, tmp_path):
     assert len(losses) == 3 and all(np.isfinite(losses))
 
 
+@pytest.mark.slow
 def test_model_backends_run_through_the_pipeline(demo, tmp_path, dino_dir, clip_dir,
                                                  captioner_dir):
     """DINOv2 features for the split, the LAION head over CLIP for aesthetics and an
