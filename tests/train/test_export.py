@@ -105,3 +105,20 @@ def test_the_writer_holds_one_tensor_at_a_time(tmp_path):
     assert max(peak) == 0  # every tensor was released before the next was read
     loaded = load_file(tmp_path / "x.safetensors")
     assert all(torch.equal(loaded[f"t{i}"], torch.full((256, 64), float(i))) for i in range(5))
+
+
+def test_conversion_maps_each_file_only_while_it_reads_from_it(run_dir, tmp_path, monkeypatch):
+    """A mapped file's touched pages stay in the process's memory: a conversion that kept its
+    files mapped held 18.5 GB for Goku-8B (BENCHMARKS.md), so it reads with `read_once`."""
+    opened = []
+
+    def kept_open(self, key):
+        opened.append(key)
+        raise AssertionError("conversion must not keep checkpoint files mapped")
+
+    monkeypatch.setattr(CheckpointReader, "tensor", kept_open)
+    out = consolidate(run_dir, tmp_path / "m", progress=False)
+    reader = CheckpointReader(find_checkpoint(run_dir))
+    first = sorted(reader.keys("ema"))[0]
+    assert torch.equal(load_file(out / "model.safetensors")[first], reader.read_once(f"ema/{first}"))
+    assert not opened and not reader._files
