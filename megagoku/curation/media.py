@@ -189,14 +189,18 @@ class ClipWriter:
 
 def at_rate(frames: Iterator[tuple[float, np.ndarray]], fps: float) -> Iterator[np.ndarray]:
     """The frames of a (time, frame) stream played at `fps`: each frame is repeated or skipped
-    so that every tick of the new rate shows the frame current at that time."""
-    tick, previous = None, None
+    so that every tick of the new rate shows the frame current at that time, up to the end of the
+    last frame (which lasts as long as the one before it)."""
+    tick, previous, last_t, step = 0.0, None, 0.0, 1 / fps
     for t, frame in frames:
         if previous is None:
             tick = t
+        else:
+            step = t - last_t
         while previous is not None and tick < t - 1e-6:
             yield previous
             tick += 1 / fps
-        previous = frame
-    if previous is not None:
+        previous, last_t = frame, t
+    while previous is not None and tick < last_t + step - 1e-6:
         yield previous
+        tick += 1 / fps

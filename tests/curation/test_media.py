@@ -53,8 +53,8 @@ def test_frames_at_a_rate_in_a_range_or_spread_evenly(tmp_path):
 
 def test_at_rate_repeats_or_skips_frames_by_time():
     stream = [(i / 4, i) for i in range(8)]  # 4 fps, 2 s
-    assert list(at_rate(iter(stream), 2)) == [0, 2, 4, 6, 7]  # halved, last frame kept
-    assert list(at_rate(iter(stream[:3]), 8)) == [0, 0, 1, 1, 2]  # doubled
+    assert list(at_rate(iter(stream), 2)) == [0, 2, 4, 6]  # halved: 2 s of 2 fps
+    assert list(at_rate(iter(stream[:3]), 8)) == [0, 0, 1, 1, 2, 2]  # doubled: 0.75 s of 8 fps
 
 
 def test_a_clip_appears_only_when_complete(tmp_path):
