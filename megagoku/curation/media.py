@@ -14,9 +14,20 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from megagoku.data.decode import IMAGE_SUFFIXES, DecodeError
+from megagoku.data.decode import IMAGE_SUFFIXES, DecodeError, check_file
+from megagoku.data.decode import probe as decode_probe
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".gif")
+
+
+def check_frame(frame, who: str) -> np.ndarray:
+    """One uint8 RGB frame (H, W, 3), or a ValueError saying what `who` got instead."""
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 \
+            or frame.shape[2] != 3 or frame.shape[0] < 1 or frame.shape[1] < 1:
+        got = (f"{frame.dtype} array of shape {frame.shape}" if isinstance(frame, np.ndarray)
+               else type(frame).__name__)
+        raise ValueError(f"{who} needs one uint8 RGB frame (H, W, 3); got {got}")
+    return frame
 
 
 def media_kind(path: Path) -> Optional[str]:
@@ -35,16 +46,9 @@ class MediaInfo:
     codec: str = ""
 
 
-def _check_file(path: Path) -> None:
-    if not path.is_file():
-        raise DecodeError(path, "missing", "no such file")
-    if path.stat().st_size == 0:
-        raise DecodeError(path, "empty", "empty file")
-
-
 def probe(path: Path) -> MediaInfo:
     """Size, rate, duration, bitrate and codec from the container, without decoding frames."""
-    _check_file(path)
+    check_file(path)
     kind = media_kind(path)
     if kind == "image":
         from PIL import Image
@@ -55,36 +59,16 @@ def probe(path: Path) -> MediaInfo:
                 return MediaInfo("image", image.width, image.height)
         except Exception as e:  # noqa: BLE001 - Pillow raises many types for a broken file
             raise DecodeError(path, "bad_image", f"unreadable image ({e})") from None
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DecodeError(path, "no_video", "no video stream")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0)
-            if stream.duration is not None:
-                duration = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                duration = container.duration / av.time_base
-            else:
-                duration = (stream.frames / fps) if fps and stream.frames else 0.0
-            bitrate = (container.bit_rate or stream.bit_rate or 0) / 1000
-            if not bitrate and duration > 0:
-                bitrate = path.stat().st_size * 8 / 1000 / duration
-            return MediaInfo("video", stream.codec_context.width, stream.codec_context.height,
-                             fps, duration, bitrate, stream.codec_context.name)
-    except DecodeError:
-        raise
-    except Exception as e:  # noqa: BLE001 - FFmpeg raises many types for a broken file
-        raise DecodeError(path, "unreadable", f"unreadable ({type(e).__name__}: {e})") from None
+    info = decode_probe(path)
+    return MediaInfo("video", info.width, info.height, info.fps, info.duration,
+                     info.bitrate_kbps, info.codec)
 
 
 def iter_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
     """(time in seconds, RGB frame) for every frame of a video, decoded once, in order."""
     import av
 
-    _check_file(path)
+    check_file(path)
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -102,7 +86,7 @@ def iter_frames(path: Path) -> Iterator[tuple[float, np.ndarray]]:
 def read_image(path: Path) -> np.ndarray:
     from PIL import Image
 
-    _check_file(path)
+    check_file(path)
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))

@@ -25,16 +25,9 @@ from typing import Sequence, Union
 import cv2
 import numpy as np
 
+from megagoku.curation.media import check_frame
+
 Frames = Union[np.ndarray, Sequence[np.ndarray]]
-
-
-def _check_frame(frame) -> np.ndarray:
-    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 \
-            or frame.shape[2] != 3 or frame.shape[0] < 1 or frame.shape[1] < 1:
-        got = (f"{frame.dtype} array of shape {frame.shape}" if isinstance(frame, np.ndarray)
-               else type(frame).__name__)
-        raise ValueError(f"OCR coverage needs one uint8 RGB frame (H, W, 3); got {got}")
-    return frame
 
 
 def shoelace_area(quad: np.ndarray) -> float:
@@ -89,7 +82,7 @@ class TextCoverage:
 
     def _detect(self, frame) -> tuple[np.ndarray, tuple[int, int]]:
         """Boxes (N, 4, 2) in the coordinates of the resized frame, and that frame's (h, w)."""
-        frame = _check_frame(frame)
+        frame = check_frame(frame, "OCR coverage")
         h, w = frame.shape[:2]
         scale = self.limit_side_len / min(h, w)
         if scale < 1.0:

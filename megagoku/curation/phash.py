@@ -27,6 +27,8 @@ from typing import Sequence, Union
 import cv2
 import numpy as np
 
+from megagoku.curation.media import check_frame
+
 Frames = Union[np.ndarray, Sequence[np.ndarray]]
 HASH_BITS = 64
 _SIZE, _LOW = 32, 8
@@ -45,15 +47,6 @@ _DCT = dct_matrix(_SIZE)
 _WEIGHTS = 1 << np.arange(HASH_BITS - 1, -1, -1, dtype=np.uint64)
 
 
-def _check_frame(frame) -> np.ndarray:
-    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 \
-            or frame.shape[2] != 3 or frame.shape[0] < 1 or frame.shape[1] < 1:
-        got = (f"{frame.dtype} array of shape {frame.shape}" if isinstance(frame, np.ndarray)
-               else type(frame).__name__)
-        raise ValueError(f"phash needs a uint8 RGB frame (H, W, 3); got {got}")
-    return frame
-
-
 def _hash_luma(luma: np.ndarray) -> int:
     small = cv2.resize(luma.astype(np.float32), (_SIZE, _SIZE), interpolation=cv2.INTER_AREA)
     low = (_DCT @ small.astype(np.float64) @ _DCT.T)[:_LOW, :_LOW].ravel()
@@ -67,7 +60,7 @@ def _luma(frame: np.ndarray) -> np.ndarray:
 
 def phash(frame: np.ndarray) -> int:
     """The 64-bit perceptual hash of one uint8 RGB frame (H, W, 3), as a Python int."""
-    return _hash_luma(_luma(_check_frame(frame)))
+    return _hash_luma(_luma(check_frame(frame, "phash")))
 
 
 def clip_phash(frames: Frames, keyframes: int = 5) -> int:
@@ -86,7 +79,8 @@ def clip_phash(frames: Frames, keyframes: int = 5) -> int:
         raise ValueError(f"clip_phash needs keyframes >= 1; got {keyframes!r}")
     # The centres of `keyframes` equal segments: keyframes=1 is the middle frame.
     k = min(keyframes, len(frames))
-    chosen = [_check_frame(frames[(2 * j + 1) * len(frames) // (2 * k)]) for j in range(k)]
+    chosen = [check_frame(frames[(2 * j + 1) * len(frames) // (2 * k)], "phash")
+              for j in range(k)]
     if any(f.shape != chosen[0].shape for f in chosen):
         raise ValueError("clip_phash needs frames of one size; got "
                          f"{sorted({f.shape for f in chosen})}")

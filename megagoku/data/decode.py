@@ -60,23 +60,34 @@ class VideoInfo:
     height: int
     frames: int
     fps: float
+    duration: float = 0.0  # seconds
+    bitrate_kbps: float = 0.0
 
 
 def probe(path: Path) -> VideoInfo:
-    """Codec, size, frame count and rate of a video file's first video stream."""
+    """Codec, size, frame count, rate, duration and bitrate of a video file's first video
+    stream, from the container (nothing is decoded)."""
     import av
 
-    _check_file(path)
+    check_file(path)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise DecodeError(path, "no_video", "no video stream")
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 0)
-            frames = stream.frames or (int(round(float(stream.duration * stream.time_base) * fps))
-                                       if stream.duration else 0)
+            if stream.duration is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                duration = container.duration / av.time_base
+            else:
+                duration = stream.frames / fps if fps and stream.frames else 0.0
+            frames = stream.frames or int(round(duration * fps))
+            bitrate = (container.bit_rate or stream.bit_rate or 0) / 1000
+            if not bitrate and duration > 0:  # some containers leave it out: size over time
+                bitrate = path.stat().st_size * 8 / 1000 / duration
             return VideoInfo(stream.codec_context.name, stream.codec_context.width,
-                             stream.codec_context.height, int(frames), fps)
+                             stream.codec_context.height, int(frames), fps, duration, bitrate)
     except DecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - FFmpeg raises many types for a broken file
@@ -103,7 +114,8 @@ def choose_backend(codec: str, device: str = "cpu") -> Literal["dali", "pyav"]:
     return "dali" if codec in DALI_CPU_CODECS else "pyav"
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
+    """A DecodeError for a missing or empty file, before any decoder sees it."""
     if not path.is_file():
         raise DecodeError(path, "missing", "no such file")
     if path.stat().st_size == 0:
@@ -115,7 +127,7 @@ def decode_pyav(path: Path, limit: Optional[int] = None) -> np.ndarray:
     sample needs the first seconds of a clip, not the whole file."""
     import av
 
-    _check_file(path)
+    check_file(path)
     frames = []
     try:
         with av.open(str(path)) as container:
@@ -152,7 +164,7 @@ class DaliDecoder:
         self.pipe.build()
 
     def __call__(self, path: Path) -> np.ndarray:
-        _check_file(path)
+        check_file(path)
         try:
             data = np.fromfile(path, dtype=np.uint8)
         except OSError as e:
@@ -226,7 +238,7 @@ def to_pixels(frames: np.ndarray, target: Target) -> torch.Tensor:
 def decode_image(path: Path, target: Target) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
-    _check_file(path)
+    check_file(path)
     try:
         with Image.open(path) as image:
             frame = np.asarray(image.convert("RGB"))

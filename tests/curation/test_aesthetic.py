@@ -73,18 +73,6 @@ def test_heuristic_does_not_reward_downscaling():
 
 # --- LAION ---------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(1)
-    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=32, patch_size=8, projection_dim=16)
-    path = tmp_path_factory.mktemp("clip")
-    CLIPVisionModelWithProjection(cfg).save_pretrained(path)
-    return path
-
-
 def random_head_state(d, seed=0):
     torch.manual_seed(seed)
     head = LaionAestheticHead(d)

@@ -94,30 +94,6 @@ def test_adjacent_similarity_is_cosine_of_consecutive_rows():
 
 # --- Hugging Face models -------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def dino_dir(tmp_path_factory):
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, image_size=56, patch_size=14)
-    path = tmp_path_factory.mktemp("dinov2")
-    Dinov2Model(cfg).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(1)
-    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                           num_attention_heads=2, image_size=32, patch_size=8, projection_dim=16)
-    path = tmp_path_factory.mktemp("clip")
-    CLIPVisionModelWithProjection(cfg).save_pretrained(path)
-    return path
-
-
 def random_frames(n, h, w, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 

@@ -20,8 +20,6 @@ from megagoku.curation.records import read_rows
 from megagoku.curation.stages import FilterStage
 from megagoku.curation.synthetic import write_demo_inputs
 from megagoku.data.manifest import load_manifest
-from tests.curation.test_captioning import captioner_dir  # noqa: F401 - fixtures
-from tests.curation.test_features import clip_dir, dino_dir  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "curate" / "tiny.yaml"
