@@ -9,15 +9,16 @@ import sys
 
 from megagoku.config import ConfigError
 from megagoku.parallel.distributed import strip_local_rank
-from megagoku.tools import (bench, cache, convert, curate, data, demo, info, launch, sample,
-                            stages, train, train_vae)
+from megagoku.tools import (ablate, bench, cache, convert, curate, data, demo, info, launch,
+                            sample, stages, train, train_vae)
+from megagoku.tools import eval as eval_tool  # (not `eval`: that would hide the builtin here)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megagoku", description="Goku-style flow models.")
     sub = parser.add_subparsers(dest="command", required=True)
     for tool in (train, launch, stages, train_vae, sample, convert, curate, info, demo, bench,
-                 data, cache):
+                 data, cache, eval_tool, ablate):
         tool.register(sub)
     return parser
 

@@ -17,14 +17,19 @@ MAY_IMPORT = {
     "curation": {"config", "data"},
     "models": {"config", "ops", "parallel"},
     "inference": {"config", "models", "flow", "data", "parallel"},
-    # train -> launch: the heartbeat, event log and exit codes the launcher reads (plain files).
-    "train": {"config", "models", "ops", "flow", "parallel", "data", "inference", "launch"},
+    # train -> launch: the heartbeat, event log and exit codes the launcher reads (plain files);
+    # train -> evaluation: evaluation during training (evaluation/periodic.py).
+    "train": {"config", "models", "ops", "flow", "parallel", "data", "inference", "launch",
+              "evaluation"},
+    # Evaluation and the RF-vs-DDPM ablation: generate (inference, models, flow), read back
+    # (data's shapes and pixel analyser); never train/ (the trainer calls it, not the reverse).
+    "evaluation": {"config", "models", "flow", "data", "inference"},
     "launch": {"config"},
     # megagoku/progress.py, a module: rate and ETA for every progress line; imports nothing.
     "progress": set(),
 }
 # Rooms that may import the progress module besides their own list.
-for _room in ("curation", "train", "inference"):
+for _room in ("curation", "train", "inference", "evaluation"):
     MAY_IMPORT[_room] = MAY_IMPORT[_room] | {"progress"}
 
 

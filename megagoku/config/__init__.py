@@ -5,6 +5,7 @@ from megagoku.config.loader import (ConfigError, load_model_config, load_trainin
 from megagoku.config.schema import (
     CheckpointConfig,
     DataConfig,
+    EvalConfig,
     FlowConfig,
     LatentConfig,
     ModelConfig,
@@ -22,6 +23,7 @@ __all__ = [
     "CheckpointConfig",
     "ConfigError",
     "DataConfig",
+    "EvalConfig",
     "FlowConfig",
     "LatentConfig",
     "ModelConfig",

@@ -427,6 +427,28 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation of the built-in shapes data (`megagoku/evaluation/`): prompt adherence read
+    back from pixels and by the in-repo classifier, and fd_shapes3d (a Fréchet distance in that
+    classifier's features; not FVD). Defaults of `megagoku eval`; during training every `every`
+    steps (0: never) rank 0 scores the EMA weights into metrics.jsonl and TensorBoard (`eval/...`)
+    and <run_dir>/eval/step_N/eval.json. Sampling steps and CFG come from the `sample` section."""
+
+    every: int = 0
+    # demo: the held-out prompts and four seen ones; seen: every trained video caption;
+    # held_out: data.holdout; all: both.
+    prompts: Literal["demo", "seen", "held_out", "all"] = "demo"
+    samples: int = 4  # clips per prompt (and images per image caption)
+    images: bool = True  # also score single-frame images of the 12 image captions
+
+    def problems(self) -> Iterator[Problem]:
+        if self.every < 0:
+            yield "every", f"must be >= 0 (0: no evaluation during training), got {self.every}"
+        if self.samples <= 0:
+            yield "samples", f"must be positive, got {self.samples}"
+
+
+@dataclass
 class TrainingConfig:
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -438,6 +460,7 @@ class TrainingConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def problems(self) -> Iterator[Problem]:
         split = self.parallel.model_parallel_size
@@ -466,6 +489,10 @@ class TrainingConfig:
                     yield "data.tokens_per_step", (f"{self.data.tokens_per_step} cannot hold one "
                                                    f"{where} ({tokens} tokens)")
                     return
+        if self.eval.every and self.data.kind != "shapes":
+            yield "eval.every", ("evaluation during training reads the built-in shapes data back "
+                                 "(data.kind: shapes); other data: sample.every, or megagoku "
+                                 "eval --export for VBench / GenEval")
         if self.sample.every and not self.sample.prompts and self.data.kind != "shapes":
             yield "sample.prompts", ("sample.every needs prompts (only the built-in shapes data "
                                      "has default ones)")

@@ -35,6 +35,7 @@ from torch import nn
 
 from megagoku.config.schema import DataConfig
 from megagoku.data.shapes import COLOURS, DIRECTIONS, SHAPES, ShapesDataset, parse_caption
+from megagoku.progress import RateMeter
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,8 @@ def train_classifier(spec: ClassifierSpec, say: Callable[[str], None] = print
     """Train on freshly rendered clips and images; returns the model and a report with its
     accuracy on renders it never saw. Uses its own random streams only (the global ones are
     saved and restored), so calling it inside a training run changes nothing there."""
-    with torch.random.fork_rng(devices=[]):
+    # enable_grad: the caller may be inside no_grad (the evaluator during training is).
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(spec.seed)
         model = ShapesClassifier(spec)
         g = torch.Generator().manual_seed(spec.seed)
@@ -170,6 +172,7 @@ def train_classifier(spec: ClassifierSpec, say: Callable[[str], None] = print
                                                        pct_start=0.1)
         model.train()
         every = max(1, spec.steps // 10)
+        meter = RateMeter(spec.steps)
         for step in range(1, spec.steps + 1):
             loss = 0.0
             for clips, labels in ((videos, video_labels), (images, image_labels)):
@@ -184,10 +187,9 @@ def train_classifier(spec: ClassifierSpec, say: Callable[[str], None] = print
             optimizer.step()
             schedule.step()
             if step % every == 0 or step == spec.steps:
-                elapsed = time.perf_counter() - start
-                eta = elapsed / step * (spec.steps - step)
+                rate, _ = meter.measure(step)
                 say(f"evaluation classifier: step {step}/{spec.steps} loss {loss.item():.4f} "
-                    f"{step / elapsed:.1f} step/s ETA {eta:.0f} s")
+                    f"{rate:.1f} step/s ETA {meter.eta(step)}")
         test_videos, test_video_labels = render_pool(spec, "video", 512, spec.seed + 2)
         test_images, test_image_labels = render_pool(spec, "image", 512, spec.seed + 3)
         report = {"spec": asdict(spec), "version": CLASSIFIER_VERSION,

@@ -1,5 +1,7 @@
-"""Rectified flow: timestep sampling, interpolation, loss, and the Euler ODE sampler with CFG.
-Takes the model as a callable; imports nothing else of ours but the config schema."""
+"""Rectified flow: timestep sampling, interpolation, loss, and the Euler ODE sampler with CFG;
+beside it DDPM (`ddpm.py`: schedules, eps loss, ancestral and DDIM samplers), the baseline of the
+RF-vs-DDPM ablation. Takes the model as a callable; imports nothing else of ours but the config
+schema."""
 
 from megagoku.flow.rectified_flow import (flow_loss, interpolate, sample_timesteps, shift_time,
                                           time_shift_for, training_loss)

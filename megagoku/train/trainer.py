@@ -35,6 +35,7 @@ from megagoku.data import ManifestError, PackingLoader, ShapesDataset
 from megagoku.data.cache import CachedDataset, check_cache_matches
 from megagoku.data.files import ManifestDataset
 from megagoku.data.packing import first_frame_tokens, reshard_loader_states
+from megagoku.evaluation.periodic import PeriodicEvaluator
 from megagoku.launch.events import EventLog
 from megagoku.launch.heartbeat import Heartbeat
 from megagoku.models import TextEncoder, build_latent_space, build_model
@@ -380,6 +381,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     metrics = MetricsLogger(run_dir, tcfg.steps, start_step=start_step) if rank0 else None
     sampler = PeriodicSampler(config, run_dir, text_encoder, device, metrics.tensorboard) \
         if rank0 and config.sample.every else None
+    evaluator = PeriodicEvaluator(config, run_dir, text_encoder, device, metrics.log) \
+        if rank0 and config.eval.every else None
     on_commit = None if events is None else \
         (lambda step, path: events.log("checkpoint_committed", step=step, path=str(path)))
     checkpointer = Checkpointer(run_dir, rank, world, ccfg.async_save, ccfg.keep_last,
@@ -489,6 +492,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
                 window = LogWindow()
             if sampler is not None and sampler.due(step):
                 sampler.sample(step, model, ema)  # a copy of the model: training is untouched
+            if evaluator is not None and evaluator.due(step):  # also a copy of the model
+                evaluator.evaluate(step, ema.state_dict(model.weights()))
             if signalled or out_of_time:
                 stop_reason = "signal" if signalled else "max_minutes"
                 why = (signals.received or "a stop signal on another rank") if signalled else \

@@ -102,3 +102,18 @@ def test_flops_count_the_first_frame_embedding():
     i2v = ModelConfig(depth=2, hidden_size=64, num_heads=4, image_condition=True)
     extra = flops_per_token(i2v, 64, 8)["forward"] - flops_per_token(plain, 64, 8)["forward"]
     assert extra == pytest.approx(2 * plain.patch_dim * plain.hidden_size)
+
+
+def test_eval_scores_image_to_video(runs, tmp_path):
+    import json
+
+    root, _ = runs
+    proc = subprocess.run([sys.executable, "-m", "megagoku", "eval", "--run-dir",
+                           str(root / "i2v"), "--image-to-video", "1", "--steps", "2",
+                           "--device", "cpu", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "i2v.json").read_text())
+    assert report["image_conditioned"] and report["cases"] == 4
+    assert {r["direction"] for r in report["results"]} == {"left", "right", "up", "down"}
+    assert "image-to-video, 4 videos: colour kept" in proc.stdout
