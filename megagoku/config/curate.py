@@ -19,11 +19,14 @@ from megagoku.config.loader import (CONFIGS_DIR, ConfigError, _read_yaml, _set_p
 Problem = tuple[str, str]
 
 
-def _missing(kind: str, path: Optional[str]) -> bool:
-    """A model path that is set but absent: found now, before any file is curated."""
-    if not path:
-        return False
-    return not (Path(path).is_dir() if kind == "dir" else Path(path).is_file())
+def _absent(section, *names: str) -> Iterator[Problem]:
+    """Model paths (`*_dir` folders, other files) that are set but not there: found now, before
+    any file is curated."""
+    for name in names:
+        path = getattr(section, name)
+        folder = name.endswith("_dir")
+        if path and not (Path(path).is_dir() if folder else Path(path).is_file()):
+            yield name, f"no such {'directory' if folder else 'file'}: {path}"
 
 
 STAGES = ("probe", "split", "filter", "dedup", "caption", "balance", "export")
@@ -76,8 +79,7 @@ class SplitConfig:
             yield "detector_threshold", f"must be > 0, got {self.detector_threshold}"
         if self.features != "thumbnail" and not self.model_dir:
             yield "model_dir", f"features: {self.features} needs a local model directory"
-        if _missing("dir", self.model_dir):
-            yield "model_dir", f"no such directory: {self.model_dir}"
+        yield from _absent(self, "model_dir")
         if not 0 < self.similarity <= 1:
             yield "similarity", f"must be in (0, 1], got {self.similarity}"
         if self.sample_fps <= 0:
@@ -123,11 +125,7 @@ class FilterConfig:
                     yield name, "aesthetic: laion needs it (a local CLIP directory / head file)"
         if self.aesthetic == "none" and self.min_aesthetic is not None:
             yield "min_aesthetic", "aesthetic: none gives no score to filter on (set it to null)"
-        for name, kind in (("clip_dir", "dir"), ("head_path", "file"), ("raft_weights", "file"),
-                           ("ocr_model", "file")):
-            if _missing(kind, getattr(self, name)):
-                yield name, f"no such {'directory' if kind == 'dir' else 'file'}: " \
-                            f"{getattr(self, name)}"
+        yield from _absent(self, "clip_dir", "head_path", "raft_weights", "ocr_model")
         if self.motion == "raft" and not self.raft_weights:
             yield "raft_weights", "motion: raft needs a local weights file"
         if self.motion == "none" and (self.min_motion is not None or self.max_motion is not None):
@@ -174,10 +172,9 @@ class CaptionConfig:
         unknown = [s for s in self.sources if s not in ("existing", "model")]
         if unknown or not self.sources:
             yield "sources", f"expected a list of 'existing' and 'model', got {self.sources}"
-        if "model" in self.sources and not self.model_dir and self.sources == ["model"]:
+        if self.sources == ["model"] and not self.model_dir:
             yield "model_dir", "sources: [model] needs a local captioning model directory"
-        if _missing("dir", self.model_dir):
-            yield "model_dir", f"no such directory: {self.model_dir}"
+        yield from _absent(self, "model_dir")
         if self.max_new_tokens < 1:
             yield "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}"
 
@@ -207,8 +204,7 @@ class BalanceConfig:
         if isinstance(self.target, dict):
             if any(v < 0 for v in self.target.values()) or not sum(self.target.values()) > 0:
                 yield "target", "fractions must be >= 0 and not all 0"
-        if _missing("dir", self.model_dir):
-            yield "model_dir", f"no such directory: {self.model_dir}"
+        yield from _absent(self, "model_dir")
         if self.max_weight < 1:
             yield "max_weight", f"must be >= 1, got {self.max_weight}"
 

@@ -19,6 +19,7 @@ A clip's score is the mean over the frames given (its keyframes).
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Optional
 
@@ -32,14 +33,14 @@ from megagoku.curation.features import ClipEmbedder, as_frames
 AESTHETIC_BACKENDS = ("laion", "heuristic")
 
 
-class AestheticScorer:
+class AestheticScorer(ABC):
     """Scores frames; `score` is the clip score, the mean of the per-frame scores."""
 
     backend = ""
 
+    @abstractmethod
     def frame_scores(self, frames: np.ndarray) -> np.ndarray:
         """(T, H, W, 3) uint8 RGB (or one (H, W, 3) frame) -> (T,) float64 scores."""
-        raise NotImplementedError
 
     def score(self, frames: np.ndarray) -> float:
         frames = as_frames(frames)

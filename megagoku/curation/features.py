@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Optional, Protocol, Sequence
 
@@ -170,7 +171,7 @@ def resize_center_crop(frame: np.ndarray, size: int) -> np.ndarray:
     return frame[top:top + size, left:left + size]
 
 
-class _HFImageEmbedder:
+class _HFImageEmbedder(ABC):
     """Shared batching for the Hugging Face vision models: preprocess, forward, pick, normalise."""
 
     what = ""
@@ -199,8 +200,9 @@ class _HFImageEmbedder:
         self.dim = self._dim()
         self.name = f"{self.kind}:{self.model_dir.name}"
 
+    @abstractmethod
     def _model_class(self):
-        raise NotImplementedError
+        """The transformers class the folder loads as."""
 
     def _config(self, path: Path):
         from transformers import AutoConfig
@@ -226,14 +228,16 @@ class _HFImageEmbedder:
                              f"{'...' if len(missing) > 4 else ''}, wrong shape {mismatched[:4]})")
         return model
 
+    @abstractmethod
     def _dim(self) -> int:
-        raise NotImplementedError
+        """Width of the embedding."""
 
     def _fallback_size(self) -> int:
         return 224
 
+    @abstractmethod
     def _features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The model's embedding of a preprocessed batch, before normalisation."""
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
         """(T, H, W, 3) uint8 -> (T, 3, S, S) float32 model input, by the folder's image

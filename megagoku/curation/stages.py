@@ -10,6 +10,7 @@ reads: the source, or its clip), `kind`, `start`/`end` (seconds in the source), 
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ def dropped(row: Row, reason: str, detail: str = "") -> Row:
     return out
 
 
-class Stage:
+class Stage(ABC):
     name = ""
 
     def __init__(self, cfg: CurateConfig, out_dir: Path):
@@ -39,8 +40,9 @@ class Stage:
     def setup(self) -> None:
         """Load models; runs in the worker process that will use them."""
 
+    @abstractmethod
     def process(self, row: Row) -> Result:
-        raise NotImplementedError
+        """(kept rows, dropped rows) of one input row."""
 
     def __call__(self, row: Row) -> Result:
         """`process`, with a file that cannot be read dropped under its reason instead of raised."""
