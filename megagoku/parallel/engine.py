@@ -86,12 +86,18 @@ class TrainEngine:
         self.model = model
         self.applied_non_finite_update = False
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, accumulate: bool = False) -> None:
+        """`accumulate`: add to the gradients of an earlier backward of this step (without
+        DeepSpeed only, whose accumulation is its own `gradient_accumulation_steps`)."""
         scaled = loss * self.loss_scale if self.loss_scale != 1 else loss
         if self.deepspeed is not None:
+            if accumulate:
+                raise ValueError("TrainEngine.backward(accumulate=True) needs the plain torch "
+                                 "path (one process, ZeRO 0)")
             self.deepspeed.backward(scaled)
         else:
-            self.optimizer.zero_grad(set_to_none=True)
+            if not accumulate:
+                self.optimizer.zero_grad(set_to_none=True)
             scaled.backward()
 
     def step(self) -> float:

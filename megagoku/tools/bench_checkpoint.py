@@ -41,7 +41,7 @@ def build_state(megabytes: float, device: torch.device):
     """(model, EMA, optimizer) on `device` after one AdamW step, so that every moment exists."""
     from megagoku.models import build_model
     from megagoku.parallel import ensure_single_process_groups
-    from megagoku.train.ema import EMA
+    from megagoku.optim import EMA
 
     ensure_single_process_groups()
     model = build_model(sized_model_config(megabytes)).to(device)

@@ -30,7 +30,7 @@ from torch import nn
 from megagoku.parallel import state as grid
 from megagoku.parallel.weights import gather_tp, gathered, is_tp_split, tp_piece
 from megagoku.train.checkpoint import CheckpointError, CheckpointReader, assign_writers
-from megagoku.train.ema import EMA
+from megagoku.optim import EMA
 
 log = logging.getLogger(__name__)
 

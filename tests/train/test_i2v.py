@@ -14,7 +14,7 @@ from megagoku.config import ModelConfig
 from megagoku.models import build_model
 from megagoku.parallel import ensure_single_process_groups
 from megagoku.train.checkpoint import CheckpointReader, find_checkpoint
-from megagoku.train.ema import EMA
+from megagoku.optim import EMA
 from megagoku.train.train_state import restore_weights
 from megagoku.train.trainer import train
 from tests.train.test_resume import (ROOT, Crash, assert_identical, config, crash_at,

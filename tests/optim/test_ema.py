@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from megagoku.train.ema import EMA
+from megagoku.optim import EMA
 
 
 def test_ema_follows_the_closed_form():
