@@ -20,8 +20,8 @@ from megagoku.data.packing import grid_positions, patchify, unpatchify
 from megagoku.flow import euler_sample, guided_velocity, sampling_schedule, time_shift_for
 from megagoku.models import GokuTransformer, TextEncoder, build_latent_space, build_model
 from megagoku.config import ParallelConfig
-from megagoku.parallel import (current_shard, ensure_single_process_groups, gather_shards,
-                               initialize_groups, resolve_device)
+from megagoku.parallel import (collectives, current_shard, ensure_single_process_groups,
+                               gather_shards, initialize_groups, resolve_device)
 from megagoku.parallel.distributed import init_distributed
 from megagoku.parallel.weights import load_full_weights
 
@@ -132,7 +132,7 @@ def load_generator(config_dict: dict, state_dict: dict[str, torch.Tensor], sourc
     device = resolve_device(device)
     if tensor_parallel * ulysses > 1:
         init_distributed()
-        world = torch.distributed.get_world_size()
+        world = collectives.world_size()
         if world != tensor_parallel * ulysses:
             raise ValueError(f"--tensor-parallel {tensor_parallel} x --ulysses {ulysses} must "
                              f"equal the launched world size {world}")

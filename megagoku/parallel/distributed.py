@@ -146,9 +146,11 @@ def init_distributed(backend: str = "auto", timeout_minutes: float = 30.0) -> La
     return info
 
 
-def shutdown() -> None:
+def shutdown(barrier: bool = True) -> None:
     """End the process group. Call last: gloo can abort at interpreter exit otherwise
-    (../shared/docs/cpu-facts.md)."""
+    (../shared/docs/cpu-facts.md). `barrier=False` after a failure: the other ranks may never
+    reach the barrier (they failed too, or wait in a collective this rank left)."""
     if dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()

@@ -39,14 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if args.shard_size < 1:
         raise ConfigError(f"--shard-size: must be at least 1, got {args.shard_size}")
 
-    import torch.distributed as dist
-
-    from megagoku.data.cache import (DTYPES, CacheError, CacheProgress, cache_settings,
-                                     finish_cache, missing_shards, open_cache, shard_positions,
-                                     write_shard)
     from megagoku.data.files import ManifestDataset
     from megagoku.data.manifest import ManifestError
-    from megagoku.models import TextEncoder, build_latent_space
     from megagoku.parallel import resolve_device
     from megagoku.parallel.distributed import init_distributed, shutdown
 
@@ -56,12 +50,29 @@ def run(args: argparse.Namespace) -> int:
     except (ManifestError, ValueError) as e:
         raise ConfigError(f"{args.config}: data.manifest: {e}") from None
     init_distributed(config.parallel.backend)
-    rank, world = dist.get_rank(), dist.get_world_size()
+    failed = True
+    try:
+        status = write_cache(args, config, dataset, device)
+        failed = False
+        return status
+    finally:  # without the barrier after a failure: the other ranks may be gone
+        shutdown(barrier=not failed)
+
+
+def write_cache(args: argparse.Namespace, config, dataset, device) -> int:
+    """This rank's shards, then (rank 0) the index; collective."""
+    from megagoku.data.cache import (DTYPES, CacheError, CacheProgress, cache_settings,
+                                     finish_cache, missing_shards, open_cache, shard_positions,
+                                     write_shard)
+    from megagoku.models import TextEncoder, build_latent_space
+    from megagoku.parallel import collectives
+
+    rank, world = collectives.rank(), collectives.world_size()
     out = Path(args.out)
     try:  # rank 0 starts the folder; then every rank checks it was written with these settings
         if rank == 0:
             open_cache(out, cache_settings(config), len(dataset), args.shard_size)
-        dist.barrier()
+        collectives.barrier()
         shards = open_cache(out, cache_settings(config), len(dataset), args.shard_size)
     except CacheError as e:
         raise ConfigError(str(e)) from None
@@ -85,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             write_shard(out, shard, positions, dataset, latent_space.encode, encode_text,
                         DTYPES[args.dtype])
             progress.add(len(positions), force=shard == mine[-1])
-    dist.barrier()
+    collectives.barrier()
     status = 0
     if rank == 0:
         try:
@@ -95,5 +106,4 @@ def run(args: argparse.Namespace) -> int:
         except CacheError as e:
             log.error("%s", e)
             status = 1
-    shutdown()
     return status

@@ -103,7 +103,7 @@ class StepProgress:
 
 def run(args: argparse.Namespace) -> int:
     from megagoku.config import ConfigError
-    from megagoku.data.video_io import check_output_path, write_video
+    from megagoku.data.video_io import check_output_path
     from megagoku.inference import load_generator
     from megagoku.train.checkpoint import load_checkpoint
 
@@ -130,9 +130,27 @@ def run(args: argparse.Namespace) -> int:
                              args.tensor_parallel, args.ulysses)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    import torch.distributed as dist
+    from megagoku.parallel import collectives
+    from megagoku.parallel.distributed import shutdown
 
-    first = dist.get_rank() == 0  # every rank computes; the first one writes
+    owns_group = collectives.world_size() > 1  # load_generator started it for a split model
+    failed = True
+    try:
+        status = write_samples(args, gen, prompts, suffix, ckpt)
+        failed = False
+        return status
+    finally:  # without the barrier after a failure: the other ranks may be gone
+        if owns_group:
+            shutdown(barrier=not failed)
+
+
+def write_samples(args: argparse.Namespace, gen, prompts: list[str], suffix: str, ckpt) -> int:
+    """Every rank computes (collective under TP / Ulysses); the first one writes."""
+    from megagoku.config import ConfigError
+    from megagoku.data.video_io import write_video
+    from megagoku.parallel import collectives
+
+    first = collectives.rank() == 0
     data, sample = gen.config.data, gen.config.sample
     pick = lambda value, default: default if value is None else value  # noqa: E731
     frames = pick(args.frames, 1 if suffix == ".png" else data.frames)
@@ -169,8 +187,4 @@ def run(args: argparse.Namespace) -> int:
         where = written[0] if len(written) == 1 else \
             f"{len(written)} files in {Path(written[0]).parent}"
         print(f"wrote {where} ({frames} frame(s) of {size} from {ckpt})")
-    if dist.get_world_size() > 1:
-        from megagoku.parallel.distributed import shutdown
-
-        shutdown()
     return 0

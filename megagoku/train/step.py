@@ -11,13 +11,15 @@ import contextlib
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from megagoku.config.schema import FlowConfig
 from megagoku.data.packing import PackedBatch
 from megagoku.flow.rectified_flow import training_loss
 from megagoku.parallel import SequenceShard, layout, ulysses_group
+from megagoku.parallel.collectives import mean_over, sum_over
+
+__all__ = ["autocast", "mean_over", "pack_total", "step_loss"]
 
 
 def autocast(precision: str, device: torch.device):
@@ -48,18 +50,8 @@ def step_loss(model: nn.Module, batch: PackedBatch, text: torch.Tensor,
 
 
 def pack_total(share: torch.Tensor) -> torch.Tensor:
-    """Sum a per-rank share (loss, per-sample errors) over the Ulysses ranks of the pack."""
+    """Sum a per-rank share (loss, per-sample errors) over the Ulysses ranks of the pack; the
+    loss is then averaged over the replicas with `mean_over` (the same value on every rank)."""
     if layout().ulysses == 1:
         return share.detach()
-    total = share.detach().clone()
-    dist.all_reduce(total, group=ulysses_group())
-    return total
-
-
-def mean_over(value: torch.Tensor, group: Optional[object]) -> torch.Tensor:
-    """Mean of a tensor over a process group (for logging across data-parallel replicas)."""
-    if group is None or dist.get_world_size(group) == 1:
-        return value
-    value = value.clone()
-    dist.all_reduce(value, group=group)
-    return value / dist.get_world_size(group)
+    return sum_over(share.detach(), ulysses_group())
