@@ -5,9 +5,9 @@ adherence per seen / held-out split, fd_shapes3d for clips and images) and logs 
 the full report in `<run_dir>/eval/step_N/eval.json`.
 
 Like the sampler, it works on a copy of the model (built on first use, loaded with the EMA weights
-each time), draws its noise from its own seeded generators, and builds or trains the classifier
-with the global random state saved and restored, so a run with evaluation ends bit-identical to
-one without. The classifier is trained on the first evaluation when it is not cached yet (a
+each time: `inference.periodic.PeriodicGeneration`, their common base), draws its noise from its
+own seeded generators, and builds or trains the classifier with the global random state saved and
+restored, so a run with evaluation ends bit-identical to one without. The classifier is trained on the first evaluation when it is not cached yet (a
 minute or two, said in the log). It needs the whole model on one rank (tensor_parallel = ulysses
 = 1); other layouts evaluate their checkpoints with `megagoku eval`.
 """
@@ -25,7 +25,8 @@ from megagoku.config import TrainingConfig
 from megagoku.evaluation.classifier import ShapesClassifier, load_or_train
 from megagoku.evaluation.suite import EvalResult, EvalSettings, evaluate_generator
 from megagoku.inference import Generator
-from megagoku.models import TextEncoder, build_model
+from megagoku.inference.periodic import PeriodicGeneration
+from megagoku.models import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -36,39 +37,25 @@ def settings_from_config(config: TrainingConfig) -> EvalSettings:
                         cfg_scale=config.sample.cfg_scale, seed=config.sample.seed)
 
 
-class PeriodicEvaluator:
+class PeriodicEvaluator(PeriodicGeneration):
     def __init__(self, config: TrainingConfig, run_dir: Path, text_encoder: TextEncoder,
                  device: torch.device, log_scalars: Optional[Callable[[int, dict], None]] = None,
                  cache_dir: Optional[Path] = None):
         """`log_scalars(step, scalars)`: the trainer's MetricsLogger.log (metrics.jsonl and
         TensorBoard)."""
-        self.config, self.run_dir = config, Path(run_dir)
-        self.text_encoder, self.device = text_encoder, device
+        super().__init__(config, run_dir, text_encoder, device, config.eval.every,
+                         "eval.every: evaluation during training needs the whole model on one "
+                         "rank (tensor_parallel = ulysses = 1); evaluate the checkpoints with "
+                         "`megagoku eval` instead")
         self.log_scalars, self.cache_dir = log_scalars, cache_dir
-        self.every = config.eval.every
         self.settings = settings_from_config(config)
-        self.generator: Optional[Generator] = None
         self.classifier: Optional[ShapesClassifier] = None
-        if self.every and config.parallel.model_parallel_size > 1:
-            log.warning("eval.every: evaluation during training needs the whole model on one rank "
-                        "(tensor_parallel = ulysses = 1); evaluate the checkpoints with "
-                        "`megagoku eval` instead")
-            self.every = 0
 
-    def due(self, step: int) -> bool:
-        return self.every > 0 and step % self.every == 0
-
-    def evaluate(self, step: int, weights: dict[str, torch.Tensor]) -> EvalResult:
-        """Score `weights` (the EMA state dict of the whole model); returns the result."""
-        cfg = self.config
-        if self.generator is None:
-            with torch.random.fork_rng(devices=[]):  # init draws must not move training's RNG
-                copy = build_model(cfg.model).to(self.device).eval()
-            self.generator = Generator(cfg, copy, self.text_encoder)
+    def run(self, step: int, generator: Generator) -> EvalResult:
+        """Score the generator (the EMA weights of the whole model); returns the result."""
         if self.classifier is None:
-            self.classifier = load_or_train(cfg.data, self.cache_dir, say=log.info)
-        self.generator.model.load_weights(weights)
-        result = evaluate_generator(self.generator, self.classifier, self.settings)
+            self.classifier = load_or_train(self.config.data, self.cache_dir, say=log.info)
+        result = evaluate_generator(generator, self.classifier, self.settings)
         out = self.run_dir / "eval" / f"step_{step:08d}"
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(json.dumps({"step": step, **result.as_dict()}, indent=1))

@@ -22,12 +22,19 @@ told to skip step s end bit-identical. After `train.max_anomalies` anomalies the
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import deque
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
+
+log = logging.getLogger(__name__)
 
 SKIP_FILE = "skip_steps.json"
+
+
+class TrainingAnomaly(RuntimeError):
+    """A loss anomaly the run will not go past (response stop, or too many anomalies)."""
 
 
 class AnomalyDetector:
@@ -89,3 +96,59 @@ def add_skip_steps(run_dir: Path, steps: Iterable[int], why: str) -> dict[int, s
                               indent=1) + "\n")
     tmp.replace(path)
     return known
+
+
+class AnomalyPolicy:
+    """The run's side of `train.anomaly_response`: which steps it was told to skip (a rollback's
+    skip file, read by every rank so that all skip the same steps), the detector, the count of
+    anomalies, and the response to one. `event(name, **fields)` reports to the launcher."""
+
+    def __init__(self, tcfg, run_dir: Path, rank0: bool,
+                 event: Callable[..., None] = lambda name, **fields: None):
+        self.response, self.rollback_steps = tcfg.anomaly_response, tcfg.rollback_steps
+        self.max_anomalies = tcfg.max_anomalies
+        self.run_dir, self.rank0, self.event = Path(run_dir), rank0, event
+        self.detector = AnomalyDetector(tcfg.spike_factor, tcfg.spike_window)
+        self.skip_steps = read_skip_steps(run_dir)  # ValueError naming the file
+        self.count = len(self.skip_steps)
+
+    def told_to_skip(self, step: int) -> Optional[str]:
+        """Why a rollback asked to skip this step's update, or None."""
+        return self.skip_steps.get(step)
+
+    def judge_loss(self, loss: float) -> Optional[str]:
+        return self.detector.judge(loss)
+
+    def judge_gradient(self, grad_norm: float) -> Optional[str]:
+        return self.detector.judge_gradient(grad_norm)
+
+    def accept(self, loss: float) -> None:
+        self.detector.accept(loss)
+
+    def respond(self, step: int, anomaly: str, update_applied: bool) -> bool:
+        """Count the anomaly and act on it: raise TrainingAnomaly (response stop, or too many),
+        or return whether the run must roll back (the skip file then names the steps to skip;
+        a skip whose update is already in the weights, as DeepSpeed applies it, rolls back)."""
+        self.count += 1
+        response = self.response
+        if response == "skip" and update_applied:
+            response = "rollback"  # the update is in the weights already: undo it
+        log.warning("step %d: %s; response: %s", step, anomaly, response)
+        self.event("anomaly", step=step, why=anomaly, response=response)
+        if response == "stop" or self.count > self.max_anomalies:
+            why = "train.anomaly_response=stop" if response == "stop" else \
+                f"{self.count} anomalous steps, more than train.max_anomalies=" \
+                f"{self.max_anomalies}"
+            raise TrainingAnomaly(f"{self.run_dir}: step {step}: {anomaly} ({why})")
+        if response != "rollback":
+            return False
+        if self.rank0:
+            add_skip_steps(self.run_dir, range(max(1, step - self.rollback_steps + 1), step + 1),
+                           anomaly)
+        return True
+
+    def state_dict(self) -> dict:
+        return {"anomaly": self.detector.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.detector.load_state_dict(state.get("anomaly", {}))

@@ -1,5 +1,7 @@
 """Training metrics: one JSON object per logged step in metrics.jsonl, the same scalars in
-TensorBoard, and a progress line with rate and ETA."""
+TensorBoard, and a progress line with rate and ETA (`MetricsLogger`, also the VAE trainer's);
+`TrainMetrics`, the Transformer trainer's component around it (the window since the last
+logged step, MFU, when to log)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,23 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from megagoku.progress import format_duration
+from megagoku.progress import RateMeter, format_duration
+
+# Dense bf16 peak per GPU in TFLOP/s (the vendors' datasheets), by name: the default MFU base.
+GPU_PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
+
+
+def peak_tflops(tcfg, device: torch.device) -> float:
+    """The per-device peak MFU is measured against: configured, else a known GPU under bf16."""
+    if tcfg.peak_tflops > 0:
+        return tcfg.peak_tflops
+    if device.type == "cuda" and tcfg.precision in ("auto", "bf16"):
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in GPU_PEAK_BF16_TFLOPS.items() if k in name), 0.0)
+    return 0.0
 
 
 @dataclass
@@ -89,7 +105,7 @@ class MetricsLogger:
         self.start_step = start_step
         self.total_steps = total_steps
         self.stream = stream
-        self.start = time.perf_counter()
+        self.meter = RateMeter(total_steps - start_step)  # this process's steps: the ETA
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         record = {"step": step, **{k: float(f"{float(v):.6g}") for k, v in scalars.items()}}
@@ -98,8 +114,10 @@ class MetricsLogger:
             self.tensorboard.add_scalar(key, value, step)
 
     def progress(self, step: int, loss: float, steps_per_s: float, tokens_per_s: float) -> None:
-        elapsed = time.perf_counter() - self.start
-        eta = (self.total_steps - step) / steps_per_s if steps_per_s > 0 else float("inf")
+        """The rates of the last window (`steps_per_s`, `tokens_per_s`); elapsed time and ETA
+        over this process's steps (everything included: data, saves, samples)."""
+        elapsed = self.meter.elapsed()
+        _, eta = self.meter.measure(step - self.start_step)
         width = 24
         done = int(width * step / self.total_steps)
         bar = "#" * done + "." * (width - done)
@@ -111,3 +129,46 @@ class MetricsLogger:
     def close(self) -> None:
         self.jsonl.close()
         self.tensorboard.close()
+
+
+class TrainMetrics:
+    """What the trainer logs: every applied step joins the window (`add`; a skipped one is
+    counted by `skip`), and at each logged step (`due`) the window's means and rates with the
+    trainer's own scalars go to metrics.jsonl, TensorBoard and the progress line (rank 0)."""
+
+    def __init__(self, run_dir: Path, tcfg, device: torch.device, world: int, start_step: int,
+                 rank0: bool):
+        self.logger = MetricsLogger(run_dir, tcfg.steps, start_step=start_step) if rank0 \
+            else None
+        self.log_every, self.total_steps = tcfg.log_every, tcfg.steps
+        self.world, self.peak = world, peak_tflops(tcfg, device)
+        self.window = LogWindow()
+        self.last_loss = float("nan")  # the mean loss of the last logged window
+
+    def start(self) -> None:
+        """The loop starts: rates count from now."""
+        self.window = LogWindow()
+
+    def add(self, loss: float, tokens: int, kinds: list[str], per_sample: list[float],
+            data_seconds: float, flops: float) -> None:
+        self.window.add(loss, tokens, kinds, per_sample, data_seconds, flops)
+
+    def skip(self) -> None:
+        self.window.skipped += 1
+
+    def due(self, step: int, stopping: bool = False) -> bool:
+        return step % self.log_every == 0 or step == self.total_steps or stopping
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        """The window's scalars, then `scalars`, for this step; a new window starts."""
+        scalars = {**self.window.scalars(self.world, self.peak), **scalars}
+        if self.logger is not None:
+            self.logger.log(step, scalars)
+            self.logger.progress(step, scalars["loss"], scalars["steps_per_s"],
+                                 scalars["tokens_per_s"])
+        self.last_loss = scalars["loss"]
+        self.window = LogWindow()
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()

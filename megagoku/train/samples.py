@@ -2,17 +2,16 @@
 at the data's size, logs one grid to TensorBoard (a row per prompt, frames left to right) and
 writes it with one GIF per prompt to `<run_dir>/train_samples/step_N/`.
 
-The sampling model is a separate copy built on first use, loaded with the EMA weights each time,
-so the training model, its optimizer and every random stream are left as they were: a run with
-samples ends bit-identical to one without. It needs the whole model on one rank (tensor_parallel
-= ulysses = 1); other layouts sample their checkpoints with `megagoku sample` instead.
+The sampling model is a separate copy built on first use, loaded with the EMA weights each time
+(`inference.periodic.PeriodicGeneration`, shared with the evaluation during training), so the
+training model, its optimizer and every random stream are left as they were: a run with samples
+ends bit-identical to one without. It needs the whole model on one rank (tensor_parallel =
+ulysses = 1); other layouts sample their checkpoints with `megagoku sample` instead.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -22,10 +21,8 @@ from megagoku.config import TrainingConfig
 from megagoku.data.shapes import demo_prompts
 from megagoku.data.video_io import frame_strip, to_uint8_frames, write_video
 from megagoku.inference import Generator
-from megagoku.models import TextEncoder, build_model
-from megagoku.train.ema import EMA
-
-log = logging.getLogger(__name__)
+from megagoku.inference.periodic import PeriodicGeneration
+from megagoku.models import TextEncoder
 
 
 def sample_prompts(config: TrainingConfig) -> list[str]:
@@ -48,34 +45,23 @@ def grid_image(videos: list[torch.Tensor], upscale: int, gap: int = 2) -> np.nda
     return grid
 
 
-class PeriodicSampler:
+class PeriodicSampler(PeriodicGeneration):
     def __init__(self, config: TrainingConfig, run_dir: Path, text_encoder: TextEncoder,
                  device: torch.device, tensorboard=None):
-        self.config, self.run_dir = config, run_dir
-        self.text_encoder, self.device, self.tensorboard = text_encoder, device, tensorboard
-        self.every = config.sample.every
+        super().__init__(config, run_dir, text_encoder, device, config.sample.every,
+                         "sample.every: samples during training need the whole model on one "
+                         "rank (tensor_parallel = ulysses = 1); sample the checkpoints with "
+                         "`megagoku sample` instead")
+        self.tensorboard = tensorboard
         self.prompts = sample_prompts(config)
-        self.generator: Optional[Generator] = None
-        if self.every and config.parallel.model_parallel_size > 1:
-            log.warning("sample.every: samples during training need the whole model on one rank "
-                        "(tensor_parallel = ulysses = 1); sample the checkpoints with "
-                        "`megagoku sample` instead")
-            self.every = 0
-
-    def due(self, step: int) -> bool:
-        return self.every > 0 and step % self.every == 0
 
     @torch.no_grad()
-    def sample(self, step: int, model: torch.nn.Module, ema: EMA) -> Path:
-        """Generate with the EMA weights; returns the folder written."""
+    def run(self, step: int, generator: Generator) -> Path:
+        """Generate the prompts; returns the folder written."""
         cfg = self.config
-        if self.generator is None:
-            copy = build_model(cfg.model).to(self.device).eval()
-            self.generator = Generator(cfg, copy, self.text_encoder)
-        self.generator.model.load_weights(ema.state_dict(model.weights()))
         data = cfg.data
-        videos = self.generator.generate(self.prompts, data.frames, data.height, data.width,
-                                         cfg.sample.steps, cfg.sample.cfg_scale, cfg.sample.seed)
+        videos = generator.generate(self.prompts, data.frames, data.height, data.width,
+                                    cfg.sample.steps, cfg.sample.cfg_scale, cfg.sample.seed)
         out = self.run_dir / "train_samples" / f"step_{step:08d}"
         out.mkdir(parents=True, exist_ok=True)
         grid = grid_image(videos, cfg.sample.upscale)

@@ -1,0 +1,58 @@
+"""The model being trained and its EMA: one component, because where and how the model is built
+decides where the EMA lives and how a checkpoint's weights are put back into both."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+
+from megagoku.config import TrainingConfig
+from megagoku.models import build_model
+from megagoku.optim import EMA
+from megagoku.parallel import tensor_parallel_size
+from megagoku.parallel.activation_checkpoint import apply_activation_checkpointing
+from megagoku.parallel.weights import is_tp_split
+from megagoku.train.checkpoint import CheckpointReader, ModelDirReader
+from megagoku.train.train_state import restore_weights
+
+log = logging.getLogger(__name__)
+
+
+class TrainedModel:
+    """Built on `device` from the seeded global RNG (every rank the same initial weights), then
+    given a resumed checkpoint's weights and EMA (`reader`), or a new stage's starting weights
+    (`init`: the EMA then starts from them), before DeepSpeed partitions anything; finally
+    wrapped for activation checkpointing (`parallel.activation_checkpointing`)."""
+
+    def __init__(self, config: TrainingConfig, device: torch.device,
+                 reader: Optional[CheckpointReader] = None,
+                 init: Optional[CheckpointReader | ModelDirReader] = None):
+        decay = config.train.ema_decay
+        self.model = build_model(config.model).to(device)
+        self.ema = EMA(self.model, decay)  # before ZeRO-3 partitions the parameters
+        if reader is not None or init is not None:  # before DeepSpeed builds its partitions
+            restore_weights(self.model, self.ema, reader or init,
+                            fresh=self.model.new_input_weights() if reader is None else ())
+        if init is not None:
+            self.ema = EMA(self.model, decay)  # a new stage averages from its initial weights
+        apply_activation_checkpointing(self.model.blocks,
+                                       config.parallel.activation_checkpointing,
+                                       config.parallel.activation_checkpoint_every)
+
+    def parameter_count(self) -> int:
+        """Parameters of the whole model (TP pieces counted whole)."""
+        return sum(p.numel() * (tensor_parallel_size() if is_tp_split(p) else 1)
+                   for p in self.model.parameters())
+
+    def ema_weights(self) -> dict[str, torch.Tensor]:
+        """The whole model's tensors with the EMA in place of the parameters (one rank's view:
+        TP pieces are not gathered), what samples and evaluations during training use."""
+        return self.ema.state_dict(self.model.weights())
+
+    def state_dict(self) -> dict:
+        return {"ema_updates": self.ema.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema.updates = int(state["ema_updates"])

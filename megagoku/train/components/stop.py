@@ -1,0 +1,68 @@
+"""When a run stops before its last step: a stop signal on any rank, or `train.max_minutes` of
+training time. Every rank takes the same decision at the same step (one collective per step)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from megagoku.parallel import collectives
+
+log = logging.getLogger(__name__)
+
+
+class StopSignals:
+    """SIGUSR1 / SIGTERM (a Slurm preemption, a launcher stopping the job) ask for a checkpoint
+    and a clean exit at the end of the current step, not an abrupt death."""
+
+    NAMES = ("SIGUSR1", "SIGTERM")
+
+    def __init__(self):
+        self.received: Optional[str] = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for name in self.NAMES:
+                number = getattr(signal, name)
+                self._previous[number] = signal.signal(number, self._handle)
+
+    def _handle(self, number, frame) -> None:
+        self.received = signal.Signals(number).name
+        log.warning("%s received: checkpointing at the end of this step, then exiting",
+                    self.received)
+
+    def restore(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+@dataclass
+class Stop:
+    reason: str  # signal (SIGUSR1/SIGTERM: requeue me) | max_minutes
+    why: str  # for the log
+
+
+class StopConditions:
+    """Installs the signal handlers when made; `restore()` gives the previous ones back."""
+
+    def __init__(self, max_minutes: float, device: torch.device):
+        self.max_minutes, self.device = max_minutes, device
+        self.signals = StopSignals()
+
+    def check(self, elapsed_s: float) -> Optional[Stop]:
+        """Whether to stop after this step (collective)."""
+        out_of_time, signalled = collectives.any_rank(
+            [self.max_minutes > 0 and elapsed_s > 60 * self.max_minutes,
+             self.signals.received is not None], self.device)
+        if signalled:
+            return Stop("signal", self.signals.received or "a stop signal on another rank")
+        if out_of_time:
+            return Stop("max_minutes", f"train.max_minutes={self.max_minutes} reached")
+        return None
+
+    def restore(self) -> None:
+        self.signals.restore()
