@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -32,6 +31,7 @@ from megagoku.config.loader import to_dict
 from megagoku.config.schema import DataConfig, TrainingConfig
 from megagoku.data.files import ManifestDataset
 from megagoku.data.order import SampleOrder
+from megagoku.progress import RateMeter, format_duration
 
 log = logging.getLogger(__name__)
 
@@ -121,26 +121,21 @@ def missing_shards(folder: Path, shards: int) -> list[int]:
     return [s for s in range(shards) if not (folder / f"{shard_name(s)}.json").is_file()]
 
 
-@dataclass
 class CacheProgress:
     """A periodic line with rate and ETA (`every` seconds)."""
 
-    total: int
-    every: float = 10.0
-    done: int = 0
-
-    def __post_init__(self) -> None:
-        self.start = self.last = time.perf_counter()
+    def __init__(self, total: int, every: float = 10.0):
+        self.total, self.every, self.done = total, every, 0
+        self.meter, self.last = RateMeter(total), 0.0
 
     def add(self, n: int, force: bool = False) -> None:
         self.done += n
-        now = time.perf_counter()
+        now = self.meter.elapsed()
         if force or now - self.last >= self.every:
             self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            log.info("cache: %d/%d records, %.1f records/s, ETA %.0fs", self.done, self.total,
-                     rate, eta)
+            rate, eta = self.meter.measure(self.done)
+            log.info("cache: %d/%d records, %.1f records/s, ETA %s", self.done, self.total,
+                     rate, format_duration(eta))
 
 
 def write_shard(folder: Path, shard: int, positions: Sequence[int], dataset: ManifestDataset,

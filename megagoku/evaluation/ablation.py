@@ -54,7 +54,8 @@ from megagoku.flow import euler_sample, guided_velocity, sampling_schedule, trai
 from megagoku.flow.ddpm import ddim_sample, ddpm_sample, ddpm_training_loss, make_schedule
 from megagoku.models import TextEncoder, build_model
 from megagoku.models.text_encoder import encoder_width
-from megagoku.progress import format_duration
+from megagoku.optim import EMA, Update, warmup_cosine
+from megagoku.progress import RateMeter, format_duration
 
 OBJECTIVES = ("rf", "ddpm")
 
@@ -150,25 +151,6 @@ def gpu_budget() -> AblationConfig:
         ema_decay=0.9999, device="cuda",
         model=ModelConfig(name="ablation-gpu", depth=6, hidden_size=256, num_heads=4,
                           patch_size=(1, 2, 2), rope_split=(16, 24, 24)))
-
-
-class EMA:
-    """Exponential moving average of the parameters with train/ema.py's warm-up
-    (decay (1+n)/(10+n) until it reaches `decay`); `evaluation/` may not import `train/`."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay, self.updates = decay, 0
-        self.shadow = {n: p.detach().clone() for n, p in model.named_parameters()}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for name, p in model.named_parameters():
-            self.shadow[name].lerp_(p.detach(), 1.0 - decay)
-
-    def weights(self, model) -> dict[str, torch.Tensor]:
-        return {k: self.shadow.get(k, v) for k, v in model.weights().items()}
 
 
 class PackedDenoiser:
@@ -269,39 +251,26 @@ def score(images: torch.Tensor, ref: Reference) -> dict[str, float]:
             "shape_accuracy": float(shape.float().mean())}
 
 
-def lr_factor(cfg: AblationConfig, step: int) -> float:
-    return min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-
-
 class Progress:
-    """One line every ~10 s: objective, step, loss, rate, and the ETA of the whole ablation
-    (training at the measured rate plus evaluations at their measured cost)."""
+    """One line every ~10 s: objective, step, loss, rate, and the ETA of the whole ablation (both
+    objectives' steps at the rate measured so far, evaluations included: they come at a fixed
+    interval of steps)."""
 
     def __init__(self, cfg: AblationConfig, say: Callable[[str], None]):
         self.cfg, self.say = cfg, say
-        self.start = time.perf_counter()
-        self.train_s = 0.0
+        self.meter = RateMeter(cfg.steps * len(cfg.objectives))
         self.trained = 0
-        self.eval_s: list[float] = []
         self.last = 0.0
 
-    def eta(self) -> float:
-        cfg = self.cfg
-        total_steps = cfg.steps * len(cfg.objectives)
-        evals = len(eval_steps(cfg)) * len(cfg.objectives)
-        rate = self.train_s / max(1, self.trained)
-        per_eval = float(np.mean(self.eval_s)) if self.eval_s else 0.0
-        return rate * (total_steps - self.trained) + per_eval * (evals - len(self.eval_s))
-
-    def step(self, objective: str, step: int, loss: float, seconds: float) -> None:
-        self.train_s += seconds
+    def step(self, objective: str, step: int, loss: float) -> None:
         self.trained += 1
-        now = time.perf_counter()
+        now = self.meter.elapsed()
         if now - self.last > 10 or step == self.cfg.steps:
             self.last = now
+            rate, eta = self.meter.measure(self.trained)
             self.say(f"[{objective}] step {step}/{self.cfg.steps} loss {loss:.4f} "
-                     f"{self.trained / max(self.train_s, 1e-9):.2f} step/s, elapsed "
-                     f"{format_duration(now - self.start)} ETA {format_duration(self.eta())}")
+                     f"{rate:.2f} step/s, elapsed {format_duration(now)} "
+                     f"ETA {format_duration(eta)}")
 
 
 def eval_steps(cfg: AblationConfig) -> list[int]:
@@ -316,7 +285,11 @@ def train_objective(objective: str, cfg: AblationConfig, encoder: TextEncoder, r
     model = build_model(cfg.model).to(device)
     sampler_model = build_model(cfg.model).to(device).eval()
     ema = EMA(model, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    # The project's update (optim.Update): clipping, AdamW, warm-up then a constant LR (so that
+    # an intermediate score does not depend on the total budget through a decay), the EMA.
+    update = Update(model, torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0),
+                    cfg.grad_clip, warmup_cosine(cfg.warmup_steps, cfg.steps), ema,
+                    use_deepspeed=False)
     data = cfg.data
     loader = PackingLoader(ShapesDataset(data), lambda pixels: pixels, cfg.model.patch_size,
                            data.tokens_per_step)
@@ -327,7 +300,6 @@ def train_objective(objective: str, cfg: AblationConfig, encoder: TextEncoder, r
     records, losses = [], []
     model.train()
     for step in range(1, cfg.steps + 1):
-        t0 = time.perf_counter()
         batch = loader.next_pack().to(device)
         drop = (torch.rand(batch.num_samples, generator=g) < cfg.caption_dropout).tolist()
         text, text_cu = encoder.encode(["" if d else c for d, c in zip(drop, batch.captions)])
@@ -342,23 +314,15 @@ def train_objective(objective: str, cfg: AblationConfig, encoder: TextEncoder, r
         else:
             loss, _, _ = ddpm_training_loss(net, batch.tokens, batch.segment, counts, schedule,
                                             g, cfg.flow.loss_weighting)
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(cfg, step - 1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        ema.update(model)
+        update(loss)
         losses.append(loss.item())
-        progress.step(objective, step, float(np.mean(losses[-50:])), time.perf_counter() - t0)
+        progress.step(objective, step, float(np.mean(losses[-50:])))
         if step in checkpoints:
             t1 = time.perf_counter()
-            sampler_model.load_weights(ema.weights(model))
+            sampler_model.load_weights(ema.state_dict(model.weights()))
             images = generate_images(sampler_model, objective, cfg, encoder, ref.captions, seeds)
             scores = score(images, ref)
             seconds = time.perf_counter() - t1
-            progress.eval_s.append(seconds)
             records.append({"objective": objective, "step": step, **scores,
                             "loss": float(np.mean(losses[-cfg.eval_every:])),
                             "eval_seconds": round(seconds, 1)})
@@ -367,7 +331,8 @@ def train_objective(objective: str, cfg: AblationConfig, encoder: TextEncoder, r
             if step == cfg.steps:
                 save_grid(images, cfg.samples_per_class, out / f"samples_{objective}.png")
                 # The final EMA weights, to sample again with other settings (safetensors).
-                save_file({k: v.contiguous().cpu() for k, v in ema.weights(model).items()},
+                save_file({k: v.contiguous().cpu()
+                           for k, v in ema.state_dict(model.weights()).items()},
                           str(out / f"model_{objective}.safetensors"))
     return records
 

@@ -58,9 +58,11 @@ from megagoku.data.packing import ConsecutiveSkips
 from megagoku.models.vae import CausalVAE
 from megagoku.models.vae_discriminator import (PatchDiscriminator3D, hinge_discriminator_loss,
                                                hinge_generator_loss)
+from megagoku.optim import Update
 from megagoku.parallel import resolve_device
+from megagoku.train.components.rng import seed_everything
 from megagoku.train.metrics import MetricsLogger
-from megagoku.train.trainer import RUN_OUTPUTS, prepare_run_dir, seed_everything
+from megagoku.train.run_dir import RUN_OUTPUTS, prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -272,12 +274,14 @@ def train_vae(config: VAETrainingConfig, run_dir: str | Path, source: str = "<co
     vae = CausalVAE(config.vae).to(device)
     adversarial = tcfg.adversarial_weight > 0
     discriminator = PatchDiscriminator3D().to(device) if adversarial else None
+    # The project's update (optim.Update, one process): clipping (grad_clip 0: none, the norm
+    # is still logged), AdamW, no update on a non-finite gradient norm. Constant LR, no EMA.
     optimizer = torch.optim.AdamW(vae.parameters(), lr=tcfg.lr, betas=tcfg.betas,
                                   weight_decay=tcfg.weight_decay)
-    disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=tcfg.lr, betas=tcfg.betas,
-                                       weight_decay=tcfg.weight_decay) if adversarial else None
-    # Clipping at infinity still returns the norm, which is logged.
-    max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else math.inf
+    update = Update(vae, optimizer, tcfg.grad_clip, use_deepspeed=False)
+    disc_update = Update(discriminator, torch.optim.AdamW(
+        discriminator.parameters(), lr=tcfg.lr, betas=tcfg.betas,
+        weight_decay=tcfg.weight_decay), 0.0, use_deepspeed=False) if adversarial else None
     # The probe: the stream's first samples, read by their own stream so that training reads
     # the same samples whatever stats_samples is.
     probe_stream = SampleStream(dataset)
@@ -309,12 +313,11 @@ def train_vae(config: VAETrainingConfig, run_dir: str | Path, source: str = "<co
         adversarial_now = adversarial and step >= tcfg.adversarial_start
         values: dict[str, float] = defaultdict(float)
 
-        optimizer.zero_grad(set_to_none=True)
         if discriminator is not None:  # the VAE's pass must not leave gradients in D
             discriminator.requires_grad_(False)
         reconstructions = []
         latent_positions = 0
-        for batch in batches:
+        for i, batch in enumerate(batches):
             x = batch.to(device)
             share = x.numel() / total_pixels  # pixel weighting across the shape groups
             reconstruction, kl = vae(x, generator)
@@ -327,7 +330,7 @@ def train_vae(config: VAETrainingConfig, run_dir: str | Path, source: str = "<co
                 values["adv_g"] += share * adv_g.item()
                 reconstructions.append(reconstruction.detach())
             # Backward per group: each group's graph is freed before the next forward.
-            (share * loss).backward()
+            update.backward(share * loss, accumulate=i > 0)
             values["loss"] += share * loss.item()
             values["l1"] += share * l1.item()
             values["mse"] += share * mse.item()
@@ -335,19 +338,17 @@ def train_vae(config: VAETrainingConfig, run_dir: str | Path, source: str = "<co
             t, h, w = x.shape[2:]
             latent_positions += x.shape[0] * (1 + (t - 1) // VAE_TEMPORAL_COMPRESSION) * \
                 (h // VAE_SPATIAL_COMPRESSION) * (w // VAE_SPATIAL_COMPRESSION)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(vae.parameters(), max_norm))
-        optimizer.step()
+        grad_norm = update.step()
 
         if adversarial_now:
             discriminator.requires_grad_(True)
-            disc_optimizer.zero_grad(set_to_none=True)
-            for batch, reconstruction in zip(batches, reconstructions):
+            for i, (batch, reconstruction) in enumerate(zip(batches, reconstructions)):
                 x = batch.to(device)
                 share = x.numel() / total_pixels
                 adv_d = hinge_discriminator_loss(discriminator(x), discriminator(reconstruction))
-                (share * adv_d).backward()
+                disc_update.backward(share * adv_d, accumulate=i > 0)
                 values["adv_d"] += share * adv_d.item()
-            disc_optimizer.step()
+            disc_update.step()
 
         if not math.isfinite(values["loss"]):
             raise FloatingPointError(f"VAE loss became {values['loss']} at step {step}")
@@ -362,7 +363,7 @@ def train_vae(config: VAETrainingConfig, run_dir: str | Path, source: str = "<co
                          eval_background_l1=end.background_l1,
                          eval_background_fg_mse=end.background_fg_mse)
         if last or step % tcfg.log_every == 0:
-            scalars = {**window.scalars(), "lr": optimizer.param_groups[0]["lr"],
+            scalars = {**window.scalars(), "lr": update.lr,
                        "data_skipped": data_skipped(), **extra}
             metrics.log(step, scalars)
             # The progress line's "tok/s" are latent positions: the Transformer's tokens at a
