@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import types
 import typing
@@ -22,6 +23,8 @@ from typing import Any, Iterable, Literal, Union
 import yaml
 
 from megagoku.config.schema import ModelConfig, TrainingConfig, VAETrainingConfig
+
+log = logging.getLogger(__name__)
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_VAE_CONFIG = CONFIGS_DIR / "vae" / "tiny.yaml"  # `megagoku train-vae` without --config
@@ -155,6 +158,44 @@ def _build(cls: type, data: dict, where: str) -> Any:
     return cls(**kwargs)
 
 
+# Keys renamed because their old name misled; the old name still reads (a YAML file, a --set, a
+# checkpoint's saved config), with one warning line per source. Old dotted key -> new one.
+RENAMED_KEYS = {
+    # The activation-checkpointing stride, not a checkpoint-saving interval.
+    "parallel.checkpoint_every": "parallel.activation_checkpoint_every",
+}
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_renamed(source: str, old: str) -> None:
+    if (source, old) not in _warned:
+        _warned.add((source, old))
+        log.warning("%s: %s is deprecated, read as %s (rename it: the old name will go)",
+                    source, old, RENAMED_KEYS[old])
+
+
+def _rename_keys(data: dict, source: str) -> None:
+    """Move every renamed key of the mapping `data` (a whole config) to its new name."""
+    for old, new in RENAMED_KEYS.items():
+        section, old_key = old.split(".")
+        new_key = new.split(".")[1]
+        part = data.get(section)
+        if not isinstance(part, dict) or old_key not in part:
+            continue
+        if new_key in part:
+            raise ConfigError(f"{source}: {old}: renamed {new}, which is given too: keep only "
+                              f"{new}")
+        _warn_renamed(source, old)
+        part[new_key] = part.pop(old_key)
+
+
+def _renamed_override(key: str, source: str) -> str:
+    if key in RENAMED_KEYS:
+        _warn_renamed(f"{source} (--set)", key)
+        return RENAMED_KEYS[key]
+    return key
+
+
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
@@ -243,9 +284,10 @@ def training_config_from_dict(data: dict, source: str, overrides: Iterable[str] 
     """Build and validate a training config from a mapping (a YAML file, or a checkpoint's
     saved config); `source` names it in errors."""
     data = copy.deepcopy(data)
+    _rename_keys(data, source)
     _model_file_to_preset(data)
     for key, value in parse_overrides(overrides):
-        _set_path(data, key, value)
+        _set_path(data, _renamed_override(key, source), value)
         _model_file_to_preset(data)
     _resolve_model_section(data, base_dir, source)
     return config_from_dict(TrainingConfig, data, source)

@@ -277,7 +277,11 @@ class FlowConfig:
 
 
 @dataclass
-class TrainConfig:
+class LoopConfig:
+    """The `train` section of a training config: the training loop's settings (steps, AdamW and
+    its schedule, clipping, EMA, seed, logging, time limit, device and precision, the response
+    to loss anomalies). `TrainingConfig` is the whole config, of which this is one section."""
+
     steps: int = 1000
     lr: float = 1e-3
     min_lr_ratio: float = 1.0  # cosine decay to lr * min_lr_ratio; 1.0 keeps the LR constant
@@ -382,14 +386,15 @@ class ParallelConfig:
     ulysses: int = 1
     zero_stage: int = 0  # DeepSpeed ZeRO over the data-parallel ranks: 0 (plain DP), 1, 2, 3
     # Selective activation checkpointing, applied after the model is built: recompute this part
-    # of every `checkpoint_every`-th block in the backward pass instead of keeping its activations.
+    # of every `activation_checkpoint_every`-th block in the backward pass instead of keeping its
+    # activations. (Not checkpoint saving: that is the `checkpoint` section.)
     activation_checkpointing: Literal["none", "attention", "mlp", "full"] = "none"
-    checkpoint_every: int = 1
+    activation_checkpoint_every: int = 1
     # Distributed backend: auto = NCCL when a GPU is present, else gloo.
     backend: Literal["auto", "nccl", "gloo"] = "auto"
 
     def problems(self) -> Iterator[Problem]:
-        for name in ("tensor_parallel", "ulysses", "checkpoint_every"):
+        for name in ("tensor_parallel", "ulysses", "activation_checkpoint_every"):
             if getattr(self, name) <= 0:
                 yield name, f"must be positive, got {getattr(self, name)}"
         if self.zero_stage not in (0, 1, 2, 3):
@@ -456,7 +461,7 @@ class TrainingConfig:
     text: TextConfig = field(default_factory=TextConfig)
     data: DataConfig = field(default_factory=DataConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -502,9 +507,10 @@ class TrainingConfig:
 
 
 @dataclass
-class VAETrainConfig:
-    """`megagoku train-vae`: the optimiser and the losses of the 3D causal VAE (L1 + KL, and an
-    optional PatchGAN term), on one process."""
+class VAELoopConfig:
+    """The `train` section of a `megagoku train-vae` config (`VAETrainingConfig`): the VAE's
+    training loop, its optimiser and losses (L1 + KL, and an optional PatchGAN term), on one
+    process."""
 
     steps: int = 300
     lr: float = 1e-3
@@ -552,7 +558,7 @@ class VAETrainingConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     # A VAE-sized default (DataConfig's own 8 frames at 16x16 suit the pixel-space Transformer).
     data: DataConfig = field(default_factory=lambda: DataConfig(height=32, width=32, frames=9))
-    train: VAETrainConfig = field(default_factory=VAETrainConfig)
+    train: VAELoopConfig = field(default_factory=VAELoopConfig)
 
     def problems(self) -> Iterator[Problem]:
         if self.data.kind == "cache":

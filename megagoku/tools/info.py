@@ -46,7 +46,10 @@ def register(subparsers) -> None:
     plan.add_argument("--zero", type=int, default=0, choices=(0, 1, 2, 3), help="ZeRO stage")
     plan.add_argument("--checkpointing", default="none",
                       choices=("none", "attention", "mlp", "full"))
-    plan.add_argument("--checkpoint-every", type=int, default=1)
+    plan.add_argument("--activation-checkpoint-every", "--checkpoint-every", type=int, default=1,
+                      dest="activation_checkpoint_every",
+                      help="apply --checkpointing to every k-th block (--checkpoint-every: its "
+                           "old name)")
     plan.add_argument("--megatron-sp", action="store_true",
                       help="megatron sequence parallelism inside the TP group")
     plan.add_argument("--activation-bytes", type=int, default=2,
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             report["memory_plan_per_gpu"] = plan(
                 cfg, args.gpus, args.tp, args.sp, args.zero, args.seq_len, args.checkpointing,
-                args.checkpoint_every, args.megatron_sp, args.activation_bytes).as_dict()
+                args.activation_checkpoint_every, args.megatron_sp, args.activation_bytes).as_dict()
         except ValueError as e:
             raise ConfigError(f"{args.config}: {e}") from None
     print(json.dumps(report, indent=2))

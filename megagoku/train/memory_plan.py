@@ -81,7 +81,7 @@ def activation_elements_per_token(cfg: ModelConfig, tp: int, megatron_sp: bool,
 
 
 def plan(cfg: ModelConfig, gpus: int, tp: int = 1, ulysses: int = 1, zero_stage: int = 0,
-         seq_len: int = 4096, checkpointing: str = "none", checkpoint_every: int = 1,
+         seq_len: int = 4096, checkpointing: str = "none", activation_checkpoint_every: int = 1,
          megatron_sp: bool = False, activation_bytes: int = 2) -> MemoryPlan:
     if gpus % (tp * ulysses):
         raise ValueError(f"--gpus {gpus} is not divisible by --tp {tp} x --sp {ulysses}")
@@ -97,7 +97,7 @@ def plan(cfg: ModelConfig, gpus: int, tp: int = 1, ulysses: int = 1, zero_stage:
                  3: 8 * local / shards}[zero_stage]
     tokens = math.ceil(seq_len / ulysses)
     per_token = activation_elements_per_token(cfg, tp, megatron_sp, checkpointing)
-    checkpointed = 0 if checkpointing == "none" else math.ceil(cfg.depth / checkpoint_every)
+    checkpointed = 0 if checkpointing == "none" else math.ceil(cfg.depth / activation_checkpoint_every)
     elements = tokens * (per_token["checkpointed"] * checkpointed
                          + per_token["plain"] * (cfg.depth - checkpointed))
     if checkpointing == "full":  # one block is rebuilt at a time during backward

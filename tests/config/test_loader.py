@@ -123,3 +123,24 @@ def test_token_budget_must_hold_one_video():
     with pytest.raises(ConfigError, match=r"data.tokens_per_step: 100 cannot hold one video "
                                           r"8x16x16 \(128 tokens"):
         load_training_config(ROOT / "configs/tiny.yaml", ["data.tokens_per_step=100"])
+
+
+def test_a_renamed_key_still_reads_with_one_warning_line(tmp_path, caplog):
+    path = write(tmp_path, "model: models/tiny.yaml\nparallel:\n  checkpoint_every: 2\n")
+    with caplog.at_level("WARNING", logger="megagoku.config.loader"):
+        for _ in range(2):  # one line per file, however often it is read
+            assert load_training_config(path).parallel.activation_checkpoint_every == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: parallel.checkpoint_every is deprecated, read as "
+        "parallel.activation_checkpoint_every (rename it: the old name will go)"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="megagoku.config.loader"):
+        cfg = load_training_config(ROOT / "configs/tiny.yaml", ["parallel.checkpoint_every=3"])
+    assert cfg.parallel.activation_checkpoint_every == 3 and len(caplog.records) == 1
+    assert "(--set): parallel.checkpoint_every is deprecated" in caplog.records[0].getMessage()
+    both = write(tmp_path, "model: models/tiny.yaml\nparallel:\n  checkpoint_every: 2\n"
+                 "  activation_checkpoint_every: 2\n", "both.yaml")
+    with pytest.raises(ConfigError, match="both.yaml: parallel.checkpoint_every: renamed "
+                                          "parallel.activation_checkpoint_every, which is given "
+                                          "too: keep only parallel.activation_checkpoint_every"):
+        load_training_config(both)

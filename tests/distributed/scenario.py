@@ -98,7 +98,7 @@ def measured_bytes(model, optimizer, zero_stage: int) -> dict[str, int]:
 def run(parallel: ParallelConfig, lr: float = 1e-2) -> dict[str, torch.Tensor]:
     """Loss and gradients of step 1, weights after STEPS steps, whole, on every rank; and the
     bytes this rank held (`bytes/...`)."""
-    model, initial = build(parallel.activation_checkpointing, parallel.checkpoint_every)
+    model, initial = build(parallel.activation_checkpointing, parallel.activation_checkpoint_every)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, **ADAM)
     engine = TrainEngine(model, optimizer, parallel.zero_stage, grad_clip=0.5)
     shard = current_shard()
