@@ -1,7 +1,8 @@
 """Typed configuration: dataclasses, YAML loading with overrides, validation before any work."""
 
 from megagoku.config.loader import (ConfigError, load_model_config, load_training_config,
-                                    load_vae_training_config, to_dict, training_config_from_dict)
+                                    load_vae_training_config, saved_training_config, to_dict,
+                                    training_config_from_dict)
 from megagoku.config.schema import (
     CheckpointConfig,
     DataConfig,
@@ -38,6 +39,7 @@ __all__ = [
     "load_model_config",
     "load_training_config",
     "load_vae_training_config",
+    "saved_training_config",
     "to_dict",
     "training_config_from_dict",
 ]

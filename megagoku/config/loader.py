@@ -22,7 +22,7 @@ from typing import Any, Iterable, Literal, Union
 
 import yaml
 
-from megagoku.config.schema import ModelConfig, TrainingConfig, VAETrainingConfig
+from megagoku.config.schema import LEGACY_BLOCK, ModelConfig, TrainingConfig, VAETrainingConfig
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +291,20 @@ def training_config_from_dict(data: dict, source: str, overrides: Iterable[str] 
         _model_file_to_preset(data)
     _resolve_model_section(data, base_dir, source)
     return config_from_dict(TrainingConfig, data, source)
+
+
+def saved_training_config(data: dict, source: str) -> TrainingConfig:
+    """The training config a checkpoint or model directory saved (`to_dict` of every field).
+
+    A saved config is complete, so a model key it lacks did not exist when it was written: the
+    block keys it lacks take the values of the block that code built (`LEGACY_BLOCK`), not
+    today's defaults, so that the checkpoint loads and samples as it always did."""
+    data = copy.deepcopy(data)
+    model = data.get("model")
+    if isinstance(model, dict) and "preset" not in model:
+        for key, value in LEGACY_BLOCK.items():
+            model.setdefault(key, value)
+    return training_config_from_dict(data, source)
 
 
 def load_vae_training_config(path: str | Path | None,

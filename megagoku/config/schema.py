@@ -33,6 +33,18 @@ class ModelConfig:
     # text pathway the position identity that motion needs (see docs/architecture.md).
     cross_attn_rope: bool = True
     norm_eps: float = 1e-6
+    # The block's norms and modulation. The defaults are the `Block` that Goku's authors released
+    # (goku/model.py of Saiyan-World/goku): a LayerNorm without gain before self-attention
+    # (`layer`), Q and K each RMS-normalised over all heads together with a heads x head_dim gain
+    # (`whole_width`), a learnable gain on the RMSNorm before the MLP, and modulation
+    # (x * (1 + scale) + shift) and gates computed in float32, cast back to the activations' dtype.
+    # The earlier megagoku block (an RMSNorm before self-attention, one head_dim gain shared by the
+    # heads, no gain before the MLP, modulation in the activations' dtype) is LEGACY_BLOCK below:
+    # configs saved before these keys existed select it (config.loader.saved_training_config).
+    attn_norm: Literal["layer", "rms"] = "layer"
+    qk_norm: Literal["whole_width", "per_head"] = "whole_width"
+    mlp_norm_gain: bool = True
+    modulation_fp32: bool = True
     timestep_freq_dim: int = 256
     # "auto": flash-attn varlen on a GPU when installed, else SDPA over padded samples.
     attention_backend: Literal["auto", "flash", "sdpa_padded", "sdpa_blockmask"] = "auto"
@@ -47,6 +59,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def released_block(self) -> bool:
+        """Whether the blocks are Goku's released `Block` (the official weight layout needs it)."""
+        return all(getattr(self, key) == value for key, value in RELEASED_BLOCK.items())
 
     @property
     def patch_dim(self) -> int:
@@ -81,6 +98,14 @@ class ModelConfig:
                                  f"dim {self.head_dim}")
         if self.timestep_freq_dim % 2:
             yield "timestep_freq_dim", f"must be even, got {self.timestep_freq_dim}"
+
+
+# The block keys' values for Goku's released block (the defaults) and for the block megagoku
+# built before them; a saved config without the keys was written by that earlier code.
+RELEASED_BLOCK = {"attn_norm": "layer", "qk_norm": "whole_width", "mlp_norm_gain": True,
+                  "modulation_fp32": True}
+LEGACY_BLOCK = {"attn_norm": "rms", "qk_norm": "per_head", "mlp_norm_gain": False,
+                "modulation_fp32": False}
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
-from megagoku.config import TrainingConfig, training_config_from_dict
+from megagoku.config import TrainingConfig, saved_training_config
 from megagoku.data.packing import grid_positions, patchify, unpatchify
 from megagoku.flow import euler_sample, guided_velocity, sampling_schedule, time_shift_for
 from megagoku.models import GokuTransformer, TextEncoder, build_latent_space, build_model
@@ -128,7 +128,7 @@ def load_generator(config_dict: dict, state_dict: dict[str, torch.Tensor], sourc
     """Build model and text encoder from a checkpoint's config and load its weights. With
     `tensor_parallel` x `ulysses` > 1 (every rank of a launch calls this) the model is split
     over that many ranks: long videos on several GPUs."""
-    config = training_config_from_dict(config_dict, source)
+    config = saved_training_config(config_dict, source)  # old ones name the block they hold
     device = resolve_device(device)
     if tensor_parallel * ulysses > 1:
         init_distributed()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megagoku.models.norms import RMSNorm
+from megagoku.models.norms import RMSNorm, WholeWidthRMSNorm
 from megagoku.ops import KernelChoice, Rope3D
 from megagoku.parallel import ColumnParallelLinear, RowParallelLinear, heads_to_seq, seq_to_heads
 
@@ -100,8 +100,23 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     raise ValueError(f"unknown attention backend {backend!r}")
 
 
+def qk_norm(kind: str, num_heads: int, head_dim: int, tp_size: int, eps: float,
+            kernels: KernelChoice) -> nn.Module:
+    """The norm of Q or K, (tokens, local heads, head_dim) -> the same shape, a new tensor.
+
+    "whole_width" (Goku's released block): one RMSNorm over all heads of a token, a
+    heads x head_dim gain split over TP with the heads. "per_head" (the earlier megagoku block):
+    each head normalised alone, one head_dim gain shared by all heads; each TP rank holds only
+    some heads, so its gradient is summed over the group."""
+    if kind == "whole_width":
+        return WholeWidthRMSNorm(num_heads, head_dim, tp_size, eps, kernels)
+    if kind == "per_head":
+        return RMSNorm(head_dim, eps, grad_over_tp=tp_size > 1, kernels=kernels)
+    raise ValueError(f"unknown qk_norm {kind!r} (whole_width, per_head)")
+
+
 class SelfAttention(nn.Module):
-    """Full self-attention with RMSNorm on Q and K (per head) and 3D RoPE, heads split over TP.
+    """Full self-attention with RMSNorm on Q and K (`qk_norm`) and 3D RoPE, heads split over TP.
 
     The fused QKV projection is laid out per head ([head][q, k, v][head_dim], megatron's
     interleaving), so concatenating the tensor-parallel shards gives the same model at every size.
@@ -110,16 +125,16 @@ class SelfAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, tp_size: int, mp_config, eps: float,
-                 backend: str, init_method, kernels: KernelChoice = "auto"):
+                 backend: str, init_method, kernels: KernelChoice = "auto",
+                 qk_norm_kind: str = "whole_width"):
         super().__init__()
         self.head_dim = dim // num_heads
         self.local_heads = num_heads // tp_size
         self.backend = backend
         self.qkv = ColumnParallelLinear(dim, 3 * dim, config=mp_config, init_method=init_method,
                                         bias=False, gather_output=False)
-        # One weight shared by all heads, and each TP rank holds only some heads.
-        self.q_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1, kernels=kernels)
-        self.k_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1, kernels=kernels)
+        self.q_norm = qk_norm(qk_norm_kind, num_heads, self.head_dim, tp_size, eps, kernels)
+        self.k_norm = qk_norm(qk_norm_kind, num_heads, self.head_dim, tp_size, eps, kernels)
         self.proj = RowParallelLinear(dim, dim, config=mp_config, init_method=init_method,
                                       bias=False, input_is_parallel=True, skip_bias_add=False)
 
@@ -130,7 +145,9 @@ class SelfAttention(nn.Module):
         n = qkv.shape[0]
         q, k, v = qkv.view(n, self.local_heads, 3, self.head_dim).unbind(2)
         # The norms read Q and K in place inside the QKV output and return fresh tensors, which
-        # the fused rotation may then overwrite.
+        # the fused rotation may then overwrite. Under Ulysses they run here, before the
+        # all-to-all: every head of this rank's tokens is at hand, so the whole-width norm stays
+        # local (under TP it sums over the TP group's heads).
         q = rope(self.q_norm(q), inplace=True)
         k = rope(self.k_norm(k), inplace=True)
         q, k, v = seq_to_heads(torch.stack((q, k, v), dim=1)).unbind(1)
@@ -150,7 +167,7 @@ class CrossAttention(nn.Module):
 
     def __init__(self, dim: int, text_dim: int, num_heads: int, tp_size: int, mp_config,
                  text_mp_config, eps: float, backend: str, rope_queries: bool, init_method,
-                 kernels: KernelChoice = "auto"):
+                 kernels: KernelChoice = "auto", qk_norm_kind: str = "whole_width"):
         super().__init__()
         self.head_dim = dim // num_heads
         self.local_heads = num_heads // tp_size
@@ -161,8 +178,8 @@ class CrossAttention(nn.Module):
         # Every TP rank holds all caption tokens: no sequence-parallel gather for the keys.
         self.kv = ColumnParallelLinear(text_dim, 2 * dim, config=text_mp_config,
                                        init_method=init_method, bias=False, gather_output=False)
-        self.q_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1, kernels=kernels)
-        self.k_norm = RMSNorm(self.head_dim, eps, grad_over_tp=tp_size > 1, kernels=kernels)
+        self.q_norm = qk_norm(qk_norm_kind, num_heads, self.head_dim, tp_size, eps, kernels)
+        self.k_norm = qk_norm(qk_norm_kind, num_heads, self.head_dim, tp_size, eps, kernels)
         self.proj = RowParallelLinear(dim, dim, config=mp_config, init_method=init_method,
                                       bias=False, input_is_parallel=True, skip_bias_add=False)
 

@@ -11,6 +11,14 @@ packed the same way (`text`, `text_cu_seqlens`).
                     adaLN-Zero(t) -> GELU-tanh MLP
     FinalLayer: adaLN(t) -> linear back to patch values (the velocity)
 
+GokuBlock is, by default, the `Block` Goku's authors released (goku/model.py of
+Saiyan-World/goku), number for number: a LayerNorm without gain before self-attention, Q and K
+each RMS-normalised over all heads together, an RMSNorm with gain before cross-attention and
+before the MLP, modulation and gates in float32. The model config's block keys select the earlier
+megagoku block instead (ModelConfig, LEGACY_BLOCK). Everything around the blocks is ours: the
+patch embedding, timestep embedder, caption norm, final layer and the RoPE frequencies (the
+released file has none of them); models/official.py maps the blocks to the released names.
+
 Every linear layer inside the blocks is a megatron-core Column/RowParallelLinear: heads and MLP
 columns split over the tensor-parallel ranks. The model reads the process grid from
 `megagoku.parallel` when it is built: under Ulysses `tokens` and `positions` are this rank's slice
@@ -29,9 +37,10 @@ from torch import nn
 
 from megagoku.config.schema import ModelConfig
 from megagoku.models.attention import CrossAttention, SelfAttention
-from megagoku.models.norms import RMSNorm
-from megagoku.models.pack_context import PackContext, build_pack_context, per_token
-from megagoku.ops import Rope3D
+from megagoku.models.norms import LayerNorm, RMSNorm
+from megagoku.models.pack_context import PackContext, build_pack_context
+from megagoku.ops import (Rope3D, accumulation_dtype, gated_residual, modulated_norm,
+                          per_token)
 from megagoku.parallel import (ColumnParallelLinear, RowParallelLinear, current_shard,
                                gather_sequence, grad_summed_over_tp, layout,
                                model_parallel_config, scatter_sequence, tensor_parallel_rank)
@@ -83,20 +92,26 @@ class GokuBlock(nn.Module):
         dim, eps = cfg.hidden_size, cfg.norm_eps
         xavier = nn.init.xavier_uniform_
         self.sequence_parallel = mp_config.sequence_parallel
-        # Per-block adaLN-Zero: shift/scale/gate for attention and MLP. Zero-initialised, so every
-        # block starts as the identity. Gathered: each rank modulates the full hidden state.
+        self.eps, self.kernels = eps, cfg.kernels
+        self.attn_norm, self.modulation_fp32 = cfg.attn_norm, cfg.modulation_fp32
+        # Per-block adaLN-Zero: shift/scale/gate for attention and MLP (the released block's
+        # norm1.linear). Zero-initialised, so every block starts as the identity. Gathered: each
+        # rank modulates the full hidden state.
         self.adaln = ColumnParallelLinear(dim, 6 * dim, config=replicated_input_config,
                                           init_method=nn.init.zeros_, bias=True,
                                           gather_output=True)
         kernels = cfg.kernels
-        self.norm1 = RMSNorm(dim, eps, learnable=False, kernels=kernels)
+        self.norm1 = LayerNorm(dim, eps) if cfg.attn_norm == "layer" else \
+            RMSNorm(dim, eps, learnable=False, kernels=kernels)
         self.attn = SelfAttention(dim, cfg.num_heads, tp_size, mp_config, eps,
-                                  cfg.attention_backend, xavier, kernels)
+                                  cfg.attention_backend, xavier, kernels, cfg.qk_norm)
         self.norm2 = RMSNorm(dim, eps, grad_over_tp=self.sequence_parallel, kernels=kernels)
         self.cross_attn = CrossAttention(dim, cfg.text_dim, cfg.num_heads, tp_size, mp_config,
                                          replicated_input_config, eps, cfg.attention_backend,
-                                         cfg.cross_attn_rope, xavier, kernels)
-        self.norm3 = RMSNorm(dim, eps, learnable=False, kernels=kernels)
+                                         cfg.cross_attn_rope, xavier, kernels, cfg.qk_norm)
+        # Under megatron SP each rank applies the gain to its own tokens, as norm2's.
+        self.norm3 = RMSNorm(dim, eps, learnable=cfg.mlp_norm_gain,
+                             grad_over_tp=self.sequence_parallel, kernels=kernels)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), mp_config, xavier)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, rope: Rope3D,
@@ -104,6 +119,24 @@ class GokuBlock(nn.Module):
         mod, _ = self.adaln(F.silu(cond))
         if self.sequence_parallel:  # each TP rank modulates different tokens
             mod = grad_summed_over_tp(mod)
+        if not self.modulation_fp32:
+            return self._forward_in_activation_dtype(x, mod, rope, text, ctx)
+        # The released block: shift, scale and gate in float32 (one row per sample, spread over
+        # its tokens inside the ops), norm and modulation computed there, cast back.
+        segment = ctx.residual_segment
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = \
+            mod.to(accumulation_dtype(mod.dtype)).chunk(6, dim=-1)
+        h = modulated_norm(x, self.attn_norm, None, self.eps, shift_a, scale_a, segment,
+                           self.kernels)
+        x = gated_residual(x, gate_a, self.attn(h, rope, ctx.self_layout), segment, self.kernels)
+        x = x + self.cross_attn(self.norm2(x), text, rope, ctx.query_layout, ctx.text_layout)
+        h = modulated_norm(x, "rms", self.norm3.gain(), self.eps, shift_m, scale_m, segment,
+                           self.kernels)
+        return gated_residual(x, gate_m, self.mlp(h), segment, self.kernels)
+
+    def _forward_in_activation_dtype(self, x: torch.Tensor, mod: torch.Tensor, rope: Rope3D,
+                                     text: torch.Tensor, ctx: PackContext) -> torch.Tensor:
+        """The earlier megagoku block's modulation and gates, in the activations' dtype."""
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = \
             per_token(mod, ctx.residual_segment).chunk(6, dim=-1)
         x = x + gate_a * self.attn(modulate(self.norm1(x), shift_a, scale_a), rope,

@@ -53,29 +53,3 @@ def build_pack_context(cu_seqlens: torch.Tensor, text_cu_seqlens: torch.Tensor,
         n = slice_segment.numel() // tp_split
         residual = slice_segment[tp_rank * n:(tp_rank + 1) * n]
     return PackContext(layout, slice_layout, text_layout, slice_segment, residual)
-
-
-class _PerToken(torch.autograd.Function):
-    """values (B, D) -> (L, D), row `segment[i]` for token i, with a backward that sums each
-    sample's token gradients in token order. Indexing (`values[segment]`) would do the same
-    forward, but its backward, an accumulating `index_put_`, adds rows from several threads on the
-    CPU: the rounding of the sums then changed from run to run (seen as last-bit differences in
-    the adaLN and timestep-embedder gradients), and no resumed run could be bit-exact."""
-
-    @staticmethod
-    def forward(ctx, values: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
-        ctx.counts = torch.bincount(segment, minlength=values.shape[0])
-        return values.index_select(0, segment)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        # Segments are sorted (tokens of a pack are grouped by sample, pad tokens last), so a
-        # segment sum is each sample's sum; a sample with no token here gets zeros.
-        return torch.segment_reduce(grad, "sum", lengths=ctx.counts, axis=0), None
-
-
-def per_token(values: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
-    """Per-sample rows (adaLN modulation) spread to the tokens of each sample, deterministically
-    (see `_PerToken`). `segment` must be sorted, as every `PackContext` segment is."""
-    return _PerToken.apply(values, segment)
-

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 
 from megagoku.ops import fused
-from megagoku.ops.rms_norm import rms_norm_reference
+from megagoku.ops.modulate import (NormKind, gated_residual_reference,
+                                   modulated_norm_reference)
+from megagoku.ops.rms_norm import rms_norm_reference, whole_width_rms_norm_reference
 from megagoku.ops.rope import apply_rope, rope_angles, rope_inv_freq
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,31 @@ def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float,
     if use_fused(kernels, x.device.type):
         return fused.rms_norm_fused(x, weight, eps)
     return rms_norm_reference(x, weight, eps)
+
+
+def whole_width_rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float,
+                         width: Optional[int] = None,
+                         sum_partials: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                         kernels: KernelChoice = "auto") -> torch.Tensor:
+    """Goku's Q/K RMSNorm over all heads of each token of x (tokens, heads, head_dim); under
+    tensor parallelism `width` is all ranks' width and `sum_partials` sums over the TP group
+    (see `whole_width_rms_norm_reference`)."""
+    return whole_width_rms_norm_reference(x, weight, eps, width, sum_partials)
+
+
+def modulated_norm(x: torch.Tensor, kind: NormKind, weight: Optional[torch.Tensor], eps: float,
+                   shift: torch.Tensor, scale: torch.Tensor, segment: torch.Tensor,
+                   kernels: KernelChoice = "auto") -> torch.Tensor:
+    """norm(x) * (1 + scale) + shift in float32, per-sample shift and scale (B, dim) spread over
+    the tokens by `segment` (see `modulated_norm_reference`)."""
+    return modulated_norm_reference(x, kind, weight, eps, shift, scale, segment)
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, out: torch.Tensor, segment: torch.Tensor,
+                   kernels: KernelChoice = "auto") -> torch.Tensor:
+    """x + gate * out, the product in float32 cast to out's dtype (see
+    `gated_residual_reference`)."""
+    return gated_residual_reference(x, gate, out, segment)
 
 
 @functools.lru_cache(maxsize=16)

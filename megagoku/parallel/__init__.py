@@ -5,7 +5,9 @@ Only this package touches process groups or megatron's global state (docs/archit
 """
 
 from megagoku.parallel.layers import (ColumnParallelLinear, RowParallelLinear, gather_sequence,
-                                      grad_summed_over_tp, model_parallel_config, scatter_sequence)
+                                      grad_summed_over_tp, mark_tp_split, model_parallel_config,
+                                      scatter_sequence,
+                                      sum_over_tp)
 from megagoku.parallel.sequence import (SequenceShard, current_shard, gather_shards, heads_to_seq,
                                         seq_to_heads)
 from megagoku.parallel.state import (ParallelLayout, data_parallel_rank, data_parallel_size,
@@ -30,10 +32,12 @@ __all__ = [
     "heads_to_seq",
     "initialize_groups",
     "layout",
+    "mark_tp_split",
     "model_parallel_config",
     "resolve_device",
     "scatter_sequence",
     "seq_to_heads",
+    "sum_over_tp",
     "tensor_parallel_group",
     "tensor_parallel_rank",
     "tensor_parallel_size",

@@ -12,10 +12,12 @@ import torch
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from megatron.core import ModelParallelConfig
-    from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+    from megatron.core.tensor_parallel import (ColumnParallelLinear, RowParallelLinear,
+                                               set_tensor_model_parallel_attributes)
     from megatron.core.tensor_parallel.mappings import (all_to_all,
                                                         copy_to_tensor_model_parallel_region,
                                                         gather_from_sequence_parallel_region,
+                                                        reduce_from_tensor_model_parallel_region,
                                                         scatter_to_sequence_parallel_region)
 
 
@@ -48,6 +50,26 @@ def grad_summed_over_tp(tensor: torch.Tensor) -> torch.Tensor:
     return copy_to_tensor_model_parallel_region(tensor)
 
 
+def mark_tp_split(param: torch.nn.Parameter, dim: int = 0) -> torch.nn.Parameter:
+    """Mark a parameter that holds this rank's 1/TP of the whole along `dim` (as megatron marks its
+    layers' weights): checkpoints gather it, ZeRO and clipping count it once per TP rank, the memory
+    plan counts it as split."""
+    set_tensor_model_parallel_attributes(param, is_parallel=True, dim=dim, stride=1)
+    return param
+
+
+def sum_over_tp(partial: torch.Tensor) -> torch.Tensor:
+    """Sum over the tensor-parallel group, forward and backward.
+
+    For a per-token partial sum over this rank's heads whose total every rank then uses for its
+    own heads (the sum of squares of Goku's whole-width QK norm): the loss depends on the total
+    through every rank's heads, so the gradient of each rank's partial is the sum of all ranks'
+    gradients of the total. megatron's reduce (all-reduce forward, identity backward) followed by
+    its copy (identity forward, all-reduce backward). Called inside a fused op's forward or
+    backward (no autograd there) it is one all-reduce."""
+    return copy_to_tensor_model_parallel_region(reduce_from_tensor_model_parallel_region(partial))
+
+
 def scatter_sequence(x: torch.Tensor) -> torch.Tensor:
     """Megatron SP: keep this TP rank's slice of the tokens (dim 0); backward all-gathers."""
     return scatter_to_sequence_parallel_region(x)
@@ -60,4 +82,4 @@ def gather_sequence(x: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["ColumnParallelLinear", "all_to_all", "RowParallelLinear", "gather_sequence", "grad_summed_over_tp",
-           "model_parallel_config", "scatter_sequence"]
+           "mark_tp_split", "model_parallel_config", "scatter_sequence", "sum_over_tp"]

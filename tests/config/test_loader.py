@@ -144,3 +144,31 @@ def test_a_renamed_key_still_reads_with_one_warning_line(tmp_path, caplog):
                                           "parallel.activation_checkpoint_every, which is given "
                                           "too: keep only parallel.activation_checkpoint_every"):
         load_training_config(both)
+
+
+def test_new_configs_get_the_released_block_and_saved_ones_without_its_keys_the_earlier_one():
+    from megagoku.config import ModelConfig, saved_training_config, to_dict
+    from megagoku.config.schema import LEGACY_BLOCK, RELEASED_BLOCK
+
+    assert ModelConfig().released_block
+    for name in ("goku_1b", "goku_2b", "goku_8b", "tiny"):
+        text = (ROOT / f"configs/models/{name}.yaml").read_text()
+        assert all(f"\n{key}: " in text for key in RELEASED_BLOCK), name  # said, not defaulted
+        assert load_model_config(ROOT / f"configs/models/{name}.yaml").released_block
+    saved = to_dict(load_training_config(ROOT / "configs/tiny.yaml"))
+    assert saved_training_config(saved, "<saved>").model.released_block  # new saves say so
+    # A config saved before the keys existed (to_dict of every field it had) is the earlier
+    # block, whatever today's defaults are.
+    for key in LEGACY_BLOCK:
+        del saved["model"][key]
+    old = saved_training_config(saved, "<old checkpoint>").model
+    assert {key: getattr(old, key) for key in LEGACY_BLOCK} == LEGACY_BLOCK
+    assert not old.released_block
+    assert load_training_config(None, ["model.qk_norm=per_head"]).model.qk_norm == "per_head"
+
+
+def test_block_keys_are_checked(tmp_path):
+    path = write(tmp_path, "model:\n  preset: models/tiny.yaml\n  qk_norm: per_token\n")
+    with pytest.raises(ConfigError, match=f"{path}: model.qk_norm: expected one of "
+                                          "'whole_width', 'per_head'"):
+        load_training_config(path)

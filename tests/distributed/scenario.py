@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from megagoku.config import FlowConfig, ModelConfig, ParallelConfig
+from megagoku.config.schema import LEGACY_BLOCK
 from megagoku.data.packing import pack
 from megagoku.models import build_model
 from megagoku.parallel import (activation_checkpoint, current_shard, data_parallel_rank,
@@ -27,10 +28,12 @@ ADAM = dict(weight_decay=0.01, eps=1e-6)
 FLOW = FlowConfig(time_shift=1.0)
 
 
-def model_config() -> ModelConfig:
+def model_config(block: str = "released") -> ModelConfig:
+    """Goku's released block (the default), or "legacy", the earlier megagoku block."""
+    variant = LEGACY_BLOCK if block == "legacy" else {}
     return ModelConfig(name="dist", depth=2, hidden_size=64, num_heads=4, mlp_ratio=2.0,
                        in_channels=2, patch_size=(1, 1, 1), text_dim=16, rope_split=(4, 6, 6),
-                       attention_backend="sdpa_padded")
+                       attention_backend="sdpa_padded", **variant)
 
 
 def make_pack(step: int, replica: int):
@@ -52,9 +55,9 @@ def random_weights(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def build(checkpointing: str = "none", every: int = 1):
+def build(checkpointing: str = "none", every: int = 1, block: str = "released"):
     torch.manual_seed(0)
-    model = build_model(model_config())
+    model = build_model(model_config(block))
     initial = full_weights(model)
     load_full_weights(model, random_weights(model))
     activation_checkpoint.apply_activation_checkpointing(model.blocks, checkpointing, every)
@@ -95,10 +98,12 @@ def measured_bytes(model, optimizer, zero_stage: int) -> dict[str, int]:
     return {"weights_bytes": weights, "optimizer_bytes": moments + master}
 
 
-def run(parallel: ParallelConfig, lr: float = 1e-2) -> dict[str, torch.Tensor]:
+def run(parallel: ParallelConfig, lr: float = 1e-2, block: str = "released"
+        ) -> dict[str, torch.Tensor]:
     """Loss and gradients of step 1, weights after STEPS steps, whole, on every rank; and the
     bytes this rank held (`bytes/...`)."""
-    model, initial = build(parallel.activation_checkpointing, parallel.activation_checkpoint_every)
+    model, initial = build(parallel.activation_checkpointing, parallel.activation_checkpoint_every,
+                           block)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, **ADAM)
     engine = TrainEngine(model, optimizer, parallel.zero_stage, grad_clip=0.5)
     shard = current_shard()
@@ -117,9 +122,10 @@ def run(parallel: ParallelConfig, lr: float = 1e-2) -> dict[str, torch.Tensor]:
     return out
 
 
-def reference(data_parallel: int = 1, lr: float = 1e-2) -> dict[str, torch.Tensor]:
+def reference(data_parallel: int = 1, lr: float = 1e-2, block: str = "released"
+              ) -> dict[str, torch.Tensor]:
     """The same three steps in one process; `data_parallel` replicas' packs averaged."""
-    model, initial = build()
+    model, initial = build(block=block)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, **ADAM)
     engine = TrainEngine(model, optimizer, 0, grad_clip=0.5, use_deepspeed=False)
     shard = current_shard()

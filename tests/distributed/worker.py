@@ -24,8 +24,9 @@ def main() -> None:
     torch.set_num_threads(1)
     runs = spec.pop("runs", [spec])
     for i, run_spec in enumerate(runs):
+        block = run_spec.pop("block", "released")  # the model's block variant (scenario)
         initialize_groups(ParallelConfig(**run_spec))
-        result = scenario.run(ParallelConfig(**run_spec))
+        result = scenario.run(ParallelConfig(**run_spec), block=block)
         if torch.distributed.get_rank() == 0:
             save_file({k: v.contiguous() for k, v in result.items()}, out_dir / f"run{i}.safetensors")
     shutdown()
