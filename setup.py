@@ -15,9 +15,10 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 CSRC = Path("csrc")
-CPU_SOURCES = ["torch/bindings.cpp", "cpu/isa.cpp", "cpu/rms_norm.cpp", "cpu/rope.cpp",
-               "cpu/rows_generic.cpp", "cpu/rows_avx2.cpp", "cpu/rows_avx512.cpp"]
-CUDA_SOURCES = ["cuda/rms_norm.cu", "cuda/rope.cu"]
+CPU_SOURCES = ["torch/bindings.cpp", "cpu/isa.cpp", "cpu/rms_norm.cpp", "cpu/whole_width.cpp",
+               "cpu/modulate.cpp", "cpu/rope.cpp", "cpu/rows_generic.cpp", "cpu/rows_avx2.cpp",
+               "cpu/rows_avx512.cpp"]
+CUDA_SOURCES = ["cuda/rms_norm.cu", "cuda/whole_width.cu", "cuda/modulate.cu", "cuda/rope.cu"]
 
 
 def say(message: str) -> None:

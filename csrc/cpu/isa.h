@@ -26,6 +26,15 @@ struct CpuRowKernels {
   const char* isa;
   void (*rms_norm_forward[3])(const RmsNormForward&, int64_t begin, int64_t end);
   void (*rms_norm_backward[3])(const RmsNormBackward&, int64_t begin, int64_t end, void* dw);
+  void (*whole_width_forward[3])(const WholeWidthRmsNormForward&, int64_t begin, int64_t end);
+  void (*whole_width_backward[3])(const WholeWidthRmsNormBackward&, int64_t begin, int64_t end,
+                                  void* dw);
+  void (*whole_width_partial[3])(const WholeWidthPartialSums&, int64_t begin, int64_t end);
+  void (*modulated_forward[3])(const ModulatedNormForward&, int64_t begin, int64_t end);
+  // `dmod`: Acc[(segment[end - 1] - segment[begin] + 1) * 2 * cols], this range's samples'
+  // (dshift, dscale) rows; `dw`: Acc[cols] or nullptr. Both summed into.
+  void (*modulated_backward[3])(const ModulatedNormBackward&, int64_t begin, int64_t end,
+                                void* dmod, void* dw);
   void (*rope[3])(const Rope3d&, int64_t begin, int64_t end);
 };
 

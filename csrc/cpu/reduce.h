@@ -19,6 +19,19 @@ inline Acc add_lanes(const Acc* part) {
   return total;
 }
 
+// sum of f(c) for c in [0, n) (f returns Acc)
+template <typename Acc, typename F>
+inline Acc lane_sum(int64_t n, F f) {
+  Acc part[kLanes] = {};
+  int64_t c = 0;
+  const int64_t whole = n - n % kLanes;
+  const int tail = static_cast<int>(n - whole);
+  for (; c < whole; c += kLanes)
+    for (int i = 0; i < kLanes; ++i) part[i] += f(c + i);
+  for (int i = 0; i < tail; ++i) part[i] += f(c + i);
+  return add_lanes(part);
+}
+
 // sum of x[c]^2
 template <typename T, typename Acc>
 inline Acc sum_squares(const T* __restrict x, int64_t n) {

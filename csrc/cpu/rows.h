@@ -93,6 +93,231 @@ void rms_backward_rows(const RmsNormBackward& a, int64_t begin, int64_t end, voi
   MG_DISPATCH_WIDTH(rms_backward_rows_of, a.cols, a, begin, end, dw)
 }
 
+// ---------------------------------------------------------------- whole-width RMSNorm
+// A row is `groups` pieces of `cols` (a token's heads); each piece is read and written with the
+// loops of the per-row norm, and the row's sums add the pieces' in order.
+template <typename T, typename Acc, int kCols>
+void whole_width_forward_rows_of(const WholeWidthRmsNormForward& a, int64_t begin, int64_t end) {
+  const Acc* __restrict w = static_cast<const Acc*>(a.weight);
+  const Acc* sums = static_cast<const Acc*>(a.sum_sq);
+  const Acc eps = static_cast<Acc>(a.eps);
+  const int64_t cols = kCols > 0 ? kCols : a.cols;
+  const bool stream =
+      a.rows * a.groups * cols * static_cast<int64_t>(sizeof(T)) >= kStreamOutputBytes;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* x = static_cast<const T*>(a.x) + r * a.x_stride;
+    T* y = static_cast<T*>(a.y) + r * a.y_stride;
+    Acc sum_sq = 0;
+    if (sums != nullptr) {
+      sum_sq = sums[r];
+    } else {
+      for (int64_t g = 0; g < a.groups; ++g) sum_sq += sum_squares<T, Acc>(x + g * a.x_group_stride, cols);
+    }
+    const Acc inv = rms_inverse(sum_sq, a.width, eps);
+    static_cast<Acc*>(a.rstd)[r] = inv;
+    for (int64_t g = 0; g < a.groups; ++g) {
+      const T* __restrict xg = x + g * a.x_group_stride;
+      T* __restrict yg = y + g * a.y_group_stride;
+      if (w != nullptr) {
+        const Acc* __restrict wg = w + g * cols;
+        write_row(yg, cols, stream,
+                  [&](int64_t c) { return Narrow<T, Acc>::from(to_acc(xg[c]) * inv * wg[c]); });
+      } else {
+        write_row(yg, cols, stream,
+                  [&](int64_t c) { return Narrow<T, Acc>::from(to_acc(xg[c]) * inv); });
+      }
+    }
+  }
+  if (stream) stream_fence();
+}
+
+template <typename T, typename Acc>
+void whole_width_forward_rows(const WholeWidthRmsNormForward& a, int64_t begin, int64_t end) {
+  MG_DISPATCH_WIDTH(whole_width_forward_rows_of, a.cols, a, begin, end)
+}
+
+template <typename T, typename Acc, int kCols>
+void whole_width_backward_rows_of(const WholeWidthRmsNormBackward& a, int64_t begin, int64_t end,
+                                  void* dw_out) {
+  const Acc* __restrict w = static_cast<const Acc*>(a.weight);
+  const Acc* sums = static_cast<const Acc*>(a.sum_gx);
+  Acc* __restrict dw = static_cast<Acc*>(dw_out);
+  const int64_t cols = kCols > 0 ? kCols : a.cols;
+  const bool stream =
+      a.rows * a.groups * cols * static_cast<int64_t>(sizeof(T)) >= kStreamOutputBytes;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* dy = static_cast<const T*>(a.dy) + r * a.dy_stride;
+    const T* x = static_cast<const T*>(a.x) + r * a.x_stride;
+    T* dx = static_cast<T*>(a.dx) + r * a.dx_stride;
+    const Acc inv = static_cast<const Acc*>(a.rstd)[r];
+    Acc sum_gx = 0;
+    if (sums != nullptr) {
+      sum_gx = sums[r];
+    } else {
+      for (int64_t g = 0; g < a.groups; ++g) {
+        sum_gx += sum_products<T, Acc>(dy + g * a.dy_group_stride,
+                                       w != nullptr ? w + g * cols : nullptr,
+                                       x + g * a.x_group_stride, cols);
+      }
+    }
+    const Acc coef = rms_grad_coefficient(sum_gx, inv, a.width);
+    for (int64_t g = 0; g < a.groups; ++g) {
+      const T* __restrict dyg = dy + g * a.dy_group_stride;
+      const T* __restrict xg = x + g * a.x_group_stride;
+      T* __restrict dxg = dx + g * a.dx_group_stride;
+      if (w != nullptr && dw != nullptr) {
+        const Acc* __restrict wg = w + g * cols;
+        Acc* __restrict dwg = dw + g * cols;
+        write_row(dxg, cols, stream, [&](int64_t c) {
+          const Acc d = to_acc(dyg[c]);
+          const Acc xhat = to_acc(xg[c]) * inv;
+          dwg[c] += d * xhat;
+          return Narrow<T, Acc>::from(rms_input_grad(d * wg[c], xhat, coef, inv));
+        });
+      } else if (w != nullptr) {
+        const Acc* __restrict wg = w + g * cols;
+        write_row(dxg, cols, stream, [&](int64_t c) {
+          const Acc xhat = to_acc(xg[c]) * inv;
+          return Narrow<T, Acc>::from(rms_input_grad(to_acc(dyg[c]) * wg[c], xhat, coef, inv));
+        });
+      } else {
+        write_row(dxg, cols, stream, [&](int64_t c) {
+          const Acc xhat = to_acc(xg[c]) * inv;
+          return Narrow<T, Acc>::from(rms_input_grad(to_acc(dyg[c]), xhat, coef, inv));
+        });
+      }
+    }
+  }
+  if (stream) stream_fence();
+}
+
+template <typename T, typename Acc>
+void whole_width_backward_rows(const WholeWidthRmsNormBackward& a, int64_t begin, int64_t end,
+                               void* dw) {
+  MG_DISPATCH_WIDTH(whole_width_backward_rows_of, a.cols, a, begin, end, dw)
+}
+
+template <typename T, typename Acc, int kCols>
+void whole_width_partial_rows_of(const WholeWidthPartialSums& a, int64_t begin, int64_t end) {
+  const Acc* w = static_cast<const Acc*>(a.weight);
+  const int64_t cols = kCols > 0 ? kCols : a.cols;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* ar = static_cast<const T*>(a.a) + r * a.a_stride;
+    const T* br = static_cast<const T*>(a.b) + r * a.b_stride;
+    Acc total = 0;
+    for (int64_t g = 0; g < a.groups; ++g) {
+      total += sum_products<T, Acc>(ar + g * a.a_group_stride, w != nullptr ? w + g * cols : nullptr,
+                                    br + g * a.b_group_stride, cols);
+    }
+    static_cast<Acc*>(a.out)[r] = total;
+  }
+}
+
+template <typename T, typename Acc>
+void whole_width_partial_rows(const WholeWidthPartialSums& a, int64_t begin, int64_t end) {
+  MG_DISPATCH_WIDTH(whole_width_partial_rows_of, a.cols, a, begin, end)
+}
+
+// ---------------------------------------------------------------- modulated norm
+// The row's normalised value h: a LayerNorm's in Acc; an RMSNorm's (times its gain) rounded to
+// T, as the released modules return them (math.h). The same expression forward and backward, so
+// the backward's h is the forward's bit for bit.
+template <typename T, typename Acc>
+inline Acc rms_h(T x, Acc inv, const Acc* w, int64_t c) {
+  const Acc xhat = to_acc(x) * inv;
+  return to_acc(Narrow<T, Acc>::from(w != nullptr ? xhat * w[c] : xhat));
+}
+
+template <typename T, typename Acc>
+void modulated_forward_rows(const ModulatedNormForward& a, int64_t begin, int64_t end) {
+  const Acc* __restrict w = static_cast<const Acc*>(a.weight);
+  const Acc eps = static_cast<Acc>(a.eps);
+  const int64_t cols = a.cols;
+  const bool stream = a.rows * cols * static_cast<int64_t>(sizeof(T)) >= kStreamOutputBytes;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* __restrict x = static_cast<const T*>(a.x) + r * a.x_stride;
+    T* __restrict y = static_cast<T*>(a.y) + r * a.y_stride;
+    const int64_t s = a.segment[r];
+    const Acc* __restrict shift = static_cast<const Acc*>(a.shift) + s * a.shift_stride;
+    const Acc* __restrict scale = static_cast<const Acc*>(a.scale) + s * a.scale_stride;
+    if (a.kind == NormKind::layer) {
+      const Acc mean = lane_sum<Acc>(cols, [&](int64_t c) { return to_acc(x[c]); }) / Acc(cols);
+      const Acc inv = layer_inverse(lane_sum<Acc>(cols, [&](int64_t c) {
+                                      const Acc d = to_acc(x[c]) - mean;
+                                      return d * d;
+                                    }),
+                                    cols, eps);
+      static_cast<Acc*>(a.mean)[r] = mean;
+      static_cast<Acc*>(a.rstd)[r] = inv;
+      write_row(y, cols, stream, [&](int64_t c) {
+        return Narrow<T, Acc>::from(modulate((to_acc(x[c]) - mean) * inv, shift[c], scale[c]));
+      });
+    } else {
+      const Acc inv = rms_inverse(sum_squares<T, Acc>(x, cols), cols, eps);
+      static_cast<Acc*>(a.rstd)[r] = inv;
+      write_row(y, cols, stream, [&](int64_t c) {
+        return Narrow<T, Acc>::from(modulate(rms_h<T, Acc>(x[c], inv, w, c), shift[c], scale[c]));
+      });
+    }
+  }
+  if (stream) stream_fence();
+}
+
+template <typename T, typename Acc>
+void modulated_backward_rows(const ModulatedNormBackward& a, int64_t begin, int64_t end,
+                             void* dmod_out, void* dw_out) {
+  const Acc* __restrict w = static_cast<const Acc*>(a.weight);
+  Acc* dmod = static_cast<Acc*>(dmod_out);
+  Acc* __restrict dw = static_cast<Acc*>(dw_out);
+  const int64_t cols = a.cols;
+  const bool stream = a.rows * cols * static_cast<int64_t>(sizeof(T)) >= kStreamOutputBytes;
+  const int64_t first = begin < end ? a.segment[begin] : 0;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* __restrict dy = static_cast<const T*>(a.dy) + r * a.dy_stride;
+    const T* __restrict x = static_cast<const T*>(a.x) + r * a.x_stride;
+    T* __restrict dx = static_cast<T*>(a.dx) + r * a.dx_stride;
+    const int64_t s = a.segment[r];
+    const Acc* __restrict scale = static_cast<const Acc*>(a.scale) + s * a.scale_stride;
+    Acc* __restrict dshift = dmod + (s - first) * 2 * cols;
+    Acc* __restrict dscale = dshift + cols;
+    const Acc inv = static_cast<const Acc*>(a.rstd)[r];
+    if (a.kind == NormKind::layer) {
+      const Acc mean = static_cast<const Acc*>(a.mean)[r];
+      const Acc sum_g =
+          lane_sum<Acc>(cols, [&](int64_t c) { return to_acc(dy[c]) * (Acc(1) + scale[c]); });
+      const Acc sum_gx = lane_sum<Acc>(cols, [&](int64_t c) {
+        return to_acc(dy[c]) * (Acc(1) + scale[c]) * ((to_acc(x[c]) - mean) * inv);
+      });
+      const Acc mean_g = sum_g / Acc(cols);
+      const Acc mean_gx = sum_gx / Acc(cols);
+      write_row(dx, cols, stream, [&](int64_t c) {
+        const Acc d = to_acc(dy[c]);
+        const Acc xhat = (to_acc(x[c]) - mean) * inv;
+        dshift[c] += d;
+        dscale[c] += d * xhat;
+        return Narrow<T, Acc>::from(
+            layer_input_grad(d * (Acc(1) + scale[c]), xhat, mean_g, mean_gx, inv));
+      });
+    } else {
+      const Acc sum_gx = lane_sum<Acc>(cols, [&](int64_t c) {
+        const Acc g = to_acc(dy[c]) * (Acc(1) + scale[c]);
+        return (w != nullptr ? g * w[c] : g) * to_acc(x[c]);
+      });
+      const Acc coef = rms_grad_coefficient(sum_gx, inv, cols);
+      write_row(dx, cols, stream, [&](int64_t c) {
+        const Acc d = to_acc(dy[c]);
+        const Acc dh = d * (Acc(1) + scale[c]);
+        const Acc xhat = to_acc(x[c]) * inv;
+        dshift[c] += d;
+        dscale[c] += d * rms_h<T, Acc>(x[c], inv, w, c);
+        if (dw != nullptr) dw[c] += dh * xhat;
+        return Narrow<T, Acc>::from(rms_input_grad(w != nullptr ? dh * w[c] : dh, xhat, coef, inv));
+      });
+    }
+  }
+  if (stream) stream_fence();
+}
+
 // ---------------------------------------------------------------- 3D RoPE
 // One head's pairs. `x` and `out` are the same memory when rotating in place: each pair is read
 // before it is written, by the same iteration.
@@ -154,6 +379,16 @@ constexpr CpuRowKernels row_kernel_table(const char* name) {
        rms_forward_rows<bf16, float>},
       {rms_backward_rows<float, float>, rms_backward_rows<double, double>,
        rms_backward_rows<bf16, float>},
+      {whole_width_forward_rows<float, float>, whole_width_forward_rows<double, double>,
+       whole_width_forward_rows<bf16, float>},
+      {whole_width_backward_rows<float, float>, whole_width_backward_rows<double, double>,
+       whole_width_backward_rows<bf16, float>},
+      {whole_width_partial_rows<float, float>, whole_width_partial_rows<double, double>,
+       whole_width_partial_rows<bf16, float>},
+      {modulated_forward_rows<float, float>, modulated_forward_rows<double, double>,
+       modulated_forward_rows<bf16, float>},
+      {modulated_backward_rows<float, float>, modulated_backward_rows<double, double>,
+       modulated_backward_rows<bf16, float>},
       {rope_tokens<float, float>, rope_tokens<double, double>, rope_tokens<bf16, float>},
   };
 }

@@ -4,33 +4,15 @@
 // shared memory (no atomics: every slot has one writer, rows are taken in order), adds the warps'
 // rows in a fixed order into one partial row per block, and a second kernel adds the partials in
 // a fixed order: the same inputs give the same bits on every run.
-#include "device.cuh"
+#include "rows.cuh"
 
 namespace megagoku {
 namespace kernels {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 128;  // 4 warps, 4 rows in flight per block
-constexpr int kWarpsPerBlock = kThreads / 32;
-
-// Where column c of a block's weight-gradient sum lives in shared memory. Lane l adds columns
-// l*N .. l*N+N-1 of every 32*N-wide chunk; stored as-is, the 32 lanes of a warp would hit N-way
-// conflicting banks. Within each chunk element i of lane l goes to i*32 + l instead.
-template <int N>
-__device__ __forceinline__ int64_t dw_slot(int64_t c) {
-  const int64_t base = c - c % (32 * N);
-  const int64_t r = c - base;
-  return base + (r % N) * 32 + r / N;
-}
-
-template <int N>
-__host__ __device__ __forceinline__ int64_t dw_slots(int64_t cols) {
-  return (cols + 32 * N - 1) / (32 * N) * (32 * N);
-}
-
 template <typename T, int N>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kRowThreads)
     rms_norm_forward_kernel(const T* __restrict__ x, int64_t x_stride, T* __restrict__ y,
                             int64_t y_stride, const typename Acc<T>::type* __restrict__ w,
                             typename Acc<T>::type* __restrict__ rstd, int64_t rows, int64_t cols,
@@ -69,7 +51,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T, int N>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kRowThreads)
     rms_norm_backward_kernel(const T* __restrict__ dy, int64_t dy_stride, const T* __restrict__ x,
                              int64_t x_stride, T* __restrict__ dx, int64_t dx_stride,
                              const typename Acc<T>::type* __restrict__ w,
@@ -81,11 +63,11 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ unsigned char shared_bytes[];
   const int64_t slots = dw_slots<N>(cols);
   const int lane = threadIdx.x & 31;
-  // This warp's row of the block's weight-gradient sums: [kWarpsPerBlock][slots] in all.
+  // This warp's row of the block's weight-gradient sums: [kRowWarps][slots] in all.
   A* dw_warp = reinterpret_cast<A*>(shared_bytes) + (threadIdx.x >> 5) * slots;
   const bool want_dw = dw_partial != nullptr;  // uniform over the grid
   if (want_dw) {
-    for (int64_t c = threadIdx.x; c < kWarpsPerBlock * slots; c += blockDim.x) {
+    for (int64_t c = threadIdx.x; c < kRowWarps * slots; c += blockDim.x) {
       reinterpret_cast<A*>(shared_bytes)[c] = 0;
     }
     __syncthreads();
@@ -130,47 +112,10 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t slot = dw_slot<N>(c);
       A total = 0;
 #pragma unroll
-      for (int w = 0; w < kWarpsPerBlock; ++w) total += dw_block[w * slots + slot];
+      for (int w = 0; w < kRowWarps; ++w) total += dw_block[w * slots + slot];
       dw_partial[static_cast<int64_t>(blockIdx.x) * cols + c] = total;
     }
   }
-}
-
-// dw[c] = sum over blocks of partial[b, c]. A 32 x 32 thread block takes 32 columns: its rows
-// of threads each sum every 32nd partial (coalesced reads), then one row adds the 32 sums.
-constexpr int kSumRows = 32;
-
-template <typename A>
-__global__ void __launch_bounds__(32 * kSumRows)
-    column_sum_kernel(const A* __restrict__ partial, int blocks, int64_t cols, A* __restrict__ out) {
-  __shared__ A sums[kSumRows][33];
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
-  A total = 0;
-  if (c < cols) {
-    for (int b = threadIdx.y; b < blocks; b += kSumRows)
-      total += partial[static_cast<int64_t>(b) * cols + c];
-  }
-  sums[threadIdx.y][threadIdx.x] = total;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < cols) {
-    A column = 0;
-    for (int y = 0; y < kSumRows; ++y) column += sums[y][threadIdx.x];
-    out[c] = column;
-  }
-}
-
-// As many blocks as can be resident at once (none waiting for a second wave), fewer for few rows.
-template <typename Kernel>
-int grid_for_rows(Kernel kernel, int64_t rows, size_t shared) {
-  int per_sm = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, shared) !=
-          cudaSuccess ||
-      per_sm < 1) {
-    per_sm = 1;
-  }
-  const int64_t wanted = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  const int64_t resident = static_cast<int64_t>(sm_count()) * per_sm;
-  return static_cast<int>(wanted < resident ? (wanted > 0 ? wanted : 1) : resident);
 }
 
 template <typename T>
@@ -185,11 +130,11 @@ const char* forward(const RmsNormForward& a, cudaStream_t stream) {
   if (vector_ok(a.x, a.x_stride, a.cols, sizeof(T), N) &&
       vector_ok(a.y, a.y_stride, a.cols, sizeof(T), N)) {
     auto kernel = rms_norm_forward_kernel<T, N>;
-    kernel<<<grid_for_rows(kernel, a.rows, 0), kThreads, 0, stream>>>(
+    kernel<<<grid_for_rows(kernel, a.rows, 0), kRowThreads, 0, stream>>>(
         x, a.x_stride, y, a.y_stride, w, rstd, a.rows, a.cols, eps);
   } else {
     auto kernel = rms_norm_forward_kernel<T, 1>;
-    kernel<<<grid_for_rows(kernel, a.rows, 0), kThreads, 0, stream>>>(
+    kernel<<<grid_for_rows(kernel, a.rows, 0), kRowThreads, 0, stream>>>(
         x, a.x_stride, y, a.y_stride, w, rstd, a.rows, a.cols, eps);
   }
   return launch_error();
@@ -207,17 +152,8 @@ template <typename T, int N>
 BackwardPlan plan_backward_as(const RmsNormBackward& a, bool vectors) {
   using A = typename Acc<T>::type;
   auto kernel = rms_norm_backward_kernel<T, N>;
-  const size_t shared = a.dweight != nullptr ? kWarpsPerBlock * dw_slots<N>(a.cols) * sizeof(A) : 0;
-  if (shared > 48 * 1024) {
-    int device = 0, limit = 0;
-    cudaGetDevice(&device);
-    cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    if (shared > static_cast<size_t>(limit)) {
-      return {vectors, 0, shared, "rows too long for the weight gradient's shared-memory sum"};
-    }
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(shared));
-  }
+  const size_t shared = a.dweight != nullptr ? kRowWarps * dw_slots<N>(a.cols) * sizeof(A) : 0;
+  if (const char* error = allow_shared(kernel, shared)) return {vectors, 0, shared, error};
   return {vectors, grid_for_rows(kernel, a.rows, shared), shared, nullptr};
 }
 
@@ -241,7 +177,7 @@ int64_t workspace_bytes(const RmsNormBackward& a) {
 template <typename T, int N>
 void launch_backward(const RmsNormBackward& a, const BackwardPlan& plan, cudaStream_t stream) {
   using A = typename Acc<T>::type;
-  rms_norm_backward_kernel<T, N><<<plan.blocks, kThreads, plan.shared, stream>>>(
+  rms_norm_backward_kernel<T, N><<<plan.blocks, kRowThreads, plan.shared, stream>>>(
       static_cast<const T*>(a.dy), a.dy_stride, static_cast<const T*>(a.x), a.x_stride,
       static_cast<T*>(a.dx), a.dx_stride, static_cast<const A*>(a.weight),
       static_cast<const A*>(a.rstd), a.dweight != nullptr ? static_cast<A*>(a.workspace) : nullptr,
@@ -260,10 +196,8 @@ const char* backward(const RmsNormBackward& a, cudaStream_t stream) {
   }
   const char* error = launch_error();
   if (error != nullptr || a.dweight == nullptr) return error;
-  const int sum_blocks = static_cast<int>((a.cols + 31) / 32);
-  column_sum_kernel<A><<<sum_blocks, dim3(32, kSumRows), 0, stream>>>(
-      static_cast<const A*>(a.workspace), plan.blocks, a.cols, static_cast<A*>(a.dweight));
-  return launch_error();
+  return launch_column_sum(static_cast<const A*>(a.workspace), plan.blocks, a.cols,
+                           static_cast<A*>(a.dweight), stream);
 }
 
 }  // namespace

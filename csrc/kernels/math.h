@@ -48,6 +48,37 @@ MG_HD Acc rms_input_grad(Acc g, Acc xhat, Acc coefficient, Acc inv) {
   return inv * (g - xhat * coefficient);
 }
 
+// Goku's whole-width Q/K norm is this RMSNorm over a row made of all heads of a token: n is the
+// whole width (heads x head_dim, all tensor-parallel ranks together) and the two row sums,
+// sum(x^2) forward and sum(g * x) backward, are added over the ranks before these are applied.
+
+// ---------------------------------------------------------------- LayerNorm (no gain)
+// Forward:  mean = sum(x) / n,  inv = 1 / sqrt(sum((x - mean)^2) / n + eps),
+//           xhat = (x - mean) * inv
+// Backward: dx = inv * (g - sum(g) / n - xhat * sum(g * xhat) / n)
+
+template <typename Acc>
+MG_HD Acc layer_inverse(Acc sum_centered_sq, int64_t cols, Acc eps) {
+  return Acc(1) / square_root(sum_centered_sq / Acc(cols) + eps);
+}
+
+template <typename Acc>
+MG_HD Acc layer_input_grad(Acc g, Acc xhat, Acc mean_g, Acc mean_gxhat, Acc inv) {
+  return inv * (g - mean_g - xhat * mean_gxhat);
+}
+
+// ---------------------------------------------------------------- adaLN modulation
+// Goku's released block modulates in float32: h * (1 + scale) + shift, h the normalised row
+// (a LayerNorm's kept in float32, an RMSNorm's rounded to the activations' type first, as the
+// released modules return them), then narrows to the activations' type. Backward, with dy the
+// output's gradient: dh = dy * (1 + scale), dshift = sum over the sample's rows of dy,
+// dscale = the same sum of dy * h.
+
+template <typename Acc>
+MG_HD Acc modulate(Acc h, Acc shift, Acc scale) {
+  return h * (Acc(1) + scale) + shift;
+}
+
 // ---------------------------------------------------------------- 3D RoPE
 // The head dim is split into three even parts rotated by the token's t, h and w positions;
 // channels rotate in adjacent pairs (x[2j], x[2j+1]). Pair j belongs to axis 0 for

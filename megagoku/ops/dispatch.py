@@ -65,6 +65,8 @@ def whole_width_rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor], eps: f
     """Goku's Q/K RMSNorm over all heads of each token of x (tokens, heads, head_dim); under
     tensor parallelism `width` is all ranks' width and `sum_partials` sums over the TP group
     (see `whole_width_rms_norm_reference`)."""
+    if use_fused(kernels, x.device.type):
+        return fused.whole_width_rms_norm_fused(x, weight, eps, width, sum_partials)
     return whole_width_rms_norm_reference(x, weight, eps, width, sum_partials)
 
 
@@ -73,6 +75,8 @@ def modulated_norm(x: torch.Tensor, kind: NormKind, weight: Optional[torch.Tenso
                    kernels: KernelChoice = "auto") -> torch.Tensor:
     """norm(x) * (1 + scale) + shift in float32, per-sample shift and scale (B, dim) spread over
     the tokens by `segment` (see `modulated_norm_reference`)."""
+    if use_fused(kernels, x.device.type):
+        return fused.modulated_norm_fused(x, kind, weight, eps, shift, scale, segment)
     return modulated_norm_reference(x, kind, weight, eps, shift, scale, segment)
 
 

@@ -3,12 +3,15 @@ Functions, and whether they can run on a device.
 
 Each Function's forward and backward is one kernel call: RMSNorm saves only its input and the
 per-row 1/rms (the reference's autograd graph keeps several full-size intermediates), and RoPE
-saves nothing but the positions (its backward is the inverse rotation).
+saves nothing but the positions (its backward is the inverse rotation). Goku's whole-width Q/K
+norm is one call too, or, under tensor parallelism, a partial row sum, the all-reduce it is given,
+and the call that applies the total. The modulated norm saves its input and per-row statistics
+and returns the per-sample shift and scale gradients (no per-token copy of them is ever made).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -103,6 +106,107 @@ class FusedRope3D(torch.autograd.Function):
         dx = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
         _C.rope_3d(grad, dx, positions, inv_freq, ctx.pairs[0], ctx.pairs[1], True)
         return dx, None, None, None, None
+
+
+def _heads(x: torch.Tensor) -> torch.Tensor:
+    """x (tokens, heads, head_dim) with a contiguous head dim: a strided Q or K of a fused QKV
+    output is read where it lies; anything else is copied."""
+    return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
+
+
+class FusedWholeWidthRMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: Optional[torch.Tensor], eps: float, width: int,
+                sum_partials: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> torch.Tensor:
+        x = _heads(x)
+        acc = accumulation_dtype(x.dtype)
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        rstd = torch.empty(x.shape[0], dtype=acc, device=x.device)
+        sum_sq = None
+        if sum_partials is not None:  # tensor parallel: this rank's heads, then all ranks'
+            sum_sq = torch.empty(x.shape[0], dtype=acc, device=x.device)
+            _C.whole_width_partial_sums(x, None, x, sum_sq)
+            sum_sq = sum_partials(sum_sq)
+        _C.whole_width_rms_norm_forward(x, weight, eps, width, sum_sq, y, rstd)
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.width, ctx.sum_partials = width, sum_partials
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        dy = _heads(dy)
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        dw = None
+        if weight is not None and ctx.needs_input_grad[1]:
+            dw = torch.empty(weight.numel(), dtype=rstd.dtype, device=x.device)
+        sum_gx = None
+        if ctx.sum_partials is not None:
+            sum_gx = torch.empty(x.shape[0], dtype=rstd.dtype, device=x.device)
+            _C.whole_width_partial_sums(dy, weight, x, sum_gx)
+            sum_gx = ctx.sum_partials(sum_gx)
+        _C.whole_width_rms_norm_backward(dy, x, weight, rstd, ctx.width, sum_gx, dx, dw)
+        return dx, (dw.to(weight.dtype) if dw is not None else None), None, None, None
+
+
+class FusedModulatedNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kind: str, weight: Optional[torch.Tensor], eps: float,
+                shift: torch.Tensor, scale: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+        rows = _rows(x)
+        acc = accumulation_dtype(x.dtype)
+        ctx.mod_dtypes = (shift.dtype, scale.dtype)
+        # Per-sample rows in the accumulation type, contiguous columns (chunks of the adaLN output
+        # keep their row stride: no copy).
+        shift, scale = (t.to(acc) if t.dtype != acc else t for t in (shift, scale))
+        shift, scale = (t if t.stride(-1) == 1 else t.contiguous() for t in (shift, scale))
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        rstd = torch.empty(rows.shape[0], dtype=acc, device=x.device)
+        mean = torch.empty(rows.shape[0], dtype=acc, device=x.device) if kind == "layer" else None
+        segment = segment.long().contiguous()
+        _C.modulated_norm_forward(rows, kind, weight, eps, shift, scale, segment,
+                                  y.view(rows.shape), mean, rstd)
+        ctx.save_for_backward(rows, weight, scale, segment, mean, rstd)
+        ctx.kind, ctx.shape = kind, x.shape
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        rows, weight, scale, segment, mean, rstd = ctx.saved_tensors
+        dx = torch.empty(rows.shape, dtype=rows.dtype, device=rows.device)
+        dshift = torch.empty(scale.shape, dtype=rstd.dtype, device=rows.device)
+        dscale = torch.empty(scale.shape, dtype=rstd.dtype, device=rows.device)
+        dw = None
+        if weight is not None and ctx.needs_input_grad[2]:
+            dw = torch.empty(rows.shape[1], dtype=rstd.dtype, device=rows.device)
+        _C.modulated_norm_backward(_rows(dy), rows, ctx.kind, weight, scale, segment, mean, rstd,
+                                   dx, dshift, dscale, dw)
+        shift_dtype, scale_dtype = ctx.mod_dtypes
+        return (dx.view(ctx.shape), None, (dw.to(weight.dtype) if dw is not None else None),
+                None, dshift.to(shift_dtype), dscale.to(scale_dtype), None)
+
+
+def whole_width_rms_norm_fused(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float,
+                               width: Optional[int] = None,
+                               sum_partials: Optional[Callable[[torch.Tensor], torch.Tensor]]
+                               = None) -> torch.Tensor:
+    """Goku's Q/K RMSNorm over all heads of each token of x (tokens, heads, head_dim); see
+    `megagoku.ops.whole_width_rms_norm_reference` for `width` and `sum_partials`."""
+    if x.dim() != 3:
+        raise ValueError(f"whole-width RMSNorm wants (tokens, heads, head_dim), got {tuple(x.shape)}")
+    width = x.shape[1] * x.shape[2] if width is None else width
+    return FusedWholeWidthRMSNorm.apply(x, weight, eps, width, sum_partials)
+
+
+def modulated_norm_fused(x: torch.Tensor, kind: str, weight: Optional[torch.Tensor], eps: float,
+                         shift: torch.Tensor, scale: torch.Tensor,
+                         segment: torch.Tensor) -> torch.Tensor:
+    """norm(x) * (1 + scale) + shift in float32; see `megagoku.ops.modulated_norm_reference`."""
+    if x.dim() != 2:
+        raise ValueError(f"the modulated norm wants x of shape (tokens, dim), got {tuple(x.shape)}")
+    return FusedModulatedNorm.apply(x, kind, weight, eps, shift, scale, segment)
 
 
 def rms_norm_fused(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float) -> torch.Tensor:

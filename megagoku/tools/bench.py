@@ -1,15 +1,19 @@
-"""`megagoku bench kernels`: the fused RMSNorm and 3D RoPE kernels against eager PyTorch.
+"""`megagoku bench kernels`: the fused RMSNorm, whole-width Q/K RMSNorm, modulated norm and 3D
+RoPE kernels against eager PyTorch.
 
 Each case times forward + backward through autograd, eager (the reference ops of megagoku.ops)
 and fused (the csrc/ kernels), on the shapes Goku trains with: hidden states of Goku-2B (1792) and
-Goku-8B (3072), per-head Q norms (head dim 64, rows strided inside a fused QKV output, as the model
-has them) and RoPE over a packed sequence of mixed (T, H, W) grids. It prints both times, their
+Goku-8B (3072), per-head Q norms (head dim 64, rows strided inside a fused QKV output, as the
+earlier megagoku block has them), Goku's whole-width Q norm (all heads of a token together, read
+in place in the same QKV output), the released block's float32 modulated norms (LayerNorm before
+self-attention, RMSNorm with gain before the MLP; one shift and scale row per sample of a pack of
+16) and RoPE over a packed sequence of mixed (T, H, W) grids. It prints both times, their
 ratio, and the fused kernels' achieved bandwidth against the machine's copy bandwidth, measured in
 the same run (`dst.copy_(src)` of a 256 MiB buffer, bytes read + written; measured between cases, each case
 held against the better of its two neighbours, since a shared machine's bandwidth drifts).
 
-Bytes counted are the least any implementation must move: RMSNorm reads x and writes y forward,
-reads dy and x and writes dx backward (5 passes over the activations); RoPE reads and writes once
+Bytes counted are the least any implementation must move: the norms read x and write y forward,
+read dy and x and write dx backward (5 passes over the activations); RoPE reads and writes once
 each way (4 passes).
 
 On glibc CPUs the run raises malloc's mmap threshold first: otherwise every output larger than
@@ -60,7 +64,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmarks: kernels, data, packing, checkpoint",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_subparsers(dest="bench", required=True)
-    k = which.add_parser("kernels", help="fused RMSNorm and 3D RoPE, forward + backward",
+    k = which.add_parser("kernels", help="fused norms, modulation and 3D RoPE, forward + backward",
                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     k.add_argument("--tokens", type=int, default=16384, help="tokens per call (default 16384)")
     k.add_argument("--dtype", action="append", choices=sorted(DTYPES),
@@ -165,6 +169,42 @@ def rms_norm_case(ops, tokens: int, dim: int, heads: int, dtype, device, timer):
     return times, 5 * x.numel() * x.element_size() + 2 * rows * 4
 
 
+def whole_width_case(ops, tokens: int, dim: int, heads: int, dtype, device, timer):
+    """Goku's Q norm as SelfAttention has it: the Q slice of a fused QKV output, all heads of a
+    token normalised together (a heads x head_dim gain)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    qkv = torch.randn(tokens, heads, 3, dim, dtype=dtype, device=device, generator=gen)
+    x = qkv.requires_grad_()[:, :, 0]
+    weight = torch.randn(heads * dim, device=device, generator=gen).requires_grad_()
+    dy = torch.randn(x.shape, dtype=dtype, device=device, generator=gen)
+    times = {kernels: timer(fwd_bwd(lambda: ops.whole_width_rms_norm(x, weight, 1e-6,
+                                                                     kernels=kernels),
+                                    (x, weight), dy))
+             for kernels in ("reference", "fused")}
+    return times, 5 * x.numel() * x.element_size() + 2 * tokens * 4
+
+
+ADALN_SAMPLES = 16
+
+
+def modulated_case(ops, tokens: int, dim: int, kind: str, dtype, device, timer):
+    """The released block's norm + float32 modulation: a pack of ADALN_SAMPLES samples, one shift
+    and scale row each (chunks of the adaLN output, as the block has them)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(tokens, dim, dtype=dtype, device=device, generator=gen).requires_grad_()
+    mod = torch.randn(ADALN_SAMPLES, 6 * dim, device=device, generator=gen).requires_grad_()
+    shift, scale = mod[:, :dim], mod[:, dim:2 * dim]
+    weight = torch.randn(dim, device=device, generator=gen).requires_grad_() if kind == "rms" \
+        else None
+    segment = torch.arange(tokens, device=device) * ADALN_SAMPLES // tokens
+    dy = torch.randn(x.shape, dtype=dtype, device=device, generator=gen)
+    inputs = (x, mod) + ((weight,) if weight is not None else ())
+    times = {kernels: timer(fwd_bwd(lambda: ops.modulated_norm(x, kind, weight, 1e-6, shift, scale,
+                                                               segment, kernels), inputs, dy))
+             for kernels in ("reference", "fused")}
+    return times, 5 * x.numel() * x.element_size() + 3 * tokens * 4
+
+
 def rope_case(ops, tokens: int, heads: int, head_dim: int, dtype, device, timer):
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(tokens, heads, head_dim, dtype=dtype, device=device,
@@ -182,6 +222,9 @@ def rope_case(ops, tokens: int, heads: int, head_dim: int, dtype, device, timer)
 # Goku-2B (dim 1792, 28 heads of 64) and Goku-8B (3072, 48 heads of 64).
 CASES = [("rmsnorm", dict(dim=1792, heads=0)), ("rmsnorm", dict(dim=3072, heads=0)),
          ("qk-rmsnorm", dict(dim=64, heads=28)), ("qk-rmsnorm", dict(dim=64, heads=48)),
+         ("qk-whole", dict(dim=64, heads=28)), ("qk-whole", dict(dim=64, heads=48)),
+         ("adaln-layer", dict(dim=1792)), ("adaln-layer", dict(dim=3072)),
+         ("adaln-rms", dict(dim=1792)), ("adaln-rms", dict(dim=3072)),
          ("rope", dict(heads=28, head_dim=64)), ("rope", dict(heads=48, head_dim=64))]
 
 
@@ -190,6 +233,13 @@ def run_case(ops, name: str, kw: dict, tokens: int, dtype, device, timer):
     if name == "rope":
         times, moved = rope_case(ops, tokens, kw["heads"], kw["head_dim"], dtype, device, timer)
         return f"{tokens}x{kw['heads']}x{kw['head_dim']}", times, moved
+    if name == "qk-whole":
+        times, moved = whole_width_case(ops, tokens, kw["dim"], kw["heads"], dtype, device, timer)
+        return f"{tokens}x{kw['heads']}x{kw['dim']}", times, moved
+    if name.startswith("adaln-"):
+        times, moved = modulated_case(ops, tokens, kw["dim"], name.removeprefix("adaln-"), dtype,
+                                      device, timer)
+        return f"{tokens}x{kw['dim']}", times, moved
     times, moved = rms_norm_case(ops, tokens, kw["dim"], kw["heads"], dtype, device, timer)
     shape = f"{tokens}x{kw['heads']}x{kw['dim']}" if kw["heads"] else f"{tokens}x{kw['dim']}"
     return shape, times, moved

@@ -1,7 +1,9 @@
-"""The CUDA kernels of csrc/ on a GPU: RMSNorm and 3D RoPE against the float64 reference in
-fp32, bf16 and fp16 (forward and backward), strided inputs read in place, every output element
-written, run-to-run bit-identical results (the dweight sum has a fixed order), agreement with the
-CPU kernels, and a whole model whose fused and reference ops agree under bf16 autocast.
+"""The CUDA kernels of csrc/ on a GPU: RMSNorm, Goku's whole-width Q/K RMSNorm (also its
+tensor-parallel path: partial sums, then the normalisation with the total), the modulated norm
+and 3D RoPE against the float64 reference in fp32, bf16 and fp16 (forward and backward), strided
+inputs read in place, every output element written, run-to-run bit-identical results (the weight
+and per-sample sums have a fixed order), agreement with the CPU kernels, and a whole model whose
+fused and reference ops agree under bf16 autocast.
 
 These run only where torch sees a GPU (CI has none; `tools/gpu_check.sh` runs them on a lent
 one). On such a machine an extension built without CUDA fails them: the kernels are the product.
@@ -10,9 +12,11 @@ one). On such a machine an extension built without CUDA fails them: the kernels 
 import pytest
 import torch
 
-from megagoku.ops import apply_rope, rms_norm_reference, rope_angles, rope_inv_freq
+from megagoku.ops import (apply_rope, modulated_norm_reference, rms_norm_reference, rope_angles,
+                          rope_inv_freq, whole_width_rms_norm_reference)
 from megagoku.ops import fused
-from megagoku.ops.fused import rms_norm_fused, rope_fused
+from megagoku.ops.fused import (modulated_norm_fused, rms_norm_fused, rope_fused,
+                                whole_width_rms_norm_fused)
 from tests.ops.test_fused_rope import SPLITS, packed_positions
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -119,6 +123,136 @@ def test_rms_norm_refuses_outputs_on_another_device():
         fused._C.rms_norm_forward(x, torch.ones(8), 1e-6, torch.empty_like(x), torch.empty(4))
 
 
+def check_against_float64(fn, ref_fn, inputs, dy, dtype, sums_over=1):
+    """fn on the GPU against ref_fn in float64 on the CPU, forward and every input's gradient;
+    gradients that are sums over `sums_over` rows get a tolerance growing with its root."""
+    out = fn(*inputs)
+    grads = torch.autograd.grad(out, inputs, dy)
+    ref_inputs = [t.detach().cpu().double().requires_grad_() for t in inputs]
+    ref = ref_fn(*ref_inputs)
+    ref_grads = torch.autograd.grad(ref, ref_inputs, dy.cpu().double())
+    tol = CUDA_TOLERANCE[dtype]
+    assert out.is_cuda and out.dtype == dtype
+    torch.testing.assert_close(out.cpu().double(), ref, **tol)
+    for i, (got, want) in enumerate(zip(grads, ref_grads)):
+        scale = 1.0 if got.shape == out.shape else sums_over ** 0.5
+        torch.testing.assert_close(got.cpu().double(), want, atol=tol["atol"] * scale * 4,
+                                   rtol=tol["rtol"] * 4, msg=lambda m, i=i: f"input {i}: {m}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(28, 64), (48, 64), (3, 17), (1, 64)])
+def test_whole_width_rms_norm_matches_reference_in_place(dtype, shape):
+    heads, head_dim = shape
+    qkv = randn(4099, heads, 3, head_dim, seed=heads, dtype=dtype).requires_grad_()
+    w = randn(heads * head_dim, seed=2).requires_grad_()
+    dy = randn(4099, heads, head_dim, seed=3, dtype=dtype)
+    check_against_float64(
+        lambda qkv, w: whole_width_rms_norm_fused(qkv[:, :, 1], w, 1e-6),
+        lambda qkv, w: whole_width_rms_norm_reference(qkv[:, :, 1], w, 1e-6),
+        (qkv, w), dy, dtype, sums_over=4099)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_whole_width_tensor_parallel_path_matches_reference(dtype):
+    """The partial sums kernel plus the normalisation from given totals (here: twice this rank's
+    sums, as if another rank held heads with the same squares)."""
+    qkv = randn(777, 6, 3, 64, seed=5, dtype=dtype).requires_grad_()
+    w = randn(6 * 64, seed=6).requires_grad_()
+    dy = randn(777, 6, 64, seed=7, dtype=dtype)
+    check_against_float64(
+        lambda qkv, w: whole_width_rms_norm_fused(qkv[:, :, 0], w, 1e-6, 2 * 6 * 64,
+                                                  lambda t: 2 * t),
+        lambda qkv, w: whole_width_rms_norm_reference(qkv[:, :, 0], w, 1e-6, 2 * 6 * 64,
+                                                      lambda t: 2 * t),
+        (qkv, w), dy, dtype, sums_over=777)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["layer", "rms"])
+@pytest.mark.parametrize("width", [1792, 3072, 97])
+def test_modulated_norm_matches_reference(dtype, kind, width):
+    lengths = [1000, 0, 3, 2500, 596]  # a sample without tokens, a short one, long ones
+    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).cuda()
+    x = (randn(sum(lengths), width, seed=width, dtype=dtype) * 3 + 0.5).requires_grad_()
+    shift = randn(len(lengths), width, seed=1).requires_grad_()
+    scale = (randn(len(lengths), width, seed=2) * 0.5).requires_grad_()
+    dy = randn(sum(lengths), width, seed=3, dtype=dtype)
+    if kind == "rms":
+        w = randn(width, seed=4).requires_grad_()
+        check_against_float64(
+            lambda x, s, c, w: modulated_norm_fused(x, "rms", w, 1e-6, s, c, segment),
+            lambda x, s, c, w: modulated_norm_reference(x, "rms", w, 1e-6, s, c, segment.cpu()),
+            (x, shift, scale, w), dy, dtype, sums_over=2500)
+    else:
+        check_against_float64(
+            lambda x, s, c: modulated_norm_fused(x, "layer", None, 1e-6, s, c, segment),
+            lambda x, s, c: modulated_norm_reference(x, "layer", None, 1e-6, s, c, segment.cpu()),
+            (x, shift, scale), dy, dtype, sums_over=2500)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_new_kernels_write_every_element_and_are_bit_identical_run_to_run(dtype):
+    C = fused._C
+    rows, heads, head_dim, width = 5003, 28, 64, 1792
+    qkv = randn(rows, heads, 3, head_dim, dtype=dtype)
+    x, w = qkv[:, :, 0], randn(heads * head_dim)
+    dy = randn(rows, heads, head_dim, seed=3, dtype=dtype)
+    segment = torch.repeat_interleave(torch.arange(3), torch.tensor([2000, 0, 3003])).cuda()
+    hx, hdy = randn(rows, width, seed=4, dtype=dtype), randn(rows, width, seed=5, dtype=dtype)
+    shift, scale, gain = randn(3, width, seed=6), randn(3, width, seed=7), randn(width, seed=8)
+    results = []
+    for _ in range(2):
+        y, rstd = poisoned((rows, heads, head_dim), dtype), poisoned((rows,), torch.float32)
+        C.whole_width_rms_norm_forward(x, w, 1e-6, heads * head_dim, None, y, rstd)
+        dx, dw = poisoned((rows, heads, head_dim), dtype), poisoned((heads * head_dim,),
+                                                                     torch.float32)
+        C.whole_width_rms_norm_backward(dy, x, w, rstd, heads * head_dim, None, dx, dw)
+        sums = poisoned((rows,), torch.float32)
+        C.whole_width_partial_sums(dy, w, x, sums)
+        out = {"y": y, "rstd": rstd, "dx": dx, "dweight": dw, "sums": sums}
+        for kind in ("layer", "rms"):
+            my, mr = poisoned((rows, width), dtype), poisoned((rows,), torch.float32)
+            mean = poisoned((rows,), torch.float32) if kind == "layer" else None
+            kw = gain if kind == "rms" else None
+            C.modulated_norm_forward(hx, kind, kw, 1e-6, shift, scale, segment, my, mean, mr)
+            mdx = poisoned((rows, width), dtype)
+            ds, dc = poisoned((3, width), torch.float32), poisoned((3, width), torch.float32)
+            mdw = poisoned((width,), torch.float32) if kind == "rms" else None
+            C.modulated_norm_backward(hdy, hx, kind, kw, scale, segment, mean, mr, mdx, ds, dc, mdw)
+            out.update({f"{kind}/{k}": v for k, v in (("y", my), ("rstd", mr), ("dx", mdx),
+                                                      ("dshift", ds), ("dscale", dc))})
+            out.update({f"{kind}/mean": mean} if mean is not None else {f"{kind}/dweight": mdw})
+        for name, t in out.items():
+            assert not t.isnan().any(), f"{name} has unwritten elements"
+        assert torch.equal(out["layer/dshift"][1], torch.zeros(width, device="cuda"))
+        results.append(out)
+    for name in results[0]:
+        assert torch.equal(results[0][name], results[1][name]), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_new_kernels_cuda_agree_with_the_cpu_kernels(dtype):
+    tol = CUDA_TOLERANCE[dtype]
+    qkv, w = randn(300, 48, 3, 64, dtype=dtype), randn(48 * 64)
+    dy = randn(300, 48, 64, seed=4, dtype=dtype)
+    segment = torch.repeat_interleave(torch.arange(2), torch.tensor([120, 180]))
+    hx, hdy = randn(300, 3072, seed=5, dtype=dtype), randn(300, 3072, seed=6, dtype=dtype)
+    shift, scale, gain = randn(2, 3072, seed=7), randn(2, 3072, seed=8), randn(3072, seed=9)
+    outs = []
+    for device in ("cuda", "cpu"):
+        q = qkv.to(device).requires_grad_()
+        wd = w.to(device).requires_grad_()
+        out = whole_width_rms_norm_fused(q[:, :, 0], wd, 1e-6)
+        result = [out, *torch.autograd.grad(out, (q, wd), dy.to(device))]
+        xd, sd, cd, gd = (t.to(device).requires_grad_() for t in (hx, shift, scale, gain))
+        out = modulated_norm_fused(xd, "rms", gd, 1e-6, sd, cd, segment.to(device))
+        result += [out, *torch.autograd.grad(out, (xd, sd, cd, gd), hdy.to(device))]
+        outs.append([t.cpu().float() for t in result])
+    for got, want in zip(*outs):
+        torch.testing.assert_close(got, want, atol=tol["atol"] * 40, rtol=tol["rtol"])
+
+
 def rotate(x, positions, split, inplace=False):
     return rope_fused(x, positions, rope_inv_freq(split, 10000.0).cuda(), split, inplace)
 
@@ -156,8 +290,9 @@ def test_rope_in_place_strided_and_every_element_written(dtype):
 
 
 def test_a_model_on_the_gpu_gives_the_same_result_with_fused_and_reference_ops():
-    """The whole Goku block stack (norms, QK norm, RoPE in self-attention) on the GPU under bf16
-    autocast: fused and reference ops agree, and both agree with the fp32 CPU model."""
+    """The whole Goku block stack (norms, whole-width QK norm, float32 modulated norms, RoPE) on
+    the GPU under bf16 autocast: fused and reference ops agree, and both agree with the fp32 CPU
+    model."""
     from megagoku.models import build_model
     from tests.conftest import randomize, small_model_config
     from tests.models.test_goku import TEXT_LENS, make_inputs
