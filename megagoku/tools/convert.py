@@ -3,6 +3,12 @@ consolidate a training checkpoint (any TP / Ulysses / DP / ZeRO layout; a run di
 valid checkpoint) into one model directory (model.safetensors + config.json) that `megagoku
 sample` and `checkpoint.init_from` take; streamed, with progress.
 
+`megagoku convert --format goku-official --input CKPT_OR_DIR --output OUT.safetensors`: the blocks
+under the names and shapes of Goku's released `Block` (megagoku/models/official.py), our other
+layers under ours, one safetensors file; `checkpoint.init_from` and `megagoku sample` take it.
+`--format goku-official --input FILE.safetensors --config CONFIG --output NEW.safetensors` adds our
+config to such a file that lacks it (weights from elsewhere).
+
 `megagoku convert --inspect PATH [--tensors] [--json]`: verify a checkpoint or model directory
 and list its step, the layout it was saved under, its files (bytes, sha256) and tensors.
 
@@ -28,6 +34,11 @@ def register(subparsers) -> None:
                    help="the EMA (default) or the raw training weights")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                    help="cast floating-point tensors (default: as stored, float32)")
+    p.add_argument("--format", choices=("megagoku", "goku-official"), default="megagoku",
+                   help="megagoku: a model directory (default); goku-official: one safetensors "
+                        "file in Goku's released block layout")
+    p.add_argument("--config", help="with --format goku-official and an official-layout "
+                                    "--input: the training config to add to it")
     p.add_argument("--inspect", metavar="PATH", help="verify and describe a checkpoint, run dir "
                                                      "or model directory; convert nothing")
     p.add_argument("--tensors", action="store_true", help="with --inspect: list every tensor")
@@ -50,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.input or not args.output:
         raise ConfigError("convert needs --input and --output (or --inspect PATH)")
+    if args.format == "goku-official":
+        return run_official(args)
+    if args.config:
+        raise ConfigError("--config goes with --format goku-official")
     try:
         out = consolidate(args.input, args.output, args.weights, args.dtype)
     except (ValueError, FileExistsError) as e:
@@ -57,6 +72,26 @@ def run(args: argparse.Namespace) -> int:
     meta = json.loads((out / "config.json").read_text())
     print(f"wrote {out}/model.safetensors: {meta['tensors']} tensors, {meta['bytes'] / 1e6:.1f} "
           f"MB ({meta['weights']} weights of step {meta['step']}, {meta['dtype']})")
+    return 0
+
+
+def run_official(args: argparse.Namespace) -> int:
+    from megagoku.config import ConfigError
+    from megagoku.models.official import LayoutError
+    from megagoku.train.checkpoint import CheckpointError
+    from megagoku.train.official import add_config, is_official_file, write_official
+
+    try:
+        if args.config:
+            if not is_official_file(args.input):
+                raise ConfigError(f"--config: --input {args.input} must be an official-layout "
+                                  ".safetensors file")
+            out = add_config(args.input, args.config, args.output)
+        else:
+            out = write_official(args.input, args.output, args.weights, args.dtype)
+    except (ValueError, FileExistsError, CheckpointError, LayoutError) as e:
+        raise ConfigError(str(e)) from None
+    print(f"wrote {out}: {out.stat().st_size / 1e6:.1f} MB in the goku-official layout")
     return 0
 
 

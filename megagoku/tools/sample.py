@@ -1,6 +1,7 @@
 """`megagoku sample --checkpoint DIR --prompt TEXT --out FILE [options]`: text-to-video (MP4 or
 GIF) or text-to-image (PNG, or --frames 1) from a checkpoint, a run directory (its newest
-valid checkpoint) or a model directory written by `megagoku convert`. Unset options default to
+valid checkpoint), a model directory written by `megagoku convert`, or a file in Goku's released
+layout (`megagoku convert --format goku-official`). Unset options default to
 the checkpoint's training config; any size the model's patches divide works (3D RoPE
 extrapolates). `--prompts FILE` samples every line of FILE (blank and # lines skipped) into the
 folder `--out` as `--format` files; `--seeds N` gives N samples per prompt (seeds seed..seed+N-1).
@@ -22,8 +23,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("sample", help="generate videos or images from prompts",
                               description=__doc__)
     p.add_argument("--checkpoint", required=True,
-                   help="checkpoint directory, run directory, or model directory (megagoku "
-                        "convert; its one kind of weights)")
+                   help="checkpoint directory, run directory, model directory (megagoku "
+                        "convert; its one kind of weights), or goku-official .safetensors file")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--prompt", help="one prompt")
     which.add_argument("--prompts", metavar="FILE", help="a file of prompts, one per line")

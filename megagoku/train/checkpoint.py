@@ -355,15 +355,24 @@ class ModelDirReader:
 
 
 def find_weights(path: str | Path) -> Path:
-    """A model directory (verified) or a checkpoint / run dir (its newest valid checkpoint)."""
+    """A model directory (verified), an official-layout file (train/official.py) or a
+    checkpoint / run dir (its newest valid checkpoint)."""
+    from megagoku.train.official import is_official_file
+
     if is_model_dir(path):
         verify_model_dir(Path(path))
+        return Path(path)
+    if is_official_file(path):
         return Path(path)
     return find_checkpoint(path)
 
 
 def open_weights(path: str | Path) -> "CheckpointReader | ModelDirReader":
     """A reader for a path `find_weights` returned (already verified)."""
+    from megagoku.train.official import OfficialFileReader, is_official_file
+
+    if is_official_file(path):
+        return OfficialFileReader(path)
     return ModelDirReader(path) if is_model_dir(path) else CheckpointReader(path, verified=True)
 
 
