@@ -64,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "config": args.config,
         "model": cfg.name,
+        # Goku's released Block, or the earlier megagoku block (model.attn_norm, qk_norm, ...).
+        "block": "goku-released" if cfg.released_block else
+                 f"earlier megagoku (attn_norm={cfg.attn_norm}, qk_norm={cfg.qk_norm}, "
+                 f"mlp_norm_gain={cfg.mlp_norm_gain}, modulation_fp32={cfg.modulation_fp32})",
         "parameters": counts["total"],
         "parameters_billions": round(counts["total"] / 1e9, 4),
         "parameters_by_part": {k: v for k, v in counts.items() if k != "total"},

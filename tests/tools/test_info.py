@@ -19,13 +19,20 @@ def test_presets_match_the_paper_parameter_counts(preset, billions):
 
 
 def test_parameter_count_equals_the_formula_for_the_blocks():
-    cfg = load_model_config(ROOT / "configs/models/goku_2b.yaml")
-    d, td = cfg.hidden_size, cfg.text_dim
-    counts = parameter_counts(cfg)
-    assert counts["blocks.adaln"] == cfg.depth * (6 * d * d + 6 * d)
-    assert counts["blocks.mlp"] == cfg.depth * (8 * d * d + 5 * d)
-    assert counts["blocks.attn"] == cfg.depth * (4 * d * d + 2 * cfg.head_dim)
-    assert counts["blocks.cross_attn"] == cfg.depth * (2 * d * d + 2 * td * d + 2 * cfg.head_dim)
+    """Goku's released block: Q and K gains heads x head_dim (= d) wide, a gain before the MLP;
+    the earlier megagoku block: one head_dim gain shared by the heads, none before the MLP."""
+    earlier = ["model.attn_norm=rms", "model.qk_norm=per_head", "model.mlp_norm_gain=false",
+               "model.modulation_fp32=false"]
+    for overrides, qk, norm3 in (([], "d", 1), (earlier, "head_dim", 0)):
+        cfg = load_model_config(ROOT / "configs/models/goku_2b.yaml", overrides)
+        d, td = cfg.hidden_size, cfg.text_dim
+        gain = d if qk == "d" else cfg.head_dim
+        counts = parameter_counts(cfg)
+        assert counts["blocks.adaln"] == cfg.depth * (6 * d * d + 6 * d)
+        assert counts["blocks.mlp"] == cfg.depth * (8 * d * d + 5 * d)
+        assert counts["blocks.attn"] == cfg.depth * (4 * d * d + 2 * gain)
+        assert counts["blocks.cross_attn"] == cfg.depth * (2 * d * d + 2 * td * d + 2 * gain)
+        assert counts.get("blocks.norm3", 0) == norm3 * cfg.depth * d
 
 
 def test_flops_equal_twice_the_per_token_weights_plus_attention():
