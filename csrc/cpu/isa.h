@@ -35,6 +35,9 @@ struct CpuRowKernels {
   // (dshift, dscale) rows; `dw`: Acc[cols] or nullptr. Both summed into.
   void (*modulated_backward[3])(const ModulatedNormBackward&, int64_t begin, int64_t end,
                                 void* dmod, void* dw);
+  void (*gated_forward[3])(const GatedResidualForward&, int64_t begin, int64_t end);
+  // `dgate`: Acc[(segment[end - 1] - segment[begin] + 1) * cols], summed into.
+  void (*gated_backward[3])(const GatedResidualBackward&, int64_t begin, int64_t end, void* dgate);
   void (*rope[3])(const Rope3d&, int64_t begin, int64_t end);
 };
 

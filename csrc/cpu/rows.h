@@ -318,6 +318,47 @@ void modulated_backward_rows(const ModulatedNormBackward& a, int64_t begin, int6
   if (stream) stream_fence();
 }
 
+// ---------------------------------------------------------------- gated residual
+template <typename T, typename Acc>
+void gated_forward_rows(const GatedResidualForward& a, int64_t begin, int64_t end) {
+  const int64_t cols = a.cols;
+  const bool stream = a.rows * cols * static_cast<int64_t>(sizeof(T)) >= kStreamOutputBytes;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* __restrict x = static_cast<const T*>(a.x) + r * a.x_stride;
+    const T* __restrict out = static_cast<const T*>(a.out) + r * a.out_stride;
+    T* __restrict y = static_cast<T*>(a.y) + r * a.y_stride;
+    const Acc* __restrict gate = static_cast<const Acc*>(a.gate) + a.segment[r] * a.gate_stride;
+    write_row(y, cols, stream, [&](int64_t c) {
+      const Acc gated = to_acc(Narrow<T, Acc>::from(gate[c] * to_acc(out[c])));
+      return Narrow<T, Acc>::from(to_acc(x[c]) + gated);
+    });
+  }
+  if (stream) stream_fence();
+}
+
+template <typename T, typename Acc>
+void gated_backward_rows(const GatedResidualBackward& a, int64_t begin, int64_t end,
+                         void* dgate_out) {
+  Acc* dgate = static_cast<Acc*>(dgate_out);
+  const int64_t cols = a.cols;
+  const bool stream = a.rows * cols * static_cast<int64_t>(sizeof(T)) >= kStreamOutputBytes;
+  const int64_t first = begin < end ? a.segment[begin] : 0;
+  for (int64_t r = begin; r < end; ++r) {
+    const T* __restrict dy = static_cast<const T*>(a.dy) + r * a.dy_stride;
+    const T* __restrict out = static_cast<const T*>(a.out) + r * a.out_stride;
+    T* __restrict dout = static_cast<T*>(a.dout) + r * a.dout_stride;
+    const int64_t s = a.segment[r];
+    const Acc* __restrict gate = static_cast<const Acc*>(a.gate) + s * a.gate_stride;
+    Acc* __restrict sums = dgate + (s - first) * cols;
+    write_row(dout, cols, stream, [&](int64_t c) {
+      const Acc d = to_acc(dy[c]);
+      sums[c] += d * to_acc(out[c]);
+      return Narrow<T, Acc>::from(d * gate[c]);
+    });
+  }
+  if (stream) stream_fence();
+}
+
 // ---------------------------------------------------------------- 3D RoPE
 // One head's pairs. `x` and `out` are the same memory when rotating in place: each pair is read
 // before it is written, by the same iteration.
@@ -389,6 +430,10 @@ constexpr CpuRowKernels row_kernel_table(const char* name) {
        modulated_forward_rows<bf16, float>},
       {modulated_backward_rows<float, float>, modulated_backward_rows<double, double>,
        modulated_backward_rows<bf16, float>},
+      {gated_forward_rows<float, float>, gated_forward_rows<double, double>,
+       gated_forward_rows<bf16, float>},
+      {gated_backward_rows<float, float>, gated_backward_rows<double, double>,
+       gated_backward_rows<bf16, float>},
       {rope_tokens<float, float>, rope_tokens<double, double>, rope_tokens<bf16, float>},
   };
 }

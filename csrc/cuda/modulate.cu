@@ -1,10 +1,10 @@
-// The modulated norm of Goku's released block on CUDA.
+// The modulated norm and the gated residual of Goku's released block on CUDA.
 //
 // Forward and the input gradient: one warp per row (cuda/rows.cuh), 16-byte vectors of x, dy, y
 // and dx when the rows allow them; shift and scale are the row's sample's rows (L2-resident: a
 // pack has few samples). The gain's gradient (RMSNorm) is summed as the per-row norm's.
 //
-// dshift and dscale are sums over each sample's rows. The rows are sorted by sample, so a sample
+// dshift and dscale (and the gate's gradient) are sums over each sample's rows. The rows are sorted by sample, so a sample
 // is one run of rows, found by binary search in `segment`: a second kernel gives each (32
 // columns, sample, 1/kSplits of its rows) a 32 x 32 block whose rows of threads take every 32nd
 // row, adds its 32 partial sums in a fixed order, and a third adds the kSplits parts in order.
@@ -225,23 +225,107 @@ __global__ void __launch_bounds__(32 * kSumRows)
   }
 }
 
-// dshift[s, c], dscale[s, c] = the kSplits parts added in order.
-template <typename A>
+// first[s, c] (and second[s, c] when kOuts is 2) = the kSplits parts of partial[s, k, kOuts, c]
+// added in order.
+template <typename A, int kOuts>
 __global__ void __launch_bounds__(256)
     sample_parts_kernel(const A* __restrict__ partial, int64_t samples, int64_t cols,
-                        A* __restrict__ dshift, A* __restrict__ dscale) {
+                        A* __restrict__ first, A* __restrict__ second) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= samples * cols) return;
   const int64_t s = i / cols;
   const int64_t c = i - s * cols;
-  A total_d = 0, total_dh = 0;
+  A total[kOuts] = {};
   for (int k = 0; k < kSplits; ++k) {
-    const A* part = partial + ((s * kSplits + k) * 2) * cols;
-    total_d += part[c];
-    total_dh += part[cols + c];
+    const A* part = partial + ((s * kSplits + k) * kOuts) * cols;
+#pragma unroll
+    for (int o = 0; o < kOuts; ++o) total[o] += part[o * cols + c];
   }
-  dshift[i] = total_d;
-  dscale[i] = total_dh;
+  first[i] = total[0];
+  if (kOuts == 2) second[i] = total[kOuts - 1];
+}
+
+template <typename A, int kOuts>
+const char* launch_sample_parts(const A* partial, int64_t samples, int64_t cols, A* first,
+                                A* second, cudaStream_t stream) {
+  const int64_t total = samples * cols;
+  sample_parts_kernel<A, kOuts><<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(
+      partial, samples, cols, first, second);
+  return launch_error();
+}
+
+template <typename T, int N>
+__global__ void __launch_bounds__(kRowThreads)
+    gated_forward_kernel(const T* __restrict__ x, int64_t x_stride, const T* __restrict__ out,
+                         int64_t out_stride, T* __restrict__ y, int64_t y_stride,
+                         const typename Acc<T>::type* __restrict__ gate, int64_t gate_stride,
+                         const int64_t* __restrict__ segment, int64_t rows, int64_t cols) {
+  using A = typename Acc<T>::type;
+  using V = Vec<T, N>;
+  const int lane = threadIdx.x & 31;
+  for (int64_t r = first_warp_row(); r < rows; r += warp_row_step()) {
+    const A* g = gate + segment[r] * gate_stride;
+    for (int64_t c = lane * N; c < cols; c += 32 * N) {
+      const V xv = *reinterpret_cast<const V*>(x + r * x_stride + c);
+      const V ov = *reinterpret_cast<const V*>(out + r * out_stride + c);
+      V yv;
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        const A gated = load_acc(store_as<T>(g[c + i] * load_acc(ov.v[i])));
+        yv.v[i] = store_as<T>(load_acc(xv.v[i]) + gated);
+      }
+      *reinterpret_cast<V*>(y + r * y_stride + c) = yv;
+    }
+  }
+}
+
+template <typename T, int N>
+__global__ void __launch_bounds__(kRowThreads)
+    gated_dout_kernel(const T* __restrict__ dy, int64_t dy_stride, T* __restrict__ dout,
+                      int64_t dout_stride, const typename Acc<T>::type* __restrict__ gate,
+                      int64_t gate_stride, const int64_t* __restrict__ segment, int64_t rows,
+                      int64_t cols) {
+  using V = Vec<T, N>;
+  const int lane = threadIdx.x & 31;
+  for (int64_t r = first_warp_row(); r < rows; r += warp_row_step()) {
+    const typename Acc<T>::type* g = gate + segment[r] * gate_stride;
+    for (int64_t c = lane * N; c < cols; c += 32 * N) {
+      const V dv = *reinterpret_cast<const V*>(dy + r * dy_stride + c);
+      V ov;
+#pragma unroll
+      for (int i = 0; i < N; ++i) ov.v[i] = store_as<T>(load_acc(dv.v[i]) * g[c + i]);
+      *reinterpret_cast<V*>(dout + r * dout_stride + c) = ov;
+    }
+  }
+}
+
+// partial[s, k, c] = sum of dy * out over part k of sample s's rows (as sample_sums_kernel).
+template <typename T>
+__global__ void __launch_bounds__(32 * kSumRows)
+    gate_sums_kernel(const T* __restrict__ dy, int64_t dy_stride, const T* __restrict__ out,
+                     int64_t out_stride, const int64_t* __restrict__ segment,
+                     typename Acc<T>::type* __restrict__ partial, int64_t rows, int64_t cols) {
+  using A = typename Acc<T>::type;
+  __shared__ A sums[kSumRows][33];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  const int64_t s = blockIdx.y;
+  const int k = blockIdx.z;
+  const int64_t lo = first_row_of(segment, rows, s);
+  const int64_t n = first_row_of(segment, rows, s + 1) - lo;
+  const int64_t begin = lo + n * k / kSplits;
+  const int64_t end = lo + n * (k + 1) / kSplits;
+  A total = 0;
+  if (c < cols) {
+    for (int64_t r = begin + threadIdx.y; r < end; r += kSumRows)
+      total += load_acc(dy[r * dy_stride + c]) * load_acc(out[r * out_stride + c]);
+  }
+  sums[threadIdx.y][threadIdx.x] = total;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    A column = 0;
+    for (int y = 0; y < kSumRows; ++y) column += sums[y][threadIdx.x];
+    partial[(s * kSplits + k) * cols + c] = column;
+  }
 }
 
 template <typename T>
@@ -341,14 +425,88 @@ const char* backward(const ModulatedNormBackward& a, cudaStream_t stream) {
       static_cast<const A*>(a.weight), a.segment, static_cast<const A*>(a.mean),
       static_cast<const A*>(a.rstd), sample_partial, a.rows, a.cols);
   if (const char* error = launch_error()) return error;
-  const int64_t total = a.samples * a.cols;
-  sample_parts_kernel<A><<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(
-      sample_partial, a.samples, a.cols, static_cast<A*>(a.dshift), static_cast<A*>(a.dscale));
+  return launch_sample_parts<A, 2>(sample_partial, a.samples, a.cols, static_cast<A*>(a.dshift),
+                                   static_cast<A*>(a.dscale), stream);
+}
+
+template <typename T>
+const char* gated_forward(const GatedResidualForward& a, cudaStream_t stream) {
+  using A = typename Acc<T>::type;
+  constexpr int N = kVec16<T>;
+  const bool vectors = vector_ok(a.x, a.x_stride, a.cols, sizeof(T), N) &&
+                       vector_ok(a.out, a.out_stride, a.cols, sizeof(T), N) &&
+                       vector_ok(a.y, a.y_stride, a.cols, sizeof(T), N);
+  auto launch = [&](auto kernel) {
+    kernel<<<grid_for_rows(kernel, a.rows, 0), kRowThreads, 0, stream>>>(
+        static_cast<const T*>(a.x), a.x_stride, static_cast<const T*>(a.out), a.out_stride,
+        static_cast<T*>(a.y), a.y_stride, static_cast<const A*>(a.gate), a.gate_stride,
+        a.segment, a.rows, a.cols);
+  };
+  if (vectors) {
+    launch(gated_forward_kernel<T, N>);
+  } else {
+    launch(gated_forward_kernel<T, 1>);
+  }
   return launch_error();
+}
+
+template <typename T>
+int64_t gated_workspace_bytes(const GatedResidualBackward& a) {
+  return a.samples * kSplits * a.cols * static_cast<int64_t>(sizeof(typename Acc<T>::type));
+}
+
+template <typename T>
+const char* gated_backward(const GatedResidualBackward& a, cudaStream_t stream) {
+  using A = typename Acc<T>::type;
+  constexpr int N = kVec16<T>;
+  const bool vectors = vector_ok(a.dy, a.dy_stride, a.cols, sizeof(T), N) &&
+                       vector_ok(a.dout, a.dout_stride, a.cols, sizeof(T), N);
+  auto launch = [&](auto kernel) {
+    kernel<<<grid_for_rows(kernel, a.rows, 0), kRowThreads, 0, stream>>>(
+        static_cast<const T*>(a.dy), a.dy_stride, static_cast<T*>(a.dout), a.dout_stride,
+        static_cast<const A*>(a.gate), a.gate_stride, a.segment, a.rows, a.cols);
+  };
+  if (vectors) {
+    launch(gated_dout_kernel<T, N>);
+  } else {
+    launch(gated_dout_kernel<T, 1>);
+  }
+  if (const char* error = launch_error()) return error;
+  if (a.samples == 0) return nullptr;
+  A* partial = static_cast<A*>(a.workspace);
+  const dim3 grid(static_cast<unsigned>((a.cols + 31) / 32), static_cast<unsigned>(a.samples),
+                  kSplits);
+  gate_sums_kernel<T><<<grid, dim3(32, kSumRows), 0, stream>>>(
+      static_cast<const T*>(a.dy), a.dy_stride, static_cast<const T*>(a.out), a.out_stride,
+      a.segment, partial, a.rows, a.cols);
+  if (const char* error = launch_error()) return error;
+  return launch_sample_parts<A, 1>(partial, a.samples, a.cols, static_cast<A*>(a.dgate), nullptr,
+                                   stream);
 }
 
 }  // namespace
 }  // namespace cuda
+
+const char* gated_residual_forward_cuda(const GatedResidualForward& args, void* stream) {
+  return cuda::with_storage_type(args.dtype, [&](auto type) {
+    return cuda::gated_forward<decltype(type)>(args, static_cast<cudaStream_t>(stream));
+  });
+}
+
+int64_t gated_residual_backward_workspace_cuda(const GatedResidualBackward& args) {
+  int64_t bytes = -1;
+  cuda::with_storage_type(args.dtype, [&](auto type) -> const char* {
+    bytes = cuda::gated_workspace_bytes<decltype(type)>(args);
+    return nullptr;
+  });
+  return bytes;
+}
+
+const char* gated_residual_backward_cuda(const GatedResidualBackward& args, void* stream) {
+  return cuda::with_storage_type(args.dtype, [&](auto type) {
+    return cuda::gated_backward<decltype(type)>(args, static_cast<cudaStream_t>(stream));
+  });
+}
 
 const char* modulated_norm_forward_cuda(const ModulatedNormForward& args, void* stream) {
   return cuda::with_storage_type(args.dtype, [&](auto type) {

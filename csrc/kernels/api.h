@@ -158,6 +158,43 @@ struct ModulatedNormBackward {
   int64_t samples;
 };
 
+// The released block's gated residual: y = x + narrow(gate[s] * out) with the product in Acc
+// and s the row's sample (`segment`, sorted). x, out and y share the storage type.
+struct GatedResidualForward {
+  DType dtype;
+  const void* x;
+  int64_t x_stride;
+  const void* out;
+  int64_t out_stride;
+  void* y;
+  int64_t y_stride;
+  const void* gate;  // Acc[samples, cols], rows gate_stride apart
+  int64_t gate_stride;
+  const int64_t* segment;  // [rows], each in [0, samples), sorted
+  int64_t rows;
+  int64_t cols;
+  int64_t samples;
+};
+
+// dout = narrow(dy * gate[s]); dgate[s] = sum over the sample's rows of dy * out. (dx is dy.)
+struct GatedResidualBackward {
+  DType dtype;
+  const void* dy;
+  int64_t dy_stride;
+  const void* out;
+  int64_t out_stride;
+  const void* gate;
+  int64_t gate_stride;
+  const int64_t* segment;
+  void* dout;
+  int64_t dout_stride;
+  void* dgate;      // Acc[samples, cols], contiguous: every sample's row written
+  void* workspace;  // CUDA only: gated_residual_backward_workspace_cuda() bytes
+  int64_t rows;
+  int64_t cols;
+  int64_t samples;
+};
+
 // Rotate x[tokens, heads, head_dim] (last dim contiguous, the other two strided) by each token's
 // (t, h, w) position; `inverse` rotates back (the backward pass). `out` may alias `x`.
 struct Rope3d {
@@ -190,6 +227,8 @@ void whole_width_rms_norm_backward_cpu(const WholeWidthRmsNormBackward& args, in
 void whole_width_partial_sums_cpu(const WholeWidthPartialSums& args, int threads);
 void modulated_norm_forward_cpu(const ModulatedNormForward& args, int threads);
 void modulated_norm_backward_cpu(const ModulatedNormBackward& args, int threads);
+void gated_residual_forward_cpu(const GatedResidualForward& args, int threads);
+void gated_residual_backward_cpu(const GatedResidualBackward& args, int threads);
 void rope_3d_cpu(const Rope3d& args, int threads);
 
 // CUDA: launched on `stream` (a cudaStream_t). Each returns nullptr on success, else a message.
@@ -204,6 +243,9 @@ const char* whole_width_partial_sums_cuda(const WholeWidthPartialSums& args, voi
 const char* modulated_norm_forward_cuda(const ModulatedNormForward& args, void* stream);
 int64_t modulated_norm_backward_workspace_cuda(const ModulatedNormBackward& args);
 const char* modulated_norm_backward_cuda(const ModulatedNormBackward& args, void* stream);
+const char* gated_residual_forward_cuda(const GatedResidualForward& args, void* stream);
+int64_t gated_residual_backward_workspace_cuda(const GatedResidualBackward& args);
+const char* gated_residual_backward_cuda(const GatedResidualBackward& args, void* stream);
 const char* rope_3d_cuda(const Rope3d& args, void* stream);
 
 }  // namespace kernels

@@ -394,6 +394,53 @@ void modulated_norm_backward(const at::Tensor& dy, const at::Tensor& x, const st
          }));
 }
 
+// y = x + narrow(gate[segment] * out), the product in the accumulation type.
+void gated_residual_forward(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& out,
+                            const at::Tensor& segment, at::Tensor& y) {
+  check_rows(x, "x");
+  check_output(out, x, "out");
+  check_output(y, x, "y");
+  check_sample_rows(gate, x, "gate");
+  check_segment(segment, x, gate.size(0));
+  if (x.numel() == 0) return;
+  mk::GatedResidualForward args{kernel_dtype(x), x.data_ptr(), x.stride(0), out.data_ptr(),
+                                out.stride(0), y.data_ptr(), y.stride(0), gate.data_ptr(),
+                                gate.stride(0), segment.data_ptr<int64_t>(), x.size(0),
+                                x.size(1), gate.size(0)};
+  run_on(x, [&](int threads) { mk::gated_residual_forward_cpu(args, threads); },
+         MG_CUDA([&](void* stream) {
+           check_error(mk::gated_residual_forward_cuda(args, stream), "gated_residual_forward");
+         }));
+}
+
+// dout = narrow(dy * gate[segment]); dgate (Acc[samples, cols], overwritten) = each sample's sum
+// of dy * out.
+void gated_residual_backward(const at::Tensor& dy, const at::Tensor& gate, const at::Tensor& out,
+                             const at::Tensor& segment, at::Tensor& dout, at::Tensor& dgate) {
+  check_rows(out, "out");
+  check_output(dy, out, "dy");
+  check_output(dout, out, "dout");
+  check_sample_rows(gate, out, "gate");
+  const int64_t samples = gate.size(0);
+  check_segment(segment, out, samples);
+  check_vector(dgate, samples * out.size(1), accumulate_type(out), out, "dgate");
+  if (out.numel() == 0) {
+    dgate.zero_();
+    return;
+  }
+  mk::GatedResidualBackward args{kernel_dtype(out), dy.data_ptr(), dy.stride(0), out.data_ptr(),
+                                 out.stride(0), gate.data_ptr(), gate.stride(0),
+                                 segment.data_ptr<int64_t>(), dout.data_ptr(), dout.stride(0),
+                                 dgate.data_ptr(), nullptr, out.size(0), out.size(1), samples};
+  run_on(out, [&](int threads) { mk::gated_residual_backward_cpu(args, threads); },
+         MG_CUDA([&](void* stream) {
+           at::Tensor workspace = at::empty({mk::gated_residual_backward_workspace_cuda(args)},
+                                            out.options().dtype(at::kByte));
+           args.workspace = workspace.data_ptr();
+           check_error(mk::gated_residual_backward_cuda(args, stream), "gated_residual_backward");
+         }));
+}
+
 // out[l, h, :] = rotate(x[l, h, :]) by token l's position; `out` may be `x` itself (in place).
 void rope_3d(const at::Tensor& x, at::Tensor& out, const at::Tensor& positions,
              const at::Tensor& inv_freq, int64_t pairs_t, int64_t pairs_h, bool inverse) {
@@ -447,8 +494,8 @@ bool built_with_cuda() {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "megagoku fused RMSNorm, whole-width Q/K RMSNorm, modulated norm and 3D RoPE kernels "
-            "(CPU, and CUDA when built with it)";
+  m.doc() = "megagoku fused RMSNorm, whole-width Q/K RMSNorm, modulated norm, gated residual and "
+            "3D RoPE kernels (CPU, and CUDA when built with it)";
   m.def("rms_norm_forward", &rms_norm_forward,
         "rms_norm_forward(x[rows, cols], weight or None, eps, y[rows, cols], rstd[rows])");
   m.def("rms_norm_backward", &rms_norm_backward,
@@ -467,6 +514,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("modulated_norm_backward", &modulated_norm_backward,
         "modulated_norm_backward(dy, x, kind, weight or None, scale, segment, mean or None, rstd, "
         "dx, dshift, dscale, dweight or None)");
+  m.def("gated_residual_forward", &gated_residual_forward,
+        "gated_residual_forward(x[rows, cols], gate[samples, cols], out, segment[rows], y)");
+  m.def("gated_residual_backward", &gated_residual_backward,
+        "gated_residual_backward(dy, gate, out, segment, dout, dgate[samples, cols])");
   m.def("rope_3d", &rope_3d,
         "rope_3d(x, out, positions, inv_freq, pairs_t, pairs_h, inverse): out may be x");
   m.def("built_with_cuda", &built_with_cuda);

@@ -101,6 +101,8 @@ class GokuBlock(nn.Module):
                                           init_method=nn.init.zeros_, bias=True,
                                           gather_output=True)
         kernels = cfg.kernels
+        # Applied by itself in the activations' dtype; with float32 modulation the modulated norm
+        # op computes it (no gain, so no parameter either way).
         self.norm1 = LayerNorm(dim, eps) if cfg.attn_norm == "layer" else \
             RMSNorm(dim, eps, learnable=False, kernels=kernels)
         self.attn = SelfAttention(dim, cfg.num_heads, tp_size, mp_config, eps,

@@ -83,7 +83,11 @@ def modulated_norm(x: torch.Tensor, kind: NormKind, weight: Optional[torch.Tenso
 def gated_residual(x: torch.Tensor, gate: torch.Tensor, out: torch.Tensor, segment: torch.Tensor,
                    kernels: KernelChoice = "auto") -> torch.Tensor:
     """x + gate * out, the product in float32 cast to out's dtype (see
-    `gated_residual_reference`)."""
+    `gated_residual_reference`). The kernel takes x and out of one dtype (the residual stream
+    and a block's output always are); anything else runs the reference."""
+    if use_fused(kernels, x.device.type) and x.dtype == out.dtype and x.dim() == 2 \
+            and x.shape == out.shape:
+        return fused.gated_residual_fused(x, gate, out, segment)
     return gated_residual_reference(x, gate, out, segment)
 
 

@@ -6,7 +6,8 @@ per-row 1/rms (the reference's autograd graph keeps several full-size intermedia
 saves nothing but the positions (its backward is the inverse rotation). Goku's whole-width Q/K
 norm is one call too, or, under tensor parallelism, a partial row sum, the all-reduce it is given,
 and the call that applies the total. The modulated norm saves its input and per-row statistics
-and returns the per-sample shift and scale gradients (no per-token copy of them is ever made).
+and returns the per-sample shift and scale gradients, the gated residual the per-sample gate's
+(no per-token copy of the modulation is ever made).
 """
 
 from __future__ import annotations
@@ -188,6 +189,32 @@ class FusedModulatedNorm(torch.autograd.Function):
                 None, dshift.to(shift_dtype), dscale.to(scale_dtype), None)
 
 
+class FusedGatedResidual(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gate: torch.Tensor, out: torch.Tensor,
+                segment: torch.Tensor) -> torch.Tensor:
+        x_rows, out_rows = _rows(x), _rows(out)
+        acc = accumulation_dtype(out.dtype)
+        ctx.gate_dtype = gate.dtype
+        gate = gate.to(acc) if gate.dtype != acc else gate
+        gate = gate if gate.stride(-1) == 1 else gate.contiguous()
+        segment = segment.long().contiguous()
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        _C.gated_residual_forward(x_rows, gate, out_rows, segment, y.view(x_rows.shape))
+        ctx.save_for_backward(gate, out_rows, segment)
+        ctx.out_shape = out.shape
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor):
+        gate, out, segment = ctx.saved_tensors
+        dout = torch.empty(out.shape, dtype=out.dtype, device=out.device)
+        dgate = torch.empty(gate.shape, dtype=gate.dtype, device=out.device)
+        _C.gated_residual_backward(_rows(dy), gate, out, segment, dout, dgate)
+        return dy, dgate.to(ctx.gate_dtype), dout.view(ctx.out_shape), None
+
+
 def whole_width_rms_norm_fused(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float,
                                width: Optional[int] = None,
                                sum_partials: Optional[Callable[[torch.Tensor], torch.Tensor]]
@@ -207,6 +234,17 @@ def modulated_norm_fused(x: torch.Tensor, kind: str, weight: Optional[torch.Tens
     if x.dim() != 2:
         raise ValueError(f"the modulated norm wants x of shape (tokens, dim), got {tuple(x.shape)}")
     return FusedModulatedNorm.apply(x, kind, weight, eps, shift, scale, segment)
+
+
+def gated_residual_fused(x: torch.Tensor, gate: torch.Tensor, out: torch.Tensor,
+                         segment: torch.Tensor) -> torch.Tensor:
+    """x + gate * out, the product in float32 cast to out's dtype; see
+    `megagoku.ops.gated_residual_reference`. x and out: (tokens, dim), one dtype."""
+    if x.dim() != 2 or x.shape != out.shape or x.dtype != out.dtype:
+        raise ValueError(f"the gated residual wants x and out of one (tokens, dim) shape and "
+                         f"dtype, got {tuple(x.shape)} {x.dtype} and {tuple(out.shape)} "
+                         f"{out.dtype}")
+    return FusedGatedResidual.apply(x, gate, out, segment)
 
 
 def rms_norm_fused(x: torch.Tensor, weight: Optional[torch.Tensor], eps: float) -> torch.Tensor:

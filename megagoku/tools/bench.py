@@ -7,14 +7,16 @@ Goku-8B (3072), per-head Q norms (head dim 64, rows strided inside a fused QKV o
 earlier megagoku block has them), Goku's whole-width Q norm (all heads of a token together, read
 in place in the same QKV output), the released block's float32 modulated norms (LayerNorm before
 self-attention, RMSNorm with gain before the MLP; one shift and scale row per sample of a pack of
-16) and RoPE over a packed sequence of mixed (T, H, W) grids. It prints both times, their
+16) and gated residuals (x + gate * out, one gate row per sample), and RoPE over a packed
+sequence of mixed (T, H, W) grids. It prints both times, their
 ratio, and the fused kernels' achieved bandwidth against the machine's copy bandwidth, measured in
 the same run (`dst.copy_(src)` of a 256 MiB buffer, bytes read + written; measured between cases, each case
 held against the better of its two neighbours, since a shared machine's bandwidth drifts).
 
 Bytes counted are the least any implementation must move: the norms read x and write y forward,
-read dy and x and write dx backward (5 passes over the activations); RoPE reads and writes once
-each way (4 passes).
+read dy and x and write dx backward (5 passes over the activations); the gated residual reads x
+and out and writes y forward, reads dy and out and writes dout backward (6 passes; dx is dy);
+RoPE reads and writes once each way (4 passes).
 
 On glibc CPUs the run raises malloc's mmap threshold first: otherwise every output larger than
 32 MiB is a fresh mmap whose first touch page-faults (measured here: 20 ms for 58 MB, more than
@@ -205,6 +207,22 @@ def modulated_case(ops, tokens: int, dim: int, kind: str, dtype, device, timer):
     return times, 5 * x.numel() * x.element_size() + 3 * tokens * 4
 
 
+def gate_case(ops, tokens: int, dim: int, dtype, device, timer):
+    """The released block's gated residual x + gate * out (float32 product), a pack of
+    ADALN_SAMPLES samples, one gate row each."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(tokens, dim, dtype=dtype, device=device, generator=gen).requires_grad_()
+    out = torch.randn(tokens, dim, dtype=dtype, device=device, generator=gen).requires_grad_()
+    mod = torch.randn(ADALN_SAMPLES, 6 * dim, device=device, generator=gen).requires_grad_()
+    gate = mod[:, 2 * dim:3 * dim]
+    segment = torch.arange(tokens, device=device) * ADALN_SAMPLES // tokens
+    dy = torch.randn(x.shape, dtype=dtype, device=device, generator=gen)
+    times = {kernels: timer(fwd_bwd(lambda: ops.gated_residual(x, gate, out, segment, kernels),
+                                    (x, out, mod), dy))
+             for kernels in ("reference", "fused")}
+    return times, 6 * x.numel() * x.element_size()
+
+
 def rope_case(ops, tokens: int, heads: int, head_dim: int, dtype, device, timer):
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(tokens, heads, head_dim, dtype=dtype, device=device,
@@ -225,6 +243,7 @@ CASES = [("rmsnorm", dict(dim=1792, heads=0)), ("rmsnorm", dict(dim=3072, heads=
          ("qk-whole", dict(dim=64, heads=28)), ("qk-whole", dict(dim=64, heads=48)),
          ("adaln-layer", dict(dim=1792)), ("adaln-layer", dict(dim=3072)),
          ("adaln-rms", dict(dim=1792)), ("adaln-rms", dict(dim=3072)),
+         ("gate", dict(dim=1792)), ("gate", dict(dim=3072)),
          ("rope", dict(heads=28, head_dim=64)), ("rope", dict(heads=48, head_dim=64))]
 
 
@@ -236,6 +255,9 @@ def run_case(ops, name: str, kw: dict, tokens: int, dtype, device, timer):
     if name == "qk-whole":
         times, moved = whole_width_case(ops, tokens, kw["dim"], kw["heads"], dtype, device, timer)
         return f"{tokens}x{kw['heads']}x{kw['dim']}", times, moved
+    if name == "gate":
+        times, moved = gate_case(ops, tokens, kw["dim"], dtype, device, timer)
+        return f"{tokens}x{kw['dim']}", times, moved
     if name.startswith("adaln-"):
         times, moved = modulated_case(ops, tokens, kw["dim"], name.removeprefix("adaln-"), dtype,
                                       device, timer)

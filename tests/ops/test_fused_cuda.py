@@ -1,6 +1,6 @@
 """The CUDA kernels of csrc/ on a GPU: RMSNorm, Goku's whole-width Q/K RMSNorm (also its
-tensor-parallel path: partial sums, then the normalisation with the total), the modulated norm
-and 3D RoPE against the float64 reference in fp32, bf16 and fp16 (forward and backward), strided
+tensor-parallel path: partial sums, then the normalisation with the total), the modulated norm,
+the gated residual and 3D RoPE against the float64 reference in fp32, bf16 and fp16 (forward and backward), strided
 inputs read in place, every output element written, run-to-run bit-identical results (the weight
 and per-sample sums have a fixed order), agreement with the CPU kernels, and a whole model whose
 fused and reference ops agree under bf16 autocast.
@@ -12,11 +12,12 @@ one). On such a machine an extension built without CUDA fails them: the kernels 
 import pytest
 import torch
 
-from megagoku.ops import (apply_rope, modulated_norm_reference, rms_norm_reference, rope_angles,
-                          rope_inv_freq, whole_width_rms_norm_reference)
+from megagoku.ops import (apply_rope, gated_residual_reference, modulated_norm_reference,
+                          rms_norm_reference, rope_angles, rope_inv_freq,
+                          whole_width_rms_norm_reference)
 from megagoku.ops import fused
-from megagoku.ops.fused import (modulated_norm_fused, rms_norm_fused, rope_fused,
-                                whole_width_rms_norm_fused)
+from megagoku.ops.fused import (gated_residual_fused, modulated_norm_fused, rms_norm_fused,
+                                rope_fused, whole_width_rms_norm_fused)
 from tests.ops.test_fused_rope import SPLITS, packed_positions
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -192,6 +193,21 @@ def test_modulated_norm_matches_reference(dtype, kind, width):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [1792, 97])
+def test_gated_residual_matches_reference(dtype, width):
+    lengths = [1000, 0, 3, 2500]
+    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).cuda()
+    x = randn(sum(lengths), width, seed=width, dtype=dtype).requires_grad_()
+    out = randn(sum(lengths), width, seed=1, dtype=dtype).requires_grad_()
+    gate = randn(len(lengths), width, seed=2).requires_grad_()
+    dy = randn(sum(lengths), width, seed=3, dtype=dtype)
+    check_against_float64(
+        lambda x, g, o: gated_residual_fused(x, g, o, segment),
+        lambda x, g, o: gated_residual_reference(x, g, o, segment.cpu()),
+        (x, gate, out), dy, dtype, sums_over=2500)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_new_kernels_write_every_element_and_are_bit_identical_run_to_run(dtype):
     C = fused._C
     rows, heads, head_dim, width = 5003, 28, 64, 1792
@@ -223,9 +239,15 @@ def test_new_kernels_write_every_element_and_are_bit_identical_run_to_run(dtype)
             out.update({f"{kind}/{k}": v for k, v in (("y", my), ("rstd", mr), ("dx", mdx),
                                                       ("dshift", ds), ("dscale", dc))})
             out.update({f"{kind}/mean": mean} if mean is not None else {f"{kind}/dweight": mdw})
+        gy, gdout = poisoned((rows, width), dtype), poisoned((rows, width), dtype)
+        gdgate = poisoned((3, width), torch.float32)
+        C.gated_residual_forward(hx, shift, hdy, segment, gy)
+        C.gated_residual_backward(hdy, shift, hx, segment, gdout, gdgate)
+        out.update({"gate/y": gy, "gate/dout": gdout, "gate/dgate": gdgate})
         for name, t in out.items():
             assert not t.isnan().any(), f"{name} has unwritten elements"
         assert torch.equal(out["layer/dshift"][1], torch.zeros(width, device="cuda"))
+        assert torch.equal(out["gate/dgate"][1], torch.zeros(width, device="cuda"))
         results.append(out)
     for name in results[0]:
         assert torch.equal(results[0][name], results[1][name]), name

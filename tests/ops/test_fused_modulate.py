@@ -1,14 +1,15 @@
 """The fused modulated norm (Goku's released block: LayerNorm or RMSNorm, then
-x * (1 + scale) + shift in float32 with per-sample shift and scale) against its PyTorch
-reference: gradcheck in float64, float32 and bfloat16 within tolerance, packs whose samples hold
-few, many or no tokens, strided rows, every CPU instruction set, every output element written,
-and bad inputs refused."""
+x * (1 + scale) + shift in float32 with per-sample shift and scale) and gated residual
+(x + gate * out, the product in float32) against their PyTorch references: gradcheck in float64,
+float32 and bfloat16 within tolerance, packs whose samples hold few, many or no tokens, strided
+rows, every CPU instruction set, every output element written, and bad inputs refused."""
 
 import pytest
 import torch
 
-from megagoku.ops import modulated_norm, modulated_norm_reference
-from megagoku.ops.fused import modulated_norm_fused
+from megagoku.ops import (gated_residual, gated_residual_reference, modulated_norm,
+                          modulated_norm_reference)
+from megagoku.ops.fused import gated_residual_fused, modulated_norm_fused
 from tests.ops.kernels import TOLERANCE, cpu_isa, extension, poisoned  # noqa: F401 (fixture)
 
 # Tokens per sample: one sample; several of uneven length; a sample without tokens here (a
@@ -193,3 +194,85 @@ def test_dispatch_uses_the_fused_kernel_and_the_reference_on_request():
     ref = modulated_norm(x, "layer", None, 1e-6, shift, scale, segment, "reference")
     assert not type(ref.grad_fn).__name__.startswith("Fused")
     torch.testing.assert_close(fused_out, ref)
+
+
+def compare_gate(x, gate, out, segment, dtype):
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    x, out = (t.to(dtype).requires_grad_() for t in (x, out))
+    gate = gate.to(acc).requires_grad_()
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    got = gated_residual_fused(x, gate, out, segment)
+    grads = torch.autograd.grad(got, (x, gate, out), dy)
+    ref_inputs = [t.detach().double().requires_grad_() for t in (x, gate, out)]
+    ref = gated_residual_reference(ref_inputs[0], ref_inputs[1], ref_inputs[2], segment)
+    ref_grads = torch.autograd.grad(ref, ref_inputs, dy.double())
+    tol = TOLERANCE[dtype]
+    assert got.dtype == dtype and got.shape == x.shape
+    torch.testing.assert_close(got.double(), ref, **tol)
+    for i, (g, want) in enumerate(zip(grads, ref_grads)):
+        scale_tol = max(1.0, x.shape[0]) ** 0.5 if i == 1 else 1.0
+        torch.testing.assert_close(g.double(), want, atol=tol["atol"] * scale_tol,
+                                   rtol=tol["rtol"], msg=lambda m, i=i: f"input {i}: {m}")
+
+
+def test_gated_residual_gradcheck_float64():
+    extension()
+    g = torch.Generator().manual_seed(0)
+    segment = segment_of([3, 0, 4])
+    x, out = (torch.randn(7, 6, dtype=torch.float64, generator=g).requires_grad_() for _ in "xo")
+    gate = torch.randn(3, 6, dtype=torch.float64, generator=g).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, c, o: gated_residual_fused(x, c, o, segment),
+                                    (x, gate, out))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("width", WIDTHS)
+def test_gated_residual_matches_reference(cpu_isa, dtype, width):
+    for i, lengths in enumerate(PACKS):
+        g = torch.Generator().manual_seed(width + i)
+        rows = sum(lengths)
+        compare_gate(torch.randn(rows, width, generator=g), torch.randn(len(lengths), width,
+                                                                         generator=g),
+                     torch.randn(rows, width, generator=g) * 2, segment_of(lengths), dtype)
+    # The gate as the block has it: a chunk of the adaLN output, rows 6 * dim apart.
+    gate = torch.randn(len(lengths), 6 * width)[:, 2 * width:3 * width]
+    compare_gate(torch.randn(rows, width), gate, torch.randn(rows, width), segment_of(lengths),
+                 dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_gated_residual_writes_every_element(cpu_isa, dtype):
+    C = extension()
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    segment = segment_of([9, 0, 20])
+    x, out = torch.randn(29, 97).to(dtype), torch.randn(29, 97).to(dtype)
+    gate = torch.randn(3, 97).to(acc)
+    y = poisoned(x.shape, dtype)
+    C.gated_residual_forward(x, gate, out, segment, y)
+    dout, dgate = poisoned(x.shape, dtype), poisoned((3, 97), acc)
+    C.gated_residual_backward(torch.randn(29, 97).to(dtype), gate, out, segment, dout, dgate)
+    for name, t in (("y", y), ("dout", dout), ("dgate", dgate)):
+        assert not t.isnan().any(), f"{name} has unwritten elements"
+    assert torch.equal(dgate[1], torch.zeros(97, dtype=acc))
+
+
+def test_gated_residual_refuses_bad_inputs_and_dispatch_chooses():
+    C = extension()
+    x, out, gate = torch.randn(4, 8), torch.randn(4, 8), torch.randn(2, 8)
+    segment = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(RuntimeError, match="out .* does not match x"):
+        C.gated_residual_forward(x, gate, out.double(), segment, torch.empty(4, 8))
+    with pytest.raises(RuntimeError, match="segment is not sorted"):
+        C.gated_residual_forward(x, gate, out, torch.tensor([1, 0, 0, 1]), torch.empty(4, 8))
+    with pytest.raises(RuntimeError, match="gate must be Float \\[samples, 8\\]"):
+        C.gated_residual_forward(x, torch.randn(2, 7), out, segment, torch.empty(4, 8))
+    with pytest.raises(ValueError, match="one \\(tokens, dim\\) shape and dtype"):
+        gated_residual_fused(x, gate, out.double(), segment)
+    x.requires_grad_()
+    assert type(gated_residual(x, gate, out, segment, "auto").grad_fn).__name__ == \
+        "FusedGatedResidualBackward"
+    mixed = gated_residual(x, gate, out.double(), segment, "auto")  # the reference takes it
+    assert not type(mixed.grad_fn).__name__.startswith("Fused")
+    torch.testing.assert_close(gated_residual(x, gate, out, segment, "fused"),
+                               gated_residual(x, gate, out, segment, "reference"))
+

@@ -14,13 +14,14 @@ def test_bench_kernels_reports_every_case(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "copy bandwidth:" in printed and "targets (fused >= 2x eager" in printed
     report = json.loads(out.read_text())
-    assert len(report["copy_gbps_measured"]) == 25 and report["tokens"] == 96
+    assert len(report["copy_gbps_measured"]) == 29 and report["tokens"] == 96
     shapes = [(r["case"], r["dtype"], r["shape"]) for r in report["results"]]
     assert shapes == [(case, dtype, shape) for dtype in ("fp32", "bf16") for case, shape in (
         ("rmsnorm", "96x1792"), ("rmsnorm", "96x3072"), ("qk-rmsnorm", "96x28x64"),
         ("qk-rmsnorm", "96x48x64"), ("qk-whole", "96x28x64"), ("qk-whole", "96x48x64"),
         ("adaln-layer", "96x1792"), ("adaln-layer", "96x3072"), ("adaln-rms", "96x1792"),
-        ("adaln-rms", "96x3072"), ("rope", "96x28x64"), ("rope", "96x48x64"))]
+        ("adaln-rms", "96x3072"), ("gate", "96x1792"), ("gate", "96x3072"), ("rope", "96x28x64"),
+        ("rope", "96x48x64"))]
     for r in report["results"]:
         assert r["eager_ms"] > 0 and r["fused_ms"] > 0
         assert abs(r["speedup"] - r["eager_ms"] / r["fused_ms"]) < 1e-6 * r["speedup"]
