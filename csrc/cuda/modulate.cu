@@ -17,6 +17,7 @@ namespace cuda {
 namespace {
 
 constexpr int kSplits = 8;
+constexpr int64_t kMaxSamples = 65535;  // the per-sample sums' grid has one y-block per sample
 
 // The normalised value h of element (row, c): a LayerNorm's in A, an RMSNorm's (times its gain)
 // rounded to T (math.h).
@@ -396,6 +397,7 @@ const char* backward(const ModulatedNormBackward& a, cudaStream_t stream) {
   constexpr int N = kVec16<T>;
   const BackwardPlan plan = plan_backward<T>(a);
   if (plan.error != nullptr) return plan.error;
+  if (a.samples > kMaxSamples) return "more than 65535 samples in one pack";
   A* dw_partial = a.dweight != nullptr ? static_cast<A*>(a.workspace) : nullptr;
   A* sample_partial = static_cast<A*>(a.workspace) + plan.dw_elements;
   auto launch = [&](auto kernel) {
@@ -459,6 +461,7 @@ template <typename T>
 const char* gated_backward(const GatedResidualBackward& a, cudaStream_t stream) {
   using A = typename Acc<T>::type;
   constexpr int N = kVec16<T>;
+  if (a.samples > kMaxSamples) return "more than 65535 samples in one pack";
   const bool vectors = vector_ok(a.dy, a.dy_stride, a.cols, sizeof(T), N) &&
                        vector_ok(a.dout, a.dout_stride, a.cols, sizeof(T), N);
   auto launch = [&](auto kernel) {
