@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_PORT = 29500
+# `megagoku launch` sets it: rank 0's store listens on MASTER_ADDR's address only (_bound_store).
+BIND_STORE_ENV = "MEGAGOKU_BIND_STORE"
 
 
 @dataclass(frozen=True)
@@ -141,9 +143,29 @@ def init_distributed(backend: str = "auto", timeout_minutes: float = 30.0) -> La
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
                                 timeout=timeout)
         return info
+    if os.environ.get(BIND_STORE_ENV) == "1":  # set by `megagoku launch`
+        dist.init_process_group(backend, store=_bound_store(info, timeout), rank=info.rank,
+                                world_size=info.world_size, timeout=timeout)
+        return info
     dist.init_process_group(backend, init_method=f"tcp://{info.master_addr}:{info.master_port}",
                             rank=info.rank, world_size=info.world_size, timeout=timeout)
     return info
+
+
+def _bound_store(info: LaunchInfo, timeout: timedelta) -> dist.TCPStore:
+    """The store `init_process_group` would make, with rank 0's server listening on the address
+    MASTER_ADDR resolves to (127.0.0.1 for a single-node `megagoku launch`) instead of on every
+    interface: TCPStore has no authentication (megagoku/launch/stores.py)."""
+    if info.rank != 0:
+        return dist.TCPStore(info.master_addr, info.master_port, info.world_size, False, timeout)
+    infos = socket.getaddrinfo(info.master_addr, info.master_port, proto=socket.IPPROTO_TCP)
+    family, _, _, _, address = sorted(infos, key=lambda i: i[0] != socket.AF_INET)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.listen(4096)
+    return dist.TCPStore(info.master_addr, info.master_port, info.world_size, True, timeout,
+                         master_listen_fd=sock.detach())
 
 
 def shutdown(barrier: bool = True) -> None:
