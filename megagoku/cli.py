@@ -8,6 +8,7 @@ import os
 import sys
 
 from megagoku.config import ConfigError
+from megagoku.launch import argv as launch_argv
 from megagoku.parallel.distributed import strip_local_rank
 from megagoku.tools import (ablate, bench, cache, convert, curate, data, demo, info, launch,
                             sample, stages, train, train_vae)
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     # The deepspeed launcher inserts --local_rank=N before our arguments; the rank is read from
     # the environment (megagoku.parallel.distributed).
     argv = strip_local_rank(sys.argv[1:] if argv is None else argv)
+    # launchers/deepspeed/run.sh on several nodes sends the argv through a remote shell as one
+    # inert word (megagoku/launch/argv.py).
+    argv = launch_argv.decode(argv)
     args = build_parser().parse_args(argv)
     from megagoku.train.checkpoint import CheckpointError
 
