@@ -37,6 +37,12 @@ MAY_IMPORT = {
 # Rooms that may import the progress module besides their own list.
 for _room in ("data", "curation", "train", "inference", "evaluation"):
     MAY_IMPORT[_room] = MAY_IMPORT[_room] | {"progress"}
+# Rooms whose long loops report liveness to `megagoku launch` through launch/heartbeat.py, a
+# module that imports nothing of megagoku; they may import that module of launch/ and no other
+# (test_only_the_heartbeat_module_of_launch_is_imported_outside_train_and_tools).
+HEARTBEAT_ONLY = ("data", "inference", "evaluation")
+for _room in HEARTBEAT_ONLY:
+    MAY_IMPORT[_room] = MAY_IMPORT[_room] | {"launch"}
 
 
 def imported_rooms(path: Path) -> set[str]:
@@ -82,6 +88,9 @@ def test_every_room_is_listed():
 DISTRIBUTED_EXCEPTIONS = {
     "megagoku/launch/agent.py": "torch.distributed.elastic",
     "megagoku/tools/launch.py": "torch.distributed.elastic",
+    # The launcher's rendezvous store, a TCPStore on a socket it bound to one address (and the
+    # elastic rendezvous handler built on it): a store, no process group, no collective.
+    "megagoku/launch/stores.py": "torch.distributed",
 }
 
 
@@ -126,3 +135,15 @@ def test_the_distributed_check_sees_every_spelling(tmp_path):
     for name, allowed in DISTRIBUTED_EXCEPTIONS.items():  # the exceptions use only that
         assert {what for _, what in distributed_uses(PACKAGE.parent / name)} and all(
             what.startswith(allowed) for _, what in distributed_uses(PACKAGE.parent / name))
+
+
+def test_only_the_heartbeat_module_of_launch_is_imported_outside_train_and_tools():
+    for room in HEARTBEAT_ONLY:
+        for path in sorted((PACKAGE / room).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module == "megagoku.launch":
+                    assert [a.name for a in node.names] == ["heartbeat"], path
+                elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                        "megagoku.launch."):
+                    assert node.module == "megagoku.launch.heartbeat", path
+    assert imported_rooms(PACKAGE / "launch" / "heartbeat.py") == set()

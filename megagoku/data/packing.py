@@ -13,6 +13,8 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
 
+from megagoku.launch import heartbeat
+
 
 def patchify(latent: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
     """latent (C, T, H, W) -> tokens (T'*H'*W', C*pt*ph*pw) in (t, h, w) order, and the grid."""
@@ -203,6 +205,7 @@ class PackingLoader:
 
     def _read(self, index: int) -> Optional[_Entry]:
         sample = self.dataset[index * self.replica[1] + self.replica[0]]
+        heartbeat.progress("data")  # a sample read (or skipped): the loader is not stuck
         if sample is None:  # a file that could not be decoded (the dataset said so and counted)
             return None
         latent = getattr(sample, "latent", None)

@@ -35,6 +35,7 @@ from torch import nn
 
 from megagoku.config.schema import DataConfig
 from megagoku.data.shapes import COLOURS, DIRECTIONS, SHAPES, ShapesDataset, parse_caption
+from megagoku.launch import heartbeat
 from megagoku.progress import RateMeter
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,10 @@ def render_pool(spec: ClassifierSpec, kind: str, count: int, seed: int
                       displacement=spec.displacement, holdout=[], seed=seed,
                       image_fraction=1.0 if kind == "image" else 0.0)
     dataset = ShapesDataset(data)
-    samples = [dataset[i] for i in range(count)]
+    samples = []
+    for i in range(count):
+        samples.append(dataset[i])
+        heartbeat.progress("render")
     return (torch.stack([s.pixels for s in samples]),
             torch.tensor([labels_of(s.caption) for s in samples]))
 
@@ -140,6 +144,7 @@ def predict(model: ShapesClassifier, clips: torch.Tensor, batch: int = 128
         feats.append(f.double())
         for name, head in model.heads.items():
             preds[name].append(head(f).argmax(-1))
+        heartbeat.progress("classify")
     return {k: torch.cat(v) for k, v in preds.items()}, torch.cat(feats)
 
 
@@ -186,6 +191,7 @@ def train_classifier(spec: ClassifierSpec, say: Callable[[str], None] = print
             loss.backward()
             optimizer.step()
             schedule.step()
+            heartbeat.progress("classifier")
             if step % every == 0 or step == spec.steps:
                 rate, _ = meter.measure(step)
                 say(f"evaluation classifier: step {step}/{spec.steps} loss {loss.item():.4f} "

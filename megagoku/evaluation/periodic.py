@@ -26,6 +26,7 @@ from megagoku.evaluation.classifier import ShapesClassifier, load_or_train
 from megagoku.evaluation.suite import EvalResult, EvalSettings, evaluate_generator
 from megagoku.inference import Generator
 from megagoku.inference.periodic import PeriodicGeneration
+from megagoku.launch import heartbeat
 from megagoku.models import TextEncoder
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class PeriodicEvaluator(PeriodicGeneration):
         self.settings = settings_from_config(config)
         self.classifier: Optional[ShapesClassifier] = None
 
+    @heartbeat.phase("eval")  # its sampling steps and classifier batches report progress
     def run(self, step: int, generator: Generator) -> EvalResult:
         """Score the generator (the EMA weights of the whole model); returns the result."""
         if self.classifier is None:

@@ -18,6 +18,7 @@ import torch
 from megagoku.config import TrainingConfig, saved_training_config
 from megagoku.data.packing import grid_positions, patchify, unpatchify
 from megagoku.flow import euler_sample, guided_velocity, sampling_schedule, time_shift_for
+from megagoku.launch import heartbeat
 from megagoku.models import GokuTransformer, TextEncoder, build_latent_space, build_model
 from megagoku.config import ParallelConfig
 from megagoku.parallel import (collectives, current_shard, ensure_single_process_groups,
@@ -87,6 +88,7 @@ class Generator:
             local = self.model(shard.slice(xx), tt, shard.slice(positions), cu, text, text_cu,
                                None if first is None else shard.slice(first))
             v = gather_shards(local, xx.shape[0])  # every rank integrates the whole pack
+            heartbeat.progress("sample")  # liveness under `megagoku launch`
             if guided:
                 v_cond, v_uncond = v.chunk(2)
                 return guided_velocity(v_cond, v_uncond, cfg_scale)
@@ -98,6 +100,7 @@ class Generator:
         for tokens in latents.cpu().split(n_tok):
             latent = unpatchify(tokens, grid, patch, channels)
             videos.append(self.latent_space.decode(latent))
+            heartbeat.progress("decode")
         return videos
 
     def first_frame_tokens(self, images: list[torch.Tensor], count: int, latent_frames: int,

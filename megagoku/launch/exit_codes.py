@@ -8,3 +8,8 @@ REQUEUE = 75
 # Stopped by a loss anomaly under train.anomaly_response=rollback, without saving: run me again
 # with --resume auto (the newest valid checkpoint; the anomalous steps are recorded to be skipped).
 ROLLBACK = 76
+
+# A config or checkpoint error (`megagoku.cli` turns ConfigError and CheckpointError into it: a
+# bad config, no valid checkpoint to resume, a save that failed): final. The launcher never
+# retries it: the same command meets the same error.
+CONFIG_ERROR = 2

@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from megagoku.config import load_training_config
+from megagoku.launch.events import EventLog
 from megagoku.launch.exit_codes import REQUEUE, ROLLBACK
 
 
@@ -57,5 +58,9 @@ def run(args: argparse.Namespace) -> int:
     if result.checkpoint is not None:  # rank 0 of a launch writes; the others stay quiet
         print(f"trained {result.steps} steps, final loss {result.final_loss:.4f}; "
               f"checkpoint: {result.checkpoint}")
+        events = EventLog.from_env()  # `megagoku launch` judges the run by this checkpoint
+        if events is not None:
+            events.log("finished", step=result.steps, steps=config.train.steps,
+                       stop_reason=result.stop_reason, checkpoint=str(result.checkpoint))
     # Stopped by a signal: the checkpoint is committed; ask to be run again.
     return REQUEUE if result.stop_reason == "signal" else 0

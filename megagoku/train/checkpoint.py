@@ -43,6 +43,8 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from megagoku.launch import heartbeat
+
 log = logging.getLogger(__name__)
 
 META_FILES = ("config.yaml", "state.json")
@@ -68,6 +70,7 @@ def sha256_of(path: Path) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
+            heartbeat.progress("checksum")  # hashing a large file is not a hang
     return digest.hexdigest()
 
 
@@ -102,6 +105,7 @@ def write_rank_part(tmp: Path, rank: int, world: int, tensors: dict[str, torch.T
     tmp.mkdir(parents=True, exist_ok=True)
     name = rank_file_name(rank, world)
     save_file(tensors, str(tmp / name))
+    heartbeat.progress("save")
     fsync_file(tmp / name)
     marker = {"file": name, "bytes": (tmp / name).stat().st_size, "sha256": sha256_of(tmp / name),
               "keys": sorted(tensors), "rng": rng}
@@ -279,6 +283,7 @@ class CheckpointReader:
         handle = self._files.get(file)
         if handle is None:
             handle = self._files[file] = safe_open(str(self.path / file), framework="pt")
+        heartbeat.progress("load")  # per tensor: a long restore is not a hang
         return handle.get_tensor(key)
 
     def tensors(self, prefix: str, names: Optional[Iterable[str]] = None) -> dict[str, torch.Tensor]:
@@ -292,6 +297,7 @@ class CheckpointReader:
         file = self.index.get(key)
         if file is None:
             raise CheckpointError(f"{self.path}: no tensor {key!r} in state.json's index")
+        heartbeat.progress("load")
         with safe_open(str(self.path / file), framework="pt") as f:
             return f.get_tensor(key)
 

@@ -27,6 +27,7 @@ from typing import Callable, Optional
 
 import torch
 
+from megagoku.launch import heartbeat
 from megagoku.train.checkpoint import (CheckpointError, commit, prune, step_dir_name,
                                        write_rank_part)
 
@@ -68,6 +69,7 @@ class Checkpointer:
             buffer = torch.empty(tensor.shape, dtype=tensor.dtype,
                                  pin_memory=tensor.device.type == "cuda")
             self._buffers[key] = buffer
+        heartbeat.progress("snapshot")  # per tensor: a long gather is not a hang
         # Non-blocking from a GPU: synchronised in `persist`.
         return buffer.copy_(tensor.detach(), non_blocking=tensor.device.type == "cuda")
 

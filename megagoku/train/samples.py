@@ -22,6 +22,7 @@ from megagoku.data.shapes import demo_prompts
 from megagoku.data.video_io import frame_strip, to_uint8_frames, write_video
 from megagoku.inference import Generator
 from megagoku.inference.periodic import PeriodicGeneration
+from megagoku.launch import heartbeat
 from megagoku.models import TextEncoder
 
 
@@ -56,6 +57,7 @@ class PeriodicSampler(PeriodicGeneration):
         self.prompts = sample_prompts(config)
 
     @torch.no_grad()
+    @heartbeat.phase("samples")  # each sampling step reports progress (inference/generate.py)
     def run(self, step: int, generator: Generator) -> Path:
         """Generate the prompts; returns the folder written."""
         cfg = self.config

@@ -1,23 +1,23 @@
 """What `megagoku launch` reads of a running trainer, through files its environment names:
-progress beats (each rank's, for hang detection) and events (rank 0's: started, resumed,
-anomalies, committed checkpoints). Without a launcher both are off."""
+progress beats (each rank's, for hang detection; node-local, `launch/heartbeat.py`) and events
+(rank 0's: started, resumed, anomalies, committed checkpoints). Without a launcher both are
+off."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from megagoku.launch import heartbeat
 from megagoku.launch.events import EventLog
-from megagoku.launch.heartbeat import Heartbeat
 
 
 class LauncherLink:
     def __init__(self, rank: int):
-        self.heartbeat = Heartbeat.from_env(rank)
         self.events = EventLog.from_env() if rank == 0 else None
 
     def beat(self, step: int) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat.beat(step)
+        """A training step finished (the other phases report through `launch.heartbeat`)."""
+        heartbeat.progress("train", step=step)
 
     def event(self, name: str, **fields) -> None:
         if self.events is not None:
