@@ -3,7 +3,8 @@ restart the worker group) with MegaScale's additions, as a subclass of `LocalEla
 
 - hang detection by progress (`heartbeat.py`): the group is hung when nothing advanced in any of
   its ranks (on any node) for the timeout, whatever phase they are in (training, evaluation,
-  sampling, a save); then every rank is killed and the hang event names each one's phase;
+  sampling, a save); then every rank is killed and the hang event names the phase each last
+  reported;
 - restarts from the newest valid checkpoint (the workers run with `--resume auto`), up to
   `max_restarts`, after an exponential backoff (a flapping node does not spin); never after a
   config error (exit 2) or after the same failure twice before any training step (a

@@ -22,8 +22,8 @@ advanced for the timeout (`--startup-timeout` until its first training step of a
 `--heartbeat-timeout` after). The group is hung when all its ranks are quiet (on several nodes:
 and no other node reported progress, `agent.py`), since a rank blocked in a collective while its
 peer evaluates is waiting, not stuck; a rank blocked on a dead or hung peer beats no more, and
-neither does the peer, so that is a hang: nothing here beats on a timer. The hang names each
-rank's phase.
+neither does the peer, so that is a hang: nothing here beats on a timer. The hang names the
+phase each rank last reported.
 
 This module imports nothing of megagoku (every room may import it: docs/architecture.md)."""
 
@@ -54,7 +54,6 @@ def heartbeat_file(directory: Path, rank: int) -> Path:
 class _Beater:
     def __init__(self, directory: Path, rank: int):
         self.path = heartbeat_file(directory, rank)
-        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         self.rank = rank
         self.lock = threading.Lock()
         self.local = threading.local()  # each thread's phase stack
@@ -79,9 +78,11 @@ class _Beater:
                 return
             record = {"pid": os.getpid(), "rank": self.rank, "phase": name, "step": self.step,
                       "mono": now, "time": time.time()}
+            # Per process: a forked helper of the worker writes its own temporary.
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
             try:
-                self.tmp.write_text(json.dumps(record))
-                os.replace(self.tmp, self.path)  # a reader sees the old beat or the new one
+                tmp.write_text(json.dumps(record))
+                os.replace(tmp, self.path)  # a reader sees the old beat or the new one
             except OSError:
                 return  # the launcher is gone or tidied up: nobody to tell
             self.written, self.written_at = key, now
@@ -230,11 +231,12 @@ class HeartbeatMonitor:
                 trained = beat.get("step") is not None
                 timeout = self.timeout_s if trained else self.startup_timeout_s
                 age = now - max(float(beat["mono"]), self.started)
-                where = f"in phase {beat['phase']!r}"
-                where += f", last training step {beat['step']}" if trained else \
-                    ", before its first training step"
+                # The phase of its last report: where it was when it stopped advancing.
+                where = f"last in {beat['phase']!r}"
+                where += f" after training step {beat['step']}" if trained else \
+                    " before its first training step"
                 option = "--heartbeat-timeout" if trained else "--startup-timeout"
-                status[rank] = f"nothing advanced for {age:.0f} s {where} ({option} {timeout:g})"
+                status[rank] = f"nothing advanced for {age:.0f} s, {where} ({option} {timeout:g})"
             quiet = quiet and age > timeout
         if elsewhere is not None and now - elsewhere <= self.timeout_s:
             quiet = False

@@ -62,9 +62,9 @@ def what_was_lost(run_dir: Path, last_step: Optional[int]) -> str:
 def decide(run_dir: Path, events: list[dict], *, succeeded: bool, failure: Optional[str],
            stop_signal: Optional[str], stop_time: Optional[float], trains: bool,
            last_step: Optional[int]) -> Outcome:
-    """`events`: this launch's. `succeeded`: every worker exited 0. `failure`: the agent's
-    reason for the last failed attempt. `stop_signal`/`stop_time`: the stop the launcher forwarded (the
-    workers' own stop, every rank exiting 75 on a signal sent to them, passes `stop_signal`
+    """`events`: this launch's. `succeeded`: every worker exited 0 (in the last attempt).
+    `failure`: the agent's reason for the last failed attempt. `stop_signal`/`stop_time`: the
+    stop the launcher forwarded (when every rank exited 75 on a signal sent to them directly,
     "a signal to the workers" and the attempt's start). `trains`: the command is `train`, which
     must end with a committed checkpoint. `last_step`: the newest training step a heartbeat
     reported in this launch."""

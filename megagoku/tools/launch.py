@@ -9,10 +9,11 @@ much time they cost (this launch only: earlier launches stay in the event log).
 
 Liveness is progress: the workers report every unit of work (training steps, eval batches,
 sampling steps, tensors saved and loaded, samples read) through a node-local channel (/dev/shm);
-a rank in which nothing advanced for --heartbeat-timeout (before its first step:
---startup-timeout) is hung, and the hang names the phase. A rank that dies gets its peers killed
-at once; the group restarts (--max-restarts, with backoff) unless the error is final: a config
-error (exit 2), or the same failure twice before the first training step.
+the group is hung when nothing advanced in any rank for --heartbeat-timeout (before a rank's
+first step: --startup-timeout), and the hang names the phase each rank last reported. A rank
+that dies gets its peers killed at once; the group restarts (--max-restarts, with backoff)
+unless the error is final: a config error (exit 2), or the same failure twice before the first
+training step.
 
 Exit codes, from what is on disk: 0 when the workers finished and the final checkpoint is
 committed; 75 (exit_codes.REQUEUE) after SIGUSR1/SIGTERM/SIGINT once a checkpoint of this launch

@@ -94,8 +94,8 @@ def test_a_waiting_rank_is_not_hung_while_its_peer_advances(monitor):
     assert monitor.hung([0, 1], now=200) == {}
     hung = monitor.hung([0, 1], now=206)  # rank 0 stopped too: nothing advances anywhere
     assert set(hung) == {0, 1}
-    assert "in phase 'eval/sample', last training step 20" in hung[0]
-    assert "nothing advanced for 56 s in phase 'train'" in hung[1]
+    assert "last in 'eval/sample' after training step 20" in hung[0]
+    assert "nothing advanced for 56 s, last in 'train'" in hung[1]
     assert "--heartbeat-timeout 10" in hung[1]
     assert monitor.hung([0, 1], now=206, elsewhere=200) == {}  # another node advanced
 
@@ -104,7 +104,7 @@ def test_before_the_first_step_the_startup_timeout_applies(monitor):
     write_beat(monitor, 0, mono=50, phase="load")  # restoring a checkpoint, no step yet
     assert monitor.hung([0, 1], now=140) == {}
     hung = monitor.hung([0, 1], now=151)
-    assert "before its first training step (--startup-timeout 100)" in hung[0]
+    assert "last in 'load' before its first training step (--startup-timeout 100)" in hung[0]
     assert "nothing reported 151 s after the start" in hung[1]
     assert not monitor.trained([0, 1]) and monitor.last_step is None
     write_beat(monitor, 1, mono=150, step=7)
