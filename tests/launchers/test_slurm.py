@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from megagoku.launch.events import read_events
 from megagoku.train.checkpoint import CheckpointReader, find_checkpoint
 from tests.distributed.launch import free_port
 
@@ -64,7 +65,7 @@ def log_of(out: Path) -> str:
 
 
 def events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    return read_events(run_dir)  # every node's file, merged
 
 
 def final_tensors(run_dir: Path, steps: int) -> dict:
@@ -110,13 +111,13 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_bit_identical(tmp_path
     proc, out = sbatch(run_dir, 1, 1, steps, wait=False)
     assert proc.returncode == 0, proc.stderr
     job = proc.stdout.strip().split(";")[0]
-    beat = run_dir / "heartbeats" / "rank-00000.json"
+    metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline:  # past the first checkpoint, well before the end
         try:
-            if json.loads(beat.read_text())["step"] >= 50:
+            if json.loads(metrics.read_text().splitlines()[-1])["step"] >= 50:
                 break
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, IndexError):
             pass
         time.sleep(0.2)
     else:
@@ -141,16 +142,21 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_bit_identical(tmp_path
 
 @pytest.mark.slow
 def test_a_node_that_keeps_failing_is_excluded_and_the_job_resubmitted(tmp_path):
-    """The first node the job lands on is broken (its workers cannot start); the launcher spends
-    its restarts there, the batch script submits the job again without that node; the new job
-    trains on the other node from the same run dir."""
+    """The first node the job lands on is broken (its workers die as they start, exit 3, as on a
+    bad GPU): the launcher retries once, gives up on the same start-up failure, and the batch
+    script submits the job again without that node; the new job trains on the other node from
+    the same run dir."""
     marker = tmp_path / "broken-node"
+    fault = tmp_path / "fault"  # a sitecustomize that ends every worker (RANK set) with 3
+    fault.mkdir()
+    (fault / "sitecustomize.py").write_text(
+        "import os, sys\nif 'RANK' in os.environ:\n    sys.exit(3)\n")
     wrapper = tmp_path / "megagoku-on-a-broken-node"
     wrapper.write_text(f"""#!/bin/bash
-# The first node to run this is broken: its workers get a config that does not exist.
+# The first node to run this is broken: the workers its launcher starts exit 3 at once.
 [ -f {marker} ] || echo "$SLURMD_NODENAME" > {marker}
 if [ "$(cat {marker})" = "$SLURMD_NODENAME" ]; then
-    set -- "${{@/configs\\/tiny.yaml/{tmp_path}/missing.yaml}}"
+    export PYTHONPATH={fault}${{PYTHONPATH:+:$PYTHONPATH}}
 fi
 exec {sys.executable} -m megagoku "$@"
 """)
