@@ -382,6 +382,9 @@ class CheckpointConfig:
     init_from: Optional[str] = None
     init_optimizer: bool = False
     commit_timeout_s: float = 1800.0  # rank 0 gives up a save whose parts never all arrive
+    # Load (resume, init_from) tensors that hold NaN or inf; refused by default, one line naming
+    # the tensor: a run that diverged should not be continued by accident.
+    allow_nonfinite: bool = False
 
     def problems(self) -> Iterator[Problem]:
         for name in ("every", "keep_every"):

@@ -44,6 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--fps", type=int)
     p.add_argument("--upscale", type=int, help="nearest-neighbour upscaling of the written file")
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="load weights that hold NaN or inf (refused otherwise)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: the GPU when one is present")
     p.add_argument("--tensor-parallel", type=int, default=1,
@@ -125,10 +127,16 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         suffix = Path(args.out).suffix.lower()
-    config_dict, state, ckpt = load_checkpoint(args.checkpoint, args.weights)
+    from megagoku.parallel.weights import WeightsMismatch
+    from megagoku.train.checkpoint import CheckpointError
+
+    config_dict, state, ckpt = load_checkpoint(args.checkpoint, args.weights,
+                                               args.allow_nonfinite)
     try:
         gen = load_generator(config_dict, state, f"{ckpt}/config.yaml", args.device,
                              args.tensor_parallel, args.ulysses)
+    except WeightsMismatch as e:  # the weights against the model their own config builds
+        raise CheckpointError(f"{ckpt}: {e}") from None
     except ValueError as e:
         raise ConfigError(str(e)) from None
     from megagoku.parallel import collectives

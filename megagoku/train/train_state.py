@@ -107,11 +107,14 @@ def snapshot_tensors(model: nn.Module, ema: EMA, optimizer: torch.optim.Optimize
 
 
 def _piece(reader: CheckpointReader, key: str, like: torch.Tensor) -> torch.Tensor:
-    whole = reader.tensor(key)
+    whole = reader.tensor(key)  # floating point and finite (or allowed): checked by the reader
     expected = whole_shape(like)
     if list(whole.shape) != expected:
         raise CheckpointError(f"{reader.path}: {key} is {list(whole.shape)} but this model "
                               f"needs {expected} (a checkpoint of another model config?)")
+    if whole.is_floating_point() != like.is_floating_point():
+        raise CheckpointError(f"{reader.path}: {key} is {whole.dtype} but this model holds "
+                              f"{like.dtype}")
     return tp_piece(whole, like)
 
 
