@@ -57,12 +57,23 @@ def register(subparsers) -> None:
 
 
 def read_prompts(path: str) -> list[str]:
+    """The prompts of a UTF-8 file, one per line (blank and # lines skipped); a byte-order mark
+    is dropped (so that a first-line comment stays a comment). Any problem is one ConfigError
+    line naming the file."""
     from megagoku.config import ConfigError
 
     try:
-        lines = Path(path).read_text().splitlines()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(f"--prompts {path}: cannot read: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")  # utf-8, without a leading BOM
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(f"--prompts {path}: line {line}: not UTF-8 text (byte "
+                          f"0x{data[e.start]:02x} at offset {e.start}); save the file as "
+                          "UTF-8") from None
+    lines = text.splitlines()
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise ConfigError(f"--prompts {path}: no prompts (one per line; # starts a comment)")
