@@ -8,7 +8,7 @@ each must be called by every rank of the group, in the same order, like any coll
 
 from __future__ import annotations
 
-from typing import Any, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -111,3 +111,19 @@ def _default_store():
     from torch.distributed.distributed_c10d import _get_default_store
 
     return _get_default_store()
+
+
+def rank0_decides(decide: Callable[[], T], errors: tuple[type[Exception], ...]) -> T:
+    """`decide()` run on rank 0 alone, its result on every rank. An error of one of the
+    `errors` classes (each built from one message) is raised on every rank, not only on rank 0:
+    a failure there must not leave the other ranks waiting in the next collective."""
+    outcome = None
+    if dist.get_rank() == 0:
+        try:
+            outcome = (-1, decide())
+        except errors as e:
+            outcome = (next(i for i, cls in enumerate(errors) if isinstance(e, cls)), str(e))
+    kind, value = from_rank0(outcome)
+    if kind >= 0:
+        raise errors[kind](value)
+    return value

@@ -58,16 +58,8 @@ def resume_candidates(run_dir: Path, resume: str) -> tuple[list[Path], bool]:
 def decided_on_rank0(decide: Callable[[], T], rank0: bool) -> T:
     """`decide()` on rank 0, its result on every rank; its ConfigError or CheckpointError is
     raised on every rank (a failure on rank 0 alone would leave the others waiting)."""
-    outcome = None
-    if rank0:
-        try:
-            outcome = ("ok", decide())
-        except (ConfigError, CheckpointError) as e:
-            outcome = (type(e).__name__, str(e))
-    kind, value = collectives.from_rank0(outcome)
-    if kind != "ok":
-        raise (ConfigError if kind == "ConfigError" else CheckpointError)(value)
-    return value
+    assert rank0 == (collectives.rank() == 0)
+    return collectives.rank0_decides(decide, (ConfigError, CheckpointError))
 
 
 def verify_together(path: Path) -> None:
