@@ -83,6 +83,8 @@ def write_cache(args: argparse.Namespace, config, dataset, device) -> int:
 
 
 def _write_cache(args: argparse.Namespace, config, dataset, device) -> int:
+    import torch
+
     from megagoku.data.cache import (DTYPES, CacheError, CacheProgress, cache_settings,
                                      clear_cache, finish_cache, mark_incomplete, open_cache,
                                      records_checksum, shard_positions, shard_problem,
@@ -91,21 +93,19 @@ def _write_cache(args: argparse.Namespace, config, dataset, device) -> int:
     from megagoku.models.text_encoder import resolve_encoder_path
     from megagoku.parallel import collectives
 
-    import torch
-
     rank, world = collectives.rank(), collectives.world_size()
     out = Path(args.out)
 
-    def start() -> tuple[dict, int]:
+    def start() -> int:
         settings = cache_settings(config, resolve_encoder_path(config.text.encoder))
         if args.overwrite:
             clear_cache(out)
-        return settings, open_cache(out, settings, len(dataset), args.shard_size, args.dtype,
-                                    str(Path(config.data.manifest).resolve()))
+        return open_cache(out, settings, len(dataset), args.shard_size, args.dtype,
+                          str(Path(config.data.manifest).resolve()))
 
     # Rank 0 keys the folder (refused: the same line on every rank); then each rank checks its
     # own shards: missing, not whole, or encoded from records that changed since.
-    settings, shards = collectives.rank0_decides(start, (CacheError, ConfigError))
+    shards = collectives.rank0_decides(start, (CacheError, ConfigError))
     ranges = {s: shard_positions(s, args.shard_size, len(dataset))
               for s in range(rank, shards, world)}
     mine, problems = [], {}
@@ -113,10 +113,11 @@ def _write_cache(args: argparse.Namespace, config, dataset, device) -> int:
         problem = shard_problem(out, s, records_checksum(dataset, positions))
         if problem is not None:
             mine.append(s)
-            problems[problem if problem in ("missing", "its manifest records changed")
-                     else "not whole"] = problems.get(problem, 0) + 1
-            if problem not in ("missing", "its manifest records changed"):
-                log.warning("cache: rewriting %s: %s", f"shard {s}", problem)
+            known = problem in ("missing", "its manifest records changed")
+            why = problem if known else "not whole"
+            problems[why] = problems.get(why, 0) + 1
+            if not known:
+                log.warning("cache: rewriting shard %d: %s", s, problem)
     todo = int(collectives.sum_over(torch.tensor(len(mine))).item())  # every rank: the same
     if todo and rank == 0:
         mark_incomplete(out)
