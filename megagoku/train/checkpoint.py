@@ -134,7 +134,8 @@ def write_rank_part(tmp: Path, rank: int, world: int, tensors: dict[str, torch.T
     name = rank_file_name(rank, world)
     written = save_file(tensors, str(tmp / name))
     marker = {"file": name, "bytes": written.bytes, "xxh3_128": written.xxh3_128,
-              "keys": sorted(tensors), "rng": rng}
+              "keys": sorted(tensors), "rng": rng,
+              "written_at": time.time()}  # wall clock: the commit's latency after the last part
     if not marker_file:
         return marker
     marker_path = tmp / f"rank-{rank:05d}.json"
@@ -165,11 +166,11 @@ def wait_for_markers(tmp: Path, world: int, timeout_s: float) -> list[dict]:
 def commit(root: Path, step: int, world: int, config: dict, state: dict,
            timeout_s: float = 1800.0, markers: Optional[list[dict]] = None) -> Path:
     """Step 2, on rank 0: once every rank's part is on disk, the metadata, the manifest and the
-    rename that makes the checkpoint exist. `markers`: every rank's, when they came through the
-    process group's store; None: wait for the marker files."""
+    rename that makes the checkpoint exist. `markers`: every rank's, when the caller collected
+    them (through the process group's store, or `wait_for_markers`); None: wait for the marker
+    files here."""
     tmp = root / f".tmp_{step_dir_name(step)}"
-    marker_files = markers is None
-    if marker_files:
+    if markers is None:
         markers = wait_for_markers(tmp, world, timeout_s)
     state = {**state, "step": step, "world_size": world,
              "rng": [m["rng"] for m in markers],
@@ -180,9 +181,8 @@ def commit(root: Path, step: int, world: int, config: dict, state: dict,
     for name in META_FILES:
         fsync_file(tmp / name)
         manifest[name] = file_entry(tmp / name)
-    if marker_files:
-        for r in range(world):
-            (tmp / f"rank-{r:05d}.json").unlink()
+    for r in range(world):
+        (tmp / f"rank-{r:05d}.json").unlink(missing_ok=True)
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     fsync_file(tmp / "manifest.json")
     fsync_dir(tmp)

@@ -33,7 +33,7 @@ import torch
 
 from megagoku.parallel import collectives
 from megagoku.train.checkpoint import (CheckpointError, commit, prune, step_dir_name,
-                                       write_rank_part)
+                                       wait_for_markers, write_rank_part)
 
 MARKER_WAYS = ("auto", "store", "files")
 
@@ -45,6 +45,9 @@ class SaveStats:
     blocked_s: list[float] = field(default_factory=list)  # training waited, per save
     persist_s: list[float] = field(default_factory=list)  # background write (+ commit on rank 0)
     committed: list[int] = field(default_factory=list)  # steps (rank 0 only)
+    # Rank 0: from the last rank's part on disk to the checkpoint committed (wall clocks of
+    # the ranks' hosts: across nodes, their skew counts too)
+    commit_latency_s: list[float] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
 
@@ -162,10 +165,13 @@ class Checkpointer:
                 collectives.post(keys[self.rank], json.dumps(marker))
                 posted = True
             if self.rank == 0:
-                markers = None if keys is None else self._collect(keys, tmp)
+                markers = wait_for_markers(tmp, self.world, self.commit_timeout_s) \
+                    if keys is None else self._collect(keys, tmp)
                 self._last_path = commit(self.root, step, self.world, config, state,
                                          self.commit_timeout_s, markers)
                 self.stats.committed.append(step)
+                self.stats.commit_latency_s.append(
+                    time.time() - max(m.get("written_at", 0.0) for m in markers))
                 if self.on_commit is not None:
                     self.on_commit(step, self._last_path)
                 for removed in prune(self.root, self.keep_last, self.keep_every):

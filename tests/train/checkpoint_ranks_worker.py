@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-import megagoku.storage as storage  # noqa: E402
 import megagoku.train.checkpoint as checkpoint  # noqa: E402
+import megagoku.train.checkpointer as checkpointer  # noqa: E402
 from megagoku.parallel import collectives  # noqa: E402
 from megagoku.parallel.distributed import init_distributed, shutdown  # noqa: E402
 from megagoku.train.checkpointer import Checkpointer  # noqa: E402
@@ -30,7 +30,8 @@ def never_polled(*args, **kwargs):
     raise AssertionError("rank 0 polled for marker files")
 
 
-checkpoint.wait_for_markers = never_polled  # with a process group, markers use its store
+# With a process group, markers use its store.
+checkpoint.wait_for_markers = checkpointer.wait_for_markers = never_polled
 
 
 def tensors(value: float) -> dict:
