@@ -11,8 +11,9 @@ checked here first.
 - `read_header`: the header of a safetensors file, checked against the file before any tensor is
   mapped: its length, the JSON, every dtype, shape and offset, and that the tensors tile the data
   exactly. A forged or truncated file is one `TensorFileError` line naming the file.
-- `file_checksum`: xxh3-128 (what we write: ~9 GB/s on one core here, measured, against ~1.5
-  GB/s for sha256) or sha256 (files written before; still verified).
+- `file_checksum`: xxh3-128 (what we write; several times faster than sha256, see
+  `megagoku bench checkpoint` in BENCHMARKS.md) or sha256 (files written before; still
+  verified).
 - Files read a record at a time in random order (cache shards) carry each tensor's checksum in
   their header (`tensor_checksums`), so a reader checks what it reads and nothing more.
 - `content_fingerprint`: a file or folder (a model's weights) by content, wherever it was
