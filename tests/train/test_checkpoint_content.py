@@ -257,3 +257,19 @@ def test_tensor_files_honour_the_umask(tmp_path, umask, mode):
     assert any(f.suffix == ".safetensors" for f in files)
     assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == \
         {f.name: oct(mode) for f in files}
+
+
+def test_model_directories_with_sha256_still_verify(run_dir, tmp_path):
+    from megagoku.train.checkpoint import verify_model_dir
+    from megagoku.train.export import consolidate
+
+    out = consolidate(run_dir, tmp_path / "m", progress=False)
+    meta = json.loads((out / "config.json").read_text())
+    meta["sha256"] = sha256_of(out / "model.safetensors")  # as written before xxh3-128
+    del meta["xxh3_128"]
+    (out / "config.json").write_text(json.dumps(meta))
+    assert verify_model_dir(out)["step"] == 6
+    meta["sha256"] = "0" * 64
+    (out / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="model.safetensors: checksum differs from config.json"):
+        verify_model_dir(out)
