@@ -110,6 +110,9 @@ class FilterConfig:
     # The detector's box score cut-off. rapidocr's 0.5 reads fine-grained texture and filled
     # rectangles as text; burnt-in text scores above 0.8 (measured on the demo videos).
     ocr_box_thresh: float = 0.7
+    # A detected box counts as text only when the recogniser reads two or more letters or
+    # digits in it with at least this confidence (plain shapes read as symbols or nothing).
+    ocr_text_score: float = 0.5
     motion: Literal["farneback", "raft", "none"] = "farneback"
     raft_weights: Optional[str] = None
     motion_fps: float = 4.0  # frames per second compared by the optical flow
@@ -134,6 +137,8 @@ class FilterConfig:
             yield "motion_fps", f"must be > 0, got {self.motion_fps}"
         if not 0 < self.ocr_box_thresh < 1:
             yield "ocr_box_thresh", f"must be in (0, 1), got {self.ocr_box_thresh}"
+        if not 0 <= self.ocr_text_score <= 1:
+            yield "ocr_text_score", f"must be in [0, 1], got {self.ocr_text_score}"
         if self.max_text_coverage is not None and not 0 <= self.max_text_coverage <= 1:
             yield "max_text_coverage", f"must be in [0, 1], got {self.max_text_coverage}"
         if (self.min_motion is not None and self.max_motion is not None
