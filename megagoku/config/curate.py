@@ -69,6 +69,9 @@ class SplitConfig:
     features: Literal["thumbnail", "dinov2", "clip"] = "thumbnail"
     model_dir: Optional[str] = None  # a local HF-format DINOv2 (or CLIP) directory
     similarity: float = 0.85
+    # ...and where their colour histograms differ by at least this (total variation, 0-1): an
+    # object moving in one shot changes the layout, not the colours (curation/split.py).
+    min_colour_change: float = 0.25
     sample_fps: float = 1.0
     min_clip_seconds: float = 2.0
     max_clip_seconds: float = 10.0
@@ -82,6 +85,8 @@ class SplitConfig:
         yield from _absent(self, "model_dir")
         if not 0 < self.similarity <= 1:
             yield "similarity", f"must be in (0, 1], got {self.similarity}"
+        if not 0 <= self.min_colour_change <= 1:
+            yield "min_colour_change", f"must be in [0, 1], got {self.min_colour_change}"
         if self.sample_fps <= 0:
             yield "sample_fps", f"must be > 0, got {self.sample_fps}"
         if self.min_clip_seconds <= 0:
