@@ -102,6 +102,15 @@ class Trainer:
         self.rank, self.world = collectives.rank(), collectives.world_size()
         rank0 = self.rank == 0
         start = open_run(self.run_dir, resume or ccfg.resume, overwrite, ccfg, rank0, source)
+        self.start = start  # rank 0 owns the run dir until `close()`
+        try:
+            self._build_components(config, inputs, start, ccfg, tcfg, device, rank0)
+        except BaseException:
+            start.release()
+            raise
+
+    def _build_components(self, config, inputs, start, ccfg, tcfg, device, rank0) -> None:
+        """The components, on a run dir this run owns."""
         self.reader = start.reader
         replica, self.replicas = data_parallel_rank(), data_parallel_size()
 
@@ -245,10 +254,13 @@ class Trainer:
         return TrainResult(self.run_dir, checkpoint, step, self.metrics.last_loss, stop_reason)
 
     def close(self) -> None:
-        if self.stop is not None:
-            self.stop.restore()
-        self.checkpoints.close()
-        self.metrics.close()
+        try:
+            if self.stop is not None:
+                self.stop.restore()
+            self.checkpoints.close()
+            self.metrics.close()
+        finally:
+            self.start.release()
 
 
 def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
