@@ -50,7 +50,8 @@ class StopSignals:
 
 @dataclass
 class Stop:
-    reason: str  # signal (SIGUSR1/SIGTERM/SIGINT: requeue me) | max_minutes
+    # signal (SIGUSR1/SIGTERM/SIGINT: requeue me) | max_minutes | write_failures (stop for good)
+    reason: str
     why: str  # for the log
 
 
@@ -61,11 +62,15 @@ class StopConditions:
         self.max_minutes, self.device = max_minutes, device
         self.signals = StopSignals()
 
-    def check(self, elapsed_s: float) -> Optional[Stop]:
-        """Whether to stop after this step (collective)."""
-        out_of_time, signalled = collectives.any_rank(
+    def check(self, elapsed_s: float, write_failures: Optional[str] = None) -> Optional[Stop]:
+        """Whether to stop after this step (collective). `write_failures`: this rank's one line
+        when its writes to the run dir kept failing (`train/run_writes.py`)."""
+        out_of_time, signalled, failing = collectives.any_rank(
             [self.max_minutes > 0 and elapsed_s > 60 * self.max_minutes,
-             self.signals.received is not None], self.device)
+             self.signals.received is not None, write_failures is not None], self.device)
+        if failing:
+            return Stop("write_failures", write_failures or "writes to the run dir kept failing "
+                        "on another rank; stopped (its log says which)")
         if signalled:
             return Stop("signal", self.signals.received or "a stop signal on another rank")
         if out_of_time:
