@@ -49,6 +49,7 @@ from megagoku.train.components.model import TrainedModel
 from megagoku.train.components.optimizer import Optimization
 from megagoku.train.components.rng import RandomStreams
 from megagoku.train.components.stop import StopConditions
+from megagoku.train.memory_plan import check_fits
 from megagoku.train.metrics import TrainMetrics
 from megagoku.train.preflight import Inputs, preflight
 from megagoku.train.run_dir import RUN_OUTPUTS, open_run, prepare_run_dir  # noqa: F401
@@ -283,6 +284,7 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     owns_group = start_grid(config, source)
     failed = True
     try:
+        check_fits(config, inputs.device, source)  # before anything is allocated
         trainer = Trainer(config, Path(run_dir), inputs, source, overwrite, resume)
         try:
             result = trainer.run()
