@@ -20,6 +20,7 @@ This is an estimate (allocator slack, communication buffers and the CUDA context
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -79,6 +80,19 @@ def state_bytes(local: int, shards: int, zero_stage: int) -> tuple[float, float,
     return weights, grads, optimizer
 
 
+def local_parameter_count(cfg: ModelConfig) -> int:
+    """This TP rank's parameters, from meta-device models of depth 1 and 2 (the blocks are
+    alike): building a 100000-block model on the meta device alone takes minutes."""
+    from megagoku.models import build_model
+
+    def count(depth: int) -> int:
+        model = build_model(dataclasses.replace(cfg, depth=depth), device="meta")
+        return sum(p.numel() for p in model.parameters())
+
+    one = count(1)
+    return one + (cfg.depth - 1) * (count(2) - one)
+
+
 def device_memory_bytes(device: torch.device) -> int:
     """What the device holds: a GPU's memory, or the machine's physical memory for the CPU."""
     if device.type == "cuda":
@@ -91,11 +105,9 @@ def check_fits(config: TrainingConfig, device: torch.device, source: str) -> Non
     this rank (weights, gradients, AdamW, ZeRO's master copy, the EMA; activations come on top)
     against the device's memory, counted on the meta device. A model that cannot fit is a
     ConfigError instead of an allocation failure minutes (or terabytes) later."""
-    from megagoku.models import build_model
     from megagoku.parallel import collectives, gradient_group
 
-    model = build_model(config.model, device="meta")  # this rank's TP pieces, nothing allocated
-    local = sum(p.numel() for p in model.parameters())
+    local = local_parameter_count(config.model)
     shards = collectives.world_size(gradient_group())
     need = sum(state_bytes(local, shards, config.parallel.zero_stage)) + 4 * local  # + EMA
     have = device_memory_bytes(device)
