@@ -40,7 +40,7 @@ from typing import Iterable, Optional
 
 import torch
 import yaml
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def verify_checkpoint(path: Path) -> dict:
         entries = {name: (int(e["bytes"]), str(e["sha256"])) for name, e in manifest.items()}
         if not all(name in entries for name in META_FILES):
             raise KeyError(", ".join(n for n in META_FILES if n not in entries))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
         raise CheckpointError(f"{manifest_path}: missing, unreadable or incomplete manifest "
                               f"({type(e).__name__}: {e})") from None
     for name, (size, digest) in entries.items():
@@ -216,8 +216,8 @@ def verify_checkpoint(path: Path) -> dict:
         if sha256_of(file) != digest:
             raise CheckpointError(f"{file}: checksum differs from the manifest")
     try:  # state.json is verified now: every tensor file it indexes must be verified too
-        unlisted = sorted(set(json.loads((path / "state.json").read_text())["index"].values())
-                          - set(entries))
+        unlisted = sorted(set(map(str, json.loads((path / "state.json").read_text())["index"]
+                                  .values())) - set(entries))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path / 'state.json'}: no tensor index ({type(e).__name__}: "
                               f"{e})") from None
@@ -276,10 +276,13 @@ class CheckpointReader:
         file = self.index.get(key)
         if file is None:
             raise CheckpointError(f"{self.path}: no tensor {key!r} in state.json's index")
-        handle = self._files.get(file)
-        if handle is None:
-            handle = self._files[file] = safe_open(str(self.path / file), framework="pt")
-        return handle.get_tensor(key)
+        try:
+            handle = self._files.get(file)
+            if handle is None:
+                handle = self._files[file] = safe_open(str(self.path / file), framework="pt")
+            return handle.get_tensor(key)
+        except (SafetensorError, OSError) as e:  # a malformed file the checksums agree with
+            raise CheckpointError(f"{self.path / file}: unreadable tensor {key!r} ({e})") from None
 
     def tensors(self, prefix: str, names: Optional[Iterable[str]] = None) -> dict[str, torch.Tensor]:
         names = self.keys(prefix) if names is None else names
