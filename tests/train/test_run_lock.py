@@ -129,3 +129,17 @@ def test_a_lease_owner_whose_lease_was_taken_exits(tmp_path):
     record = json.loads((tmp_path / OWNER_FILE).read_text())
     (tmp_path / OWNER_FILE).write_text(json.dumps({**record, "token": "a rival"}))
     assert owner.wait(timeout=10) == 2
+
+
+def test_a_run_can_hold_its_dir_by_a_lease(tmp_path):
+    cfg = load_training_config(ROOT / "configs/tiny.yaml", [
+        "train.steps=1", "model.depth=1", "checkpoint.run_lock=lease", "checkpoint.lease_s=30"])
+    owner = hold(tmp_path, "lease", 30.0)
+    try:
+        with pytest.raises(RunDirBusy, match=f"pid {owner.pid}"):
+            train(cfg, tmp_path)
+    finally:
+        owner.kill()
+        owner.wait()
+    assert train(cfg, tmp_path, overwrite=True).steps == 1  # the dead owner's lease taken over
+    assert not (tmp_path / OWNER_FILE).exists()
