@@ -117,11 +117,16 @@ class RunLock:
         return self.owner is not None
 
     def acquire(self) -> "RunLock":
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.kind == "fcntl":
-            self._acquire_fcntl()
-        else:
-            self._acquire_lease()
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"{self.run_dir}: cannot use as a run dir (a file, not a folder)")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.kind == "fcntl":
+                self._acquire_fcntl()
+            else:
+                self._acquire_lease()
+        except OSError as e:  # not a folder, not writable, a full disk
+            raise ConfigError(f"{self.run_dir}: cannot use as a run dir ({e.strerror})") from None
         log.debug("run dir %s: owned by %s", self.run_dir, self.owner.describe())
         return self
 

@@ -143,3 +143,13 @@ def test_a_run_can_hold_its_dir_by_a_lease(tmp_path):
         owner.wait()
     assert train(cfg, tmp_path, overwrite=True).steps == 1  # the dead owner's lease taken over
     assert not (tmp_path / OWNER_FILE).exists()
+
+
+def test_a_run_dir_that_cannot_be_one_is_one_line(tmp_path, capsys):
+    """Issue 22's class of faults: a file, or a folder below a file, as --run-dir."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for run_dir, why in ((afile, "a file, not a folder"), (afile / "run", "Not a directory")):
+        assert main(["train", *TINY, "--run-dir", str(run_dir)]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == \
+            f"error: {run_dir}: cannot use as a run dir ({why})"
