@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import faulthandler
 import hashlib
 import json
 import os
@@ -51,9 +52,13 @@ def deadline(seconds: float = DEADLINE_S):
 
     previous = signal.signal(signal.SIGALRM, expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)
+    # A hang inside C code (a decoder) never returns to Python for the alarm to be raised:
+    # then the whole run stops, printing where every thread was.
+    faulthandler.dump_traceback_later(3 * seconds, exit=True)
     try:
         yield
     finally:
+        faulthandler.cancel_dump_traceback_later()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
