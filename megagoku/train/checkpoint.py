@@ -251,7 +251,7 @@ def read_manifest(path: Path) -> dict[str, dict]:
             int(e["bytes"]), entry_checksum(e)
         if not all(name in manifest for name in META_FILES):
             raise KeyError(", ".join(n for n in META_FILES if n not in manifest))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
         raise CheckpointError(f"{manifest_path}: missing, unreadable or incomplete manifest "
                               f"({type(e).__name__}: {e})") from None
     for name in manifest:

@@ -1,7 +1,9 @@
-"""The run directory: where a run starts from. A new run refuses (or, asked to, clears) an old
-run's outputs; a resumed one continues from its newest valid checkpoint; a new stage starts from
-another run's weights. Rank 0 decides and every rank follows its choice; a failure of rank 0's
-decision is raised on every rank (none is left waiting for it).
+"""The run directory: where a run starts from. Rank 0 first owns the dir (`run_lock.py`: a live
+run's dir is never touched by another); a new run refuses (or, asked to, clears) an old run's
+outputs; a resumed one continues from its newest valid checkpoint (`--resume auto` with none yet
+starts at step 0 and appends to the earlier attempt's logs); a new stage starts from another
+run's weights. Rank 0 decides and every rank follows its choice; a failure of rank 0's decision
+is raised on every rank (none is left waiting for it).
 
 Verifying a checkpoint is shared out: every rank checks the metadata and every W-th tensor
 file (`checkpoint.verify_checkpoint(path, rank, W)`), all in parallel, and the ranks agree on the
@@ -11,6 +13,7 @@ minutes; BENCHMARKS.md has the measured figures of both ways."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,9 @@ from megagoku.train.checkpoint import (CheckpointError, CheckpointReader, ModelD
                                        checkpoint_candidates, first_valid, is_model_dir,
                                        open_weights, remove_stale_parts, verify_checkpoint,
                                        verify_model_dir)
+from megagoku.train.run_lock import RunDirBusy, RunLock
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard")
 
@@ -59,7 +64,7 @@ def decided_on_rank0(decide: Callable[[], T], rank0: bool) -> T:
     """`decide()` on rank 0, its result on every rank; its ConfigError or CheckpointError is
     raised on every rank (a failure on rank 0 alone would leave the others waiting)."""
     assert rank0 == (collectives.rank() == 0)
-    return collectives.rank0_decides(decide, (ConfigError, CheckpointError))
+    return collectives.rank0_decides(decide, (RunDirBusy, ConfigError, CheckpointError))
 
 
 def verify_together(path: Path) -> None:
@@ -115,34 +120,62 @@ def init_point(init_from: str, rank0: bool) -> Path:
 @dataclass
 class Start:
     """Where a run starts: a checkpoint of its own to resume (`reader`), another run's weights
-    to begin from (`init`), or neither (the seed's weights)."""
+    to begin from (`init`), or neither (the seed's weights); and rank 0's hold on the run dir
+    (`lock`, None elsewhere), to release when the run ends."""
 
     reader: Optional[CheckpointReader] = None
     init: Optional[CheckpointReader | ModelDirReader] = None
+    lock: Optional[RunLock] = None
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def prepare_for(run_dir: Path, resume: str, overwrite: bool,
+                resume_from: Optional[Path]) -> None:
+    """Rank 0, owning the dir: make it ready for the chosen start. Only the owner clears
+    anything."""
+    if resume_from is not None:
+        remove_stale_parts(run_dir / "checkpoints")
+    elif resume == "auto" and not overwrite:
+        # No checkpoint yet (a first start, or a crash before the first save): a new run that
+        # keeps the earlier attempt's logs and appends to them.
+        if (run_dir / "checkpoints").is_dir():
+            remove_stale_parts(run_dir / "checkpoints")
+        if any((run_dir / name).exists() for name in RUN_OUTPUTS):
+            log.info("%s: no checkpoint yet; starting at step 0 and appending to its logs",
+                     run_dir)
+    else:
+        prepare_run_dir(run_dir, overwrite)
+    if overwrite and resume_from is None:  # a new run: an old run's skips do not apply
+        (run_dir / SKIP_FILE).unlink(missing_ok=True)
 
 
 def open_run(run_dir: Path, resume: str, overwrite: bool, ccfg: CheckpointConfig, rank0: bool,
              source: str) -> Start:
-    """Decide on rank 0, verify together, agree on every rank, and prepare the run dir
+    """Own the run dir on rank 0 (RunDirBusy, on every rank, while another run does), then
+    decide on rank 0, verify together, agree on every rank, and prepare the run dir
     (collective)."""
-    resume_from = resume_point(run_dir, resume, rank0)
+    start = Start()
 
-    def prepare() -> None:
-        if resume_from is None:
-            prepare_run_dir(run_dir, overwrite or resume == "auto")
-        else:
-            remove_stale_parts(run_dir / "checkpoints")
-        if overwrite and resume_from is None:  # a new run: an old run's skips do not apply
-            (run_dir / SKIP_FILE).unlink(missing_ok=True)
+    def claim() -> None:
+        start.lock = RunLock(run_dir, ccfg.run_lock, ccfg.lease_s).acquire()
 
-    decided_on_rank0(prepare, rank0)
-    allow = ccfg.allow_nonfinite
-    start = Start(CheckpointReader(resume_from, verified=True, allow_nonfinite=allow)
-                  if resume_from else None)
-    if start.reader is None and ccfg.init_from:  # a checkpoint, a run dir, or a model dir
-        start.init = open_weights(init_point(ccfg.init_from, rank0), allow)
-        if ccfg.init_optimizer and isinstance(start.init, ModelDirReader):
-            raise ConfigError(f"{source}: checkpoint.init_optimizer: {start.init.path} is a "
-                              "model directory (weights only, no optimizer state)")
-    collectives.barrier()
+    decided_on_rank0(claim, rank0)
+    try:
+        resume_from = resume_point(run_dir, resume, rank0)
+        decided_on_rank0(lambda: prepare_for(run_dir, resume, overwrite, resume_from), rank0)
+        allow = ccfg.allow_nonfinite
+        if resume_from is not None:
+            start.reader = CheckpointReader(resume_from, verified=True, allow_nonfinite=allow)
+        elif ccfg.init_from:  # a checkpoint, a run dir, or a model dir
+            start.init = open_weights(init_point(ccfg.init_from, rank0), allow)
+            if ccfg.init_optimizer and isinstance(start.init, ModelDirReader):
+                raise ConfigError(f"{source}: checkpoint.init_optimizer: {start.init.path} is a "
+                                  "model directory (weights only, no optimizer state)")
+        collectives.barrier()
+    except BaseException:
+        start.release()
+        raise
     return start

@@ -207,8 +207,8 @@ def test_weights_of_another_shape_are_one_line(ckpt, tmp_path, capsys):
     resign(ckpt)
     assert sample(ckpt, tmp_path) == 2
     one_error_line(capsys, str(ckpt), "but this model needs")
-    # Training from it under another model config: the same kind of line.
-    with pytest.raises(CheckpointError, match=f"{ckpt}: model/.* but this model needs"):
+    # Training from it under another model config: the strict weights check's line, naming them.
+    with pytest.raises(CheckpointError, match=f"{ckpt}: does not fit this model: .* shapes differ"):
         train(config(f"checkpoint.init_from={ckpt}", f"model.hidden_size={cfg['model']['hidden_size']}",
                      f"model.num_heads={cfg['model']['num_heads']}"), tmp_path / "i")
 

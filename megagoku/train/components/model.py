@@ -32,9 +32,15 @@ class TrainedModel:
         decay = config.train.ema_decay
         self.model = build_model(config.model).to(device)
         self.ema = EMA(self.model, decay)  # before ZeRO-3 partitions the parameters
-        if reader is not None or init is not None:  # before DeepSpeed builds its partitions
-            restore_weights(self.model, self.ema, reader or init,
-                            fresh=self.model.new_input_weights() if reader is None else ())
+        if reader is not None:  # before DeepSpeed builds its partitions
+            restore_weights(self.model, self.ema, reader, hint=(
+                "a resumed run continues the same model: resume with the checkpoint's model "
+                "config, or start a new run from it with checkpoint.init_from"))
+        elif init is not None:  # the next stage may add inputs (I2V) or change on purpose
+            restore_weights(self.model, self.ema, init, fresh=self.model.new_input_weights(),
+                            partial=config.checkpoint.partial_weights, hint=(
+                                "checkpoint.init_from of another model: set "
+                                "checkpoint.partial_weights: true to load only what fits"))
         if init is not None:
             self.ema = EMA(self.model, decay)  # a new stage averages from its initial weights
         apply_activation_checkpointing(self.model.blocks,
