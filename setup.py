@@ -84,6 +84,8 @@ setup(
         "psutil",
         "numpy",
         "safetensors>=0.4",
+        # xxh3-128 checksums of checkpoints, model directories and cache shards (megagoku/storage.py)
+        "xxhash>=3.0",
         "pyyaml>=6",
         "av>=12",
         "pillow>=10",

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside training's own handling (which saves first)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

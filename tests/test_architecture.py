@@ -33,6 +33,9 @@ MAY_IMPORT = {
     "launch": {"config"},
     # megagoku/progress.py, a module: rate and ETA for every progress line; imports nothing.
     "progress": set(),
+    # megagoku/storage.py, a module: tensor files written (umask, checksums) and checked; imports
+    # nothing of ours.
+    "storage": set(),
 }
 # Rooms that may import the progress module besides their own list.
 for _room in ("data", "curation", "train", "inference", "evaluation"):
@@ -43,6 +46,9 @@ for _room in ("data", "curation", "train", "inference", "evaluation"):
 HEARTBEAT_ONLY = ("data", "inference", "evaluation")
 for _room in HEARTBEAT_ONLY:
     MAY_IMPORT[_room] = MAY_IMPORT[_room] | {"launch"}
+# Rooms that write or read tensor files: through the storage module.
+for _room in ("data", "curation", "train", "inference", "evaluation", "models"):
+    MAY_IMPORT[_room] = MAY_IMPORT[_room] | {"storage"}
 
 
 def imported_rooms(path: Path) -> set[str]:

@@ -69,6 +69,9 @@ class SplitConfig:
     features: Literal["thumbnail", "dinov2", "clip"] = "thumbnail"
     model_dir: Optional[str] = None  # a local HF-format DINOv2 (or CLIP) directory
     similarity: float = 0.85
+    # ...and where their colour histograms differ by at least this (total variation, 0-1): an
+    # object moving in one shot changes the layout, not the colours (curation/split.py).
+    min_colour_change: float = 0.25
     sample_fps: float = 1.0
     min_clip_seconds: float = 2.0
     max_clip_seconds: float = 10.0
@@ -82,6 +85,8 @@ class SplitConfig:
         yield from _absent(self, "model_dir")
         if not 0 < self.similarity <= 1:
             yield "similarity", f"must be in (0, 1], got {self.similarity}"
+        if not 0 <= self.min_colour_change <= 1:
+            yield "min_colour_change", f"must be in [0, 1], got {self.min_colour_change}"
         if self.sample_fps <= 0:
             yield "sample_fps", f"must be > 0, got {self.sample_fps}"
         if self.min_clip_seconds <= 0:
@@ -110,6 +115,9 @@ class FilterConfig:
     # The detector's box score cut-off. rapidocr's 0.5 reads fine-grained texture and filled
     # rectangles as text; burnt-in text scores above 0.8 (measured on the demo videos).
     ocr_box_thresh: float = 0.7
+    # A detected box counts as text only when the recogniser reads two or more letters or
+    # digits in it with at least this confidence (plain shapes read as symbols or nothing).
+    ocr_text_score: float = 0.5
     motion: Literal["farneback", "raft", "none"] = "farneback"
     raft_weights: Optional[str] = None
     motion_fps: float = 4.0  # frames per second compared by the optical flow
@@ -134,6 +142,8 @@ class FilterConfig:
             yield "motion_fps", f"must be > 0, got {self.motion_fps}"
         if not 0 < self.ocr_box_thresh < 1:
             yield "ocr_box_thresh", f"must be in (0, 1), got {self.ocr_box_thresh}"
+        if not 0 <= self.ocr_text_score <= 1:
+            yield "ocr_text_score", f"must be in [0, 1], got {self.ocr_text_score}"
         if self.max_text_coverage is not None and not 0 <= self.max_text_coverage <= 1:
             yield "max_text_coverage", f"must be in [0, 1], got {self.max_text_coverage}"
         if (self.min_motion is not None and self.max_motion is not None

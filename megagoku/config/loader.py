@@ -36,15 +36,18 @@ class ConfigError(ValueError):
 
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(e, 'problem', e)}") from None
+        detail = getattr(e, "problem", None) or " ".join(str(e).split())  # one line
+        raise ConfigError(f"{path}: invalid YAML{where}: {detail}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

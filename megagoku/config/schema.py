@@ -382,6 +382,22 @@ class CheckpointConfig:
     init_from: Optional[str] = None
     init_optimizer: bool = False
     commit_timeout_s: float = 1800.0  # rank 0 gives up a save whose parts never all arrive
+    # Load (resume, init_from) tensors that hold NaN or inf; refused by default, one line naming
+    # the tensor: a run that diverged should not be continued by accident.
+    allow_nonfinite: bool = False
+    # init_from into a model that differs from the checkpoint's (another depth, a new head):
+    # false refuses it, naming what does not match; true loads the tensors both have with equal
+    # shapes and logs what is dropped and what keeps its initial value. Resuming is always exact.
+    partial_weights: bool = False
+    # Writes to the run dir (checkpoints, metrics, TensorBoard, samples, evaluations) that may
+    # fail in a row (a full disk, an I/O error) before the run stops; each failure is a warning
+    # and the last committed checkpoint stays valid.
+    max_write_failures: int = 3
+    # How rank 0 owns the run dir for the run's life (`train/run_lock.py`): fcntl (a POSIX
+    # lock, released by the kernel when the owner dies) or lease (a file renewed by a heartbeat,
+    # for filesystems whose fcntl locks are refused or node-local), given up after lease_s.
+    run_lock: Literal["fcntl", "lease"] = "fcntl"
+    lease_s: float = 60.0
 
     def problems(self) -> Iterator[Problem]:
         for name in ("every", "keep_every"):
@@ -392,6 +408,13 @@ class CheckpointConfig:
                                 f"got {self.keep_last}")
         if self.commit_timeout_s <= 0:
             yield "commit_timeout_s", f"must be positive, got {self.commit_timeout_s}"
+        if self.partial_weights and self.init_optimizer:
+            yield "partial_weights", ("cannot be combined with init_optimizer (the moments of "
+                                      "the tensors that do not fit have no place)")
+        if self.max_write_failures <= 0:
+            yield "max_write_failures", f"must be positive, got {self.max_write_failures}"
+        if not self.lease_s > 0:
+            yield "lease_s", f"must be positive, got {self.lease_s}"
         if not self.resume:
             yield "resume", "must be none, auto or a checkpoint / run dir path"
 

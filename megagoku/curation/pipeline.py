@@ -287,8 +287,9 @@ def run_balance(cfg: CurateConfig, source: Path, work_dir: Path) -> dict:
                 yield row if k == 0 else {**row, "id": f"{row['id']}#{k}"}
 
     write_rows(stage_dir / "records.jsonl", resampled())
-    histogram_png(dict(before), dict(after), stage_dir / "categories.png",
-                  f"categories before/after ({b.mode})")
+    if before:  # every clip filtered out: nothing to draw, the funnel says where they went
+        histogram_png(dict(before), dict(after), stage_dir / "categories.png",
+                      f"categories before/after ({b.mode})")
     (stage_dir / "weights.json").write_text(json.dumps(
         {"before": dict(before), "after": dict(after), "weights": weights}, indent=1))
     tagged.unlink()

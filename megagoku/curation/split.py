@@ -4,6 +4,17 @@ frames sampled at `sample_fps` are less similar than `similarity` (this catches 
 transitions and fast content changes the detector misses), then clips longer than
 `max_clip_seconds` are cut into equal pieces and those shorter than `min_clip_seconds` dropped.
 
+A fine cut also needs the frames' colours to have changed: the colour histograms of the two
+samples (8 bins a channel) must differ by at least `min_colour_change` (total variation: the
+share of pixels whose colour moved to another bin). Features compare layout, so an object
+moving across a plain ground in one shot looked like a new scene every second (the offline
+thumbnail features of a dark square on light grey: similarity ~0 a second apart), and a shot
+was cut into pieces too short to keep; its histogram does not change (~0.002), while a
+crossfade's does (0.45-0.6 a second apart on the demo videos; a pan over a texture ~0.1).
+This holds whatever the embedder (DINOv2 included): a moving object never splits a shot. What
+it gives up: a gradual transition between two shots of the same palette is not cut (a hard cut
+between them still is, by the detector).
+
 The source is decoded twice: once to detect (every frame through the detector, and the sampled
 frames kept at a small size for the features), once to write the clips, frame-accurately
 re-encoded. No clip is held in memory.
@@ -14,6 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
+
 import numpy as np
 
 from megagoku.config.curate import SplitConfig
@@ -63,9 +76,30 @@ def detect(path: Path, fps: float, cfg: SplitConfig):
     return sorted(set(cuts)), np.asarray(times), samples, duration
 
 
-def fine_cuts(times: np.ndarray, similarity: np.ndarray, threshold: float) -> list[float]:
-    """A cut halfway between each pair of adjacent samples less similar than `threshold`."""
-    return [float((times[i] + times[i + 1]) / 2) for i in np.flatnonzero(similarity < threshold)]
+def colour_histogram(frame: np.ndarray, bins: int = 8) -> np.ndarray:
+    """(bins^3,) the share of the frame's pixels in each RGB colour bin."""
+    import cv2
+
+    hist = cv2.calcHist([np.ascontiguousarray(frame)], [0, 1, 2], None, [bins] * 3,
+                        [0, 256] * 3).ravel()
+    return hist / max(1.0, float(hist.sum()))
+
+
+def colour_change(samples: list[np.ndarray]) -> np.ndarray:
+    """(T-1,) total variation between the colour histograms of adjacent samples, in [0, 1]."""
+    hists = [colour_histogram(s) for s in samples]
+    return np.array([0.5 * float(np.abs(a - b).sum()) for a, b in zip(hists, hists[1:])],
+                    np.float32)
+
+
+def fine_cuts(times: np.ndarray, similarity: np.ndarray, threshold: float,
+              change: Optional[np.ndarray] = None, min_change: float = 0.0) -> list[float]:
+    """A cut halfway between each pair of adjacent samples less similar than `threshold`
+    (and, given `change`, whose colours changed by at least `min_change`)."""
+    cut = similarity < threshold
+    if change is not None:
+        cut &= change >= min_change
+    return [float((times[i] + times[i + 1]) / 2) for i in np.flatnonzero(cut)]
 
 
 def segments(boundaries: list[float], duration: float, cfg: SplitConfig) -> tuple[list[Segment],
@@ -96,8 +130,10 @@ def split_points(path: Path, fps: float, cfg: SplitConfig, embedder) -> tuple[li
         inside = [i for i, t in enumerate(times) if a - 1e-6 <= t < b - 1e-6]
         if len(inside) < 2:
             continue
-        embeddings = embedder.embed(np.stack([samples[i] for i in inside]))
-        fine.extend(fine_cuts(times[inside], adjacent_similarity(embeddings), cfg.similarity))
+        frames = [samples[i] for i in inside]
+        embeddings = embedder.embed(np.stack(frames))
+        fine.extend(fine_cuts(times[inside], adjacent_similarity(embeddings), cfg.similarity,
+                              colour_change(frames), cfg.min_colour_change))
     return cuts, fine, duration
 
 

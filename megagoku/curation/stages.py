@@ -168,7 +168,8 @@ class FilterStage(Stage):
         cfg = self.cfg.filter
         self.aesthetic = (None if cfg.aesthetic == "none" else build_aesthetic_scorer(
             cfg.aesthetic, cfg.clip_dir, cfg.head_path, device=self.cfg.device))
-        self.ocr = (TextCoverage(cfg.ocr_model, box_thresh=cfg.ocr_box_thresh) if cfg.ocr
+        self.ocr = (TextCoverage(cfg.ocr_model, box_thresh=cfg.ocr_box_thresh,
+                                 text_score=cfg.ocr_text_score) if cfg.ocr
                     else None)
 
     def scores(self, row: Row) -> tuple[dict[str, float], str]:

@@ -1,6 +1,8 @@
 """Raw videos with known content, for testing the curation pipeline and for `megagoku curate
 --demo`: scenes joined by hard cuts or crossfades, panning or still, with burnt-in text, with a
-scene repeated (a duplicate), plus a dull scene, a too-short file, a corrupt file and images.
+scene repeated (a duplicate), plus a dull scene, a too-short file, a corrupt file and images;
+and shots of a solid object moving on a plain ground (`render_object_shots`), which a scene split
+must not cut.
 
 Each scene is a smooth colour texture with a shape on it; the camera pans over the texture at
 `speed` pixels per frame while the shape drifts, so optical flow sees motion everywhere. Every
@@ -131,6 +133,42 @@ def render_source(path: Path, scenes: list[Scene], fps: int = 8, height: int = 1
         captions.append({"start": round(start, 3), "end": round(t, 3), "text": scene.caption})
     encode_video(path, np.concatenate(parts), fps)
     return {"cuts": cuts, "fades": fades, "captions": captions, "seconds": round(t, 3)}
+
+
+@dataclass(frozen=True)
+class ObjectShot:
+    """One shot of a plain ground with a solid object moving across it: the footage a scene
+    split must keep whole (`render_object_shots`)."""
+
+    ground: tuple[int, int, int]
+    colour: tuple[int, int, int]
+    shape: Literal["square", "circle"] = "square"
+    seconds: float = 5.0
+    size: float = 1 / 6  # the object's side, as a share of the frame's height
+
+
+def render_object_shots(path: Path, shots: list[ObjectShot], fps: int = 12, height: int = 180,
+                        width: int = 320) -> list[float]:
+    """Write the shots joined by hard cuts; the object crosses the frame left to right in each
+    shot while swinging up and down (a new position every frame, far from the last second's);
+    returns the cut times."""
+    frames, cuts, t = [], [], 0.0
+    for k, shot in enumerate(shots):
+        if k:
+            cuts.append(round(t, 3))
+        n = int(round(shot.seconds * fps))
+        side = max(2, int(round(height * shot.size)))
+        for i in range(n):
+            frame = Image.new("RGB", (width, height), shot.ground)
+            x = (width - side) * i / max(1, n - 1)
+            y = (height - side) / 2 * (1 + 0.8 * np.sin(2 * np.pi * i / fps / 2))
+            box = (x, y, x + side, y + side)
+            pen = ImageDraw.Draw(frame)
+            (pen.rectangle if shot.shape == "square" else pen.ellipse)(box, fill=shot.colour)
+            frames.append(np.asarray(frame))
+        t += n / fps
+    encode_video(path, np.stack(frames), fps)
+    return cuts
 
 
 # The demo's sources: every case the pipeline must handle, in ~60 s of small video.

@@ -2,40 +2,57 @@
 stored in sharded safetensors, so training reads tensors instead of decoding and encoding.
 
 Layout of a cache folder:
-    cache.json                   settings it was written with, shard count, `complete`
-    shard-00000.safetensors      `<position>.latent` (C, T', H', W'), `<position>.text` (L, D)
-    shard-00000.json             per record of the shard: position, kind, caption, shapes; or
-                                 `skipped` for a file that could not be decoded
+    cache.json                   its key (format version, every setting that changes a latent or
+                                 a caption feature, the encoders' weights by content, the storage
+                                 dtype, record and shard counts), `complete`
+    shard-00000.safetensors      `<position>.latent` (C, T', H', W'), `<position>.text` (L, D);
+                                 its header holds every tensor's xxh3-128
+    shard-00000.json             the checksum of the manifest records it was encoded from, and
+                                 per record: position, kind, caption, shapes; or `skipped` for a
+                                 file that could not be decoded
+    .lock                        held by the `megagoku cache` writing the folder (one at a time)
 
 Shard s holds records [s * shard_size, (s + 1) * shard_size) of the manifest and is written by
-rank s % world; its .json is renamed into place last, so a shard is either complete or absent and
-a rerun (`megagoku cache` again, any world size) writes only the missing ones. Records are
-encoded at the target size their data settings draw for them (`data.tiers`), so the cache serves
-exactly what raw decoding would.
+rank s % world; its .json is renamed into place last, so a shard is either complete or absent.
+A rerun (`megagoku cache` again, any world size) writes the shards that are missing, whose
+manifest records changed since (an edited caption is never served from an old shard), or whose
+file is not whole (header and size); a folder whose key differs is refused in one line (or
+rebuilt with --overwrite), so settings and dtypes never mix. Records are encoded at the target
+size their data settings draw for them (`data.tiers`), so the cache serves exactly what raw
+decoding would. Reading checks each shard's header and size when it is opened and each tensor
+against its checksum: a bad shard or record is skipped and counted like an undecodable video,
+with one warning line, and `megagoku cache` rebuilds it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+import xxhash
+from safetensors import SafetensorError, safe_open
 
 from megagoku.config.loader import to_dict
 from megagoku.config.schema import DataConfig, TrainingConfig
 from megagoku.data.files import ManifestDataset
 from megagoku.data.order import SampleOrder
 from megagoku.progress import RateMeter, format_duration
+from megagoku.storage import (TensorFileError, check_tensor, content_fingerprint, read_header,
+                              write_tensors)
 
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "cache.json"
+LOCK_FILE = ".lock"
+VERSION = 2  # 1: keyed by the manifest's path only, no checksums
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -66,50 +83,131 @@ def _read_index(folder: Path) -> Optional[dict]:
         raise CacheError(f"{path}: not valid JSON ({e})") from None
 
 
-def cache_settings(config: TrainingConfig) -> dict:
-    """What a cache's contents depend on. Training from a cache checks `latent` and `text`
-    against its own config: the model must see the latent space and encoder it samples with."""
+@functools.lru_cache(maxsize=8)
+def _fingerprint(path: str) -> str:
+    return content_fingerprint(Path(path))
+
+
+def cache_settings(config: TrainingConfig, text_encoder_dir: Optional[Path] = None) -> dict:
+    """Everything a cache's contents depend on but its records: the latent space (settings and
+    its weights by content), the text encoder (name, length, its weights by content: the folder
+    `text_encoder_dir` its name resolves to) and every data setting that changes a latent.
+    Training from a cache checks `latent` and `text` against its own config: the model must see
+    the latent space and encoder it samples with."""
     data, latent = config.data, config.latent
+    path = Path(latent.path).resolve() if latent.path else None
     return {
-        "manifest": str(Path(data.manifest).resolve()) if data.manifest else None,
-        "latent": {"kind": latent.kind, "channels": latent.channels,
-                   "path": str(Path(latent.path).resolve()) if latent.path else None},
-        "text": {"encoder": config.text.encoder, "max_length": config.text.max_length},
+        "latent": {**to_dict(latent), "path": str(path) if path else None,
+                   "weights": _fingerprint(str(path)) if path and path.exists() else None},
+        "text": {"encoder": config.text.encoder, "max_length": config.text.max_length,
+                 "weights": _fingerprint(str(text_encoder_dir)) if text_encoder_dir else None},
         "data": {"height": data.height, "width": data.width, "frames": data.frames,
-                 "fps": data.fps, "seed": data.seed, "tiers": to_dict(data)["tiers"]},
+                 "fps": data.fps, "seed": data.seed, "tiers": to_dict(data)["tiers"],
+                 "decode_backend": data.decode_backend},
     }
 
 
-def check_cache_matches(cache: "LatentCache", config: TrainingConfig) -> None:
+def check_cache_matches(cache: "LatentCache", config: TrainingConfig,
+                        text_encoder_dir: Optional[Path] = None) -> None:
     """Raise CacheError naming data.cache when the cache was encoded for another latent space
     or text encoder than this config trains with."""
-    wanted = cache_settings(config)
+    wanted = cache_settings(config, text_encoder_dir)
     for key in ("latent", "text"):
         if cache.settings.get(key) != wanted[key]:
             raise CacheError(f"data.cache: {cache.folder} holds {key} {cache.settings.get(key)}, "
                              f"but this config uses {wanted[key]}")
 
 
-def open_cache(folder: Path, settings: dict, records: int, shard_size: int) -> int:
-    """Start or continue a cache in `folder` for these settings; returns the shard count. A
-    folder written with other settings is refused, naming the first that differs."""
+def records_checksum(dataset: ManifestDataset, positions: Sequence[int]) -> str:
+    """xxh3-128 of the manifest rows at `positions` (paths relative to the manifest's folder, so
+    that moving the folder changes nothing): what a shard was encoded from."""
+    base = Path(dataset.cfg.manifest).resolve().parent
+    rows = [dataset.records[p].to_row(base) for p in positions]
+    return xxhash.xxh3_128(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
+class CacheLock:
+    """One writer per cache folder: an exclusive lock on `<folder>/.lock` (flock; on NFS the
+    kernel maps it to a POSIX lock), held while `megagoku cache` runs; the file says who holds
+    it."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK_FILE
+        self._file = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise CacheError(f"{self.path.parent}: another megagoku cache is writing this "
+                             f"folder ({holder}); wait for it, or use another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def clear_cache(folder: Path) -> None:
+    """What `--overwrite` removes: the cache's own files, nothing else in the folder."""
+    for path in list(folder.glob("shard-*")) + [folder / INDEX_FILE,
+                                                 folder / f"{INDEX_FILE}.tmp"]:
+        path.unlink(missing_ok=True)
+
+
+def open_cache(folder: Path, settings: dict, records: int, shard_size: int,
+               dtype: str = "bfloat16", manifest: Optional[str] = None) -> int:
+    """Start or continue a cache in `folder` for this key; returns the shard count. A folder
+    written with another key is refused, naming the first part that differs. The manifest's
+    path is not part of the key (each shard records what its records were, wherever the
+    manifest lives): another one is said, and shards whose records differ are rebuilt."""
     folder.mkdir(parents=True, exist_ok=True)
     shards = (records + shard_size - 1) // shard_size
-    wanted = {"settings": settings, "records": records, "shard_size": shard_size,
-              "shards": shards}
+    wanted = {"settings": settings, "dtype": dtype, "records": records,
+              "shard_size": shard_size, "shards": shards}
     existing = _read_index(folder)
     if existing is not None:
+        if existing.get("version") != VERSION:
+            raise CacheError(f"{folder / INDEX_FILE}: written by an older megagoku (format "
+                             f"{existing.get('version', 1)}, no content key); rebuild it with "
+                             "megagoku cache --overwrite")
         for key, value in wanted.items():
             if existing.get(key) != value:
                 if key == "settings":
                     diff = sorted(k for k in set(value) | set(existing.get(key, {}))
                                   if value.get(k) != existing.get(key, {}).get(k))
                     key = f"settings ({', '.join(diff)})"
+                elif key == "dtype":
+                    key = f"dtype ({existing.get('dtype')}, not {dtype})"
                 raise CacheError(f"{folder / INDEX_FILE}: the cache was written with other "
-                                 f"{key}; use another --out or delete it")
+                                 f"{key}; use another --out, or --overwrite to rebuild it")
+        if manifest is not None and existing.get("manifest") != manifest:
+            log.warning("cache %s: written from manifest %s, continued from %s: shards whose "
+                        "records differ are rebuilt", folder, existing.get("manifest"), manifest)
+            _write_json_atomic(folder / INDEX_FILE, {**existing, "manifest": manifest})
         return shards
-    _write_json_atomic(folder / INDEX_FILE, {**wanted, "complete": False})
+    _write_json_atomic(folder / INDEX_FILE, {"version": VERSION, **wanted, "manifest": manifest,
+                                             "complete": False})
     return shards
+
+
+def mark_incomplete(folder: Path) -> None:
+    """Before any shard is rewritten: a trainer must not read a cache in the middle of it."""
+    index = _read_index(folder)
+    if index is not None and index.get("complete"):
+        index["complete"] = False
+        _write_json_atomic(folder / INDEX_FILE, index)
 
 
 def shard_positions(shard: int, shard_size: int, records: int) -> range:
@@ -119,6 +217,25 @@ def shard_positions(shard: int, shard_size: int, records: int) -> range:
 
 def missing_shards(folder: Path, shards: int) -> list[int]:
     return [s for s in range(shards) if not (folder / f"{shard_name(s)}.json").is_file()]
+
+
+def shard_problem(folder: Path, shard: int, records: str) -> Optional[str]:
+    """Why shard `shard` must be (re)written, or None when it is there, whole (header and size)
+    and encoded from the manifest records whose checksum is `records`."""
+    name = shard_name(shard)
+    try:
+        meta = json.loads((folder / f"{name}.json").read_text())
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError) as e:
+        return f"{name}.json unreadable ({type(e).__name__})"
+    if not isinstance(meta, dict) or meta.get("records") != records:
+        return "its manifest records changed"
+    try:
+        read_header(folder / f"{name}.safetensors")
+    except TensorFileError as e:
+        return str(e)
+    return None
 
 
 class CacheProgress:
@@ -159,10 +276,10 @@ def write_shard(folder: Path, shard: int, positions: Sequence[int], dataset: Man
         for (position, _), feats in zip(pending, encode_text([c for _, c in pending])):
             tensors[f"{position}.text"] = feats.to("cpu", dtype).contiguous()
     name = shard_name(shard)
-    tmp = folder / f"{name}.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / f"{name}.safetensors")
-    _write_json_atomic(folder / f"{name}.json", {"shard": shard, "entries": entries})
+    write_tensors(folder / f"{name}.safetensors", tensors, tensor_checksums=True)
+    _write_json_atomic(folder / f"{name}.json",
+                       {"shard": shard, "records": records_checksum(dataset, positions),
+                        "entries": entries})
     return {"written": len(pending), "skipped": len(entries) - len(pending)}
 
 
@@ -195,7 +312,8 @@ class CachedSample:
 
 class LatentCache:
     """Random access to a complete cache: `load(position)` -> CachedSample, or None for a record
-    that was skipped when the cache was written."""
+    that was skipped when the cache was written, or whose shard or tensors fail their checks now
+    (one warning per shard; counted by the loader like an undecodable file)."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -203,6 +321,10 @@ class LatentCache:
         if index is None:
             raise CacheError(f"data.cache: {self.folder} has no {INDEX_FILE} (write one with "
                              "megagoku cache)")
+        if index.get("version") != VERSION:
+            raise CacheError(f"data.cache: {self.folder} was written by an older megagoku "
+                             f"(format {index.get('version', 1)}, no checksums); rebuild it with "
+                             "megagoku cache --overwrite")
         missing = len(missing_shards(self.folder, index["shards"]))
         if missing or not index.get("complete"):
             raise CacheError(f"data.cache: {self.folder} is incomplete ({missing} of "
@@ -212,7 +334,9 @@ class LatentCache:
         for s in range(index["shards"]):
             for entry in json.loads((self.folder / f"{shard_name(s)}.json").read_text())["entries"]:
                 self.entries[entry["position"]] = {**entry, "shard": s}
-        self._open: dict[int, object] = {}
+        self._open: dict[int, tuple] = {}
+        self.bad_shards: dict[int, str] = {}  # shard -> why, in this process
+        self.bad_records = 0  # records refused for a failed checksum, in this process
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -221,24 +345,52 @@ class LatentCache:
     def kinds(self) -> list[str]:
         return [e["kind"] for e in self.entries]
 
-    def _shard(self, shard: int):
-        handle = self._open.get(shard)
-        if handle is None:
+    def _shard(self, shard: int) -> Optional[tuple]:
+        """(header, handle) of a shard that passed its checks when opened; None for a bad one."""
+        if shard in self.bad_shards:
+            return None
+        opened = self._open.get(shard)
+        if opened is None:
             if len(self._open) >= 8:  # a few open shards at a time
                 self._open.pop(next(iter(self._open)))
             path = self.folder / f"{shard_name(shard)}.safetensors"
-            handle = safe_open(str(path), framework="pt")
-            self._open[shard] = handle
-        return handle
+            try:
+                header = read_header(path)
+                opened = (header, safe_open(str(path), framework="pt"))
+            except (TensorFileError, SafetensorError, OSError) as e:
+                self._refuse(shard, str(e) if isinstance(e, TensorFileError) else
+                             f"{path}: cannot open ({' '.join(str(e).split())})")
+                return None
+            self._open[shard] = opened
+        return opened
+
+    def _refuse(self, shard: int, why: str) -> None:
+        records = sum(1 for e in self.entries if e.get("shard") == shard and not e.get("skipped"))
+        self.bad_shards[shard] = why
+        log.warning("cache: %s; its %d records are skipped (megagoku cache rebuilds the shard)",
+                    why, records)
+
+    def _tensor(self, opened: tuple, name: str) -> torch.Tensor:
+        header, handle = opened
+        tensor = handle.get_tensor(name)
+        check_tensor(header, name, tensor)
+        return tensor
 
     def load(self, position: int) -> Optional[CachedSample]:
         entry = self.entries[position]
         if entry.get("skipped"):
             return None
-        shard = self._shard(entry["shard"])
-        return CachedSample(shard.get_tensor(f"{position}.latent").float(),
-                            shard.get_tensor(f"{position}.text").float(),
-                            entry["caption"], entry["kind"])
+        opened = self._shard(entry["shard"])
+        if opened is None:
+            return None
+        try:
+            latent = self._tensor(opened, f"{position}.latent")
+            text = self._tensor(opened, f"{position}.text")
+        except (TensorFileError, SafetensorError) as e:
+            self.bad_records += 1
+            log.warning("cache: record %d skipped: %s", position, " ".join(str(e).split()))
+            return None
+        return CachedSample(latent.float(), text.float(), entry["caption"], entry["kind"])
 
 
 class CachedDataset:

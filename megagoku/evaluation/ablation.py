@@ -42,7 +42,6 @@ from typing import Callable, Iterator, Literal, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from megagoku.config.schema import DataConfig, FlowConfig, ModelConfig
 from megagoku.data.packing import PackingLoader, grid_positions, unpatchify
@@ -56,6 +55,7 @@ from megagoku.models import TextEncoder, build_model
 from megagoku.models.text_encoder import encoder_width
 from megagoku.optim import EMA, Update, warmup_cosine
 from megagoku.progress import RateMeter, format_duration
+from megagoku.storage import write_tensors
 
 OBJECTIVES = ("rf", "ddpm")
 
@@ -331,9 +331,9 @@ def train_objective(objective: str, cfg: AblationConfig, encoder: TextEncoder, r
             if step == cfg.steps:
                 save_grid(images, cfg.samples_per_class, out / f"samples_{objective}.png")
                 # The final EMA weights, to sample again with other settings (safetensors).
-                save_file({k: v.contiguous().cpu()
-                           for k, v in ema.state_dict(model.weights()).items()},
-                          str(out / f"model_{objective}.safetensors"))
+                write_tensors(out / f"model_{objective}.safetensors",
+                              {k: v.contiguous().cpu()
+                               for k, v in ema.state_dict(model.weights()).items()})
     return records
 
 

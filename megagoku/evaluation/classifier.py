@@ -30,13 +30,14 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from megagoku.config.schema import DataConfig
 from megagoku.data.shapes import COLOURS, DIRECTIONS, SHAPES, ShapesDataset, parse_caption
 from megagoku.launch import heartbeat
 from megagoku.progress import RateMeter
+from megagoku.storage import write_tensors
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ def save_classifier(model: ShapesClassifier, report: dict, spec: ClassifierSpec,
     weights, meta = cache_paths(spec, cache_dir)
     weights.parent.mkdir(parents=True, exist_ok=True)
     tmp = weights.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    write_tensors(tmp, {k: v.contiguous() for k, v in model.state_dict().items()})
     meta.write_text(json.dumps(report, indent=1))
     os.replace(tmp, weights)
     return weights

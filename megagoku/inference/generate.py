@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
-from megagoku.config import TrainingConfig, saved_training_config
+from megagoku.config import ConfigError, TrainingConfig, saved_training_config
 from megagoku.data.packing import grid_positions, patchify, unpatchify
 from megagoku.flow import euler_sample, guided_velocity, sampling_schedule, time_shift_for
 from megagoku.launch import heartbeat
@@ -147,5 +147,8 @@ def load_generator(config_dict: dict, state_dict: dict[str, torch.Tensor], sourc
     model = build_model(config.model, device)
     load_full_weights(model, state_dict)
     model.eval()
-    encoder = TextEncoder(config.text.encoder, config.text.max_length, device)
+    try:
+        encoder = TextEncoder(config.text.encoder, config.text.max_length, device)
+    except (FileNotFoundError, ValueError) as e:  # the checkpoint's config names no encoder here
+        raise ConfigError(f"{source}: {e}") from None
     return Generator(config, model, encoder)

@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from megagoku.config.loader import ConfigError, config_from_dict, to_dict
@@ -31,6 +31,7 @@ from megagoku.config.schema import (VAE_SPATIAL_COMPRESSION, VAE_TEMPORAL_COMPRE
                                     LatentConfig, VAEConfig)
 from megagoku.models.latent import causal_latent_shape
 from megagoku.models.tiling import tiled
+from megagoku.storage import write_tensors
 
 WEIGHTS_FILE = "vae.safetensors"
 META_FILE = "vae.json"
@@ -244,8 +245,8 @@ class CausalVAE(nn.Module):
         """`folder/vae.safetensors` + `folder/vae.json` (shape and latent normalisation)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
-                  str(folder / WEIGHTS_FILE))
+        write_tensors(folder / WEIGHTS_FILE,  # the umask's mode (storage.py)
+                      {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()})
         meta = {"config": to_dict(self.config), "latents_mean": latents_mean,
                 "latents_std": latents_std}
         (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")

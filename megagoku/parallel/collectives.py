@@ -8,7 +8,7 @@ each must be called by every rank of the group, in the same order, like any coll
 
 from __future__ import annotations
 
-from typing import Any, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -76,3 +76,54 @@ def gather_objects(value: Any) -> list[Any]:
     values = [None] * dist.get_world_size()
     dist.all_gather_object(values, value)
     return values
+
+
+# Messages through the process group's store (the TCPStore the group was started with). Unlike
+# the collectives above they need no matching call on the other ranks, so a background thread
+# (the checkpoint writer) may use them while the main thread trains; a waiting rank blocks in
+# the store's server, without polling anything.
+
+def post(key: str, value: str) -> None:
+    """Leave `value` under `key` for a rank that waits for it (`wait_for_post`)."""
+    _default_store().set(key, value)
+
+
+def wait_for_post(key: str, timeout_s: float) -> str:
+    """The value posted under `key`, waiting up to `timeout_s`; TimeoutError after that."""
+    from datetime import timedelta
+
+    store = _default_store()
+    try:
+        store.wait([key], timedelta(seconds=max(timeout_s, 0.001)))
+    except dist.DistStoreError:
+        raise TimeoutError(f"nothing posted under {key} in {timeout_s:.0f} s") from None
+    return store.get(key).decode()
+
+
+def forget_posts(keys: list[str]) -> None:
+    """Delete posted values (a long run posts at every checkpoint: the store stays small)."""
+    store = _default_store()
+    for key in keys:
+        store.delete_key(key)
+
+
+def _default_store():
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    return _get_default_store()
+
+
+def rank0_decides(decide: Callable[[], T], errors: tuple[type[Exception], ...]) -> T:
+    """`decide()` run on rank 0 alone, its result on every rank. An error of one of the
+    `errors` classes (each built from one message) is raised on every rank, not only on rank 0:
+    a failure there must not leave the other ranks waiting in the next collective."""
+    outcome = None
+    if dist.get_rank() == 0:
+        try:
+            outcome = (-1, decide())
+        except errors as e:
+            outcome = (next(i for i, cls in enumerate(errors) if isinstance(e, cls)), str(e))
+    kind, value = from_rank0(outcome)
+    if kind >= 0:
+        raise errors[kind](value)
+    return value

@@ -70,8 +70,41 @@ def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+class WeightsMismatch(ValueError):
+    """Whole tensors that do not fit a model: one line naming the first tensor that differs."""
+
+
+def whole_shape_of(tensor: torch.Tensor) -> list[int]:
+    """The whole (TP-gathered) shape of a rank's parameter or buffer."""
+    shape = list(getattr(tensor, "ds_shape", tensor.shape))
+    if is_tp_split(tensor):
+        shape[tensor.partition_dim] *= state.tensor_parallel_size()
+    return shape
+
+
+def check_fits(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """WeightsMismatch unless `weights` has every tensor of `model`, no other, each of the whole
+    shape and of the same kind of dtype (floating point or not)."""
+    params = dict(model.named_parameters())
+    wanted = {name: params.get(name, t) for name, t in model.weights().items()}
+    missing, unknown = sorted(set(wanted) - set(weights)), sorted(set(weights) - set(wanted))
+    if missing or unknown:
+        raise WeightsMismatch(f"weights do not fit this model: {len(missing)} missing "
+                              f"{missing[:3]}, {len(unknown)} unknown {unknown[:3]}")
+    for name, like in wanted.items():
+        got, need = list(weights[name].shape), whole_shape_of(like)
+        if got != need:
+            raise WeightsMismatch(f"{name} is {got} but this model needs {need} (weights of "
+                                  "another model config?)")
+        if weights[name].is_floating_point() != like.is_floating_point():
+            raise WeightsMismatch(f"{name} is {weights[name].dtype} but this model holds "
+                                  f"{like.dtype}")
+
+
 def load_full_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Load whole tensors into a (tensor-parallel) model: each rank keeps its piece."""
+    """Load whole tensors into a (tensor-parallel) model: each rank keeps its piece. Checked
+    first (`check_fits`): a mismatch is one WeightsMismatch line, not a traceback."""
+    check_fits(model, weights)
     params = dict(model.named_parameters())
     local = {}
     for name, tensor in weights.items():

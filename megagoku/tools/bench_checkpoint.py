@@ -9,6 +9,11 @@ snapshot's copy rate against a plain copy of the same kind (host memory to host 
 device to pinned host memory), and the persist rate against a raw sequential write + fsync of the
 same number of bytes to the same directory. `--device cuda` keeps the state on the GPU, as in
 training there.
+
+Then, with `--ranks N` (default 2; 0 skips it), at full width on N gloo ranks: resume
+verification (sha256 on rank 0, as before, against xxh3-128 with every rank checking its own
+files) and commit latency (marker files polled, as before, against the process group's store);
+see `bench_checkpoint_ranks.py`.
 """
 
 from __future__ import annotations
@@ -136,6 +141,11 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     verdict = "meets" if fraction <= TARGET_BLOCKED_FRACTION else "misses"
     print(f"  blocked async / sync = {fraction:.3f} ({1 / fraction:.1f}x less); {verdict} the "
           f"target of <= {TARGET_BLOCKED_FRACTION:.2f}")
+    if args.ranks:
+        from megagoku.tools import bench_checkpoint_ranks
+
+        result = bench_checkpoint_ranks.measure(args.ranks, args.mb, args.saves, args.dir)
+        bench_checkpoint_ranks.report(args.ranks, args.saves, result)
     return 0
 
 
@@ -152,4 +162,7 @@ def register(which) -> None:
                                  "checkpoint filesystem to measure that")
     c.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
                    help="where the state lives (cuda: snapshot into pinned host memory)")
+    c.add_argument("--ranks", type=int, default=2,
+                   help="resume verification and commit latency on this many gloo ranks, "
+                        "before and now (default 2; 0 skips it)")
     c.set_defaults(func=run_checkpoint)

@@ -1,9 +1,13 @@
-"""`megagoku cache --config FILE [--manifest M] --out DIR [--shard-size N] [--dtype D]`.
+"""`megagoku cache --config FILE [--manifest M] --out DIR [--shard-size N] [--dtype D]
+[--overwrite]`.
 
 Pre-encodes a manifest's records with the config's latent space and text encoder into a latent
 cache (megagoku/data/cache.py); `data.kind: cache, data.cache: DIR` trains from it. Resumable:
-run it again and only missing shards are written. Under torchrun (or srun, mpirun, deepspeed)
-every rank writes its own shards (shard s -> rank s % world) and rank 0 marks the cache complete.
+run it again and only the shards that are missing, not whole, or encoded from manifest records
+that have changed since are written. A folder written with other settings, encoders or dtype is
+refused in one line; `--overwrite` rebuilds it. One `megagoku cache` per folder at a time (a
+lock). Under torchrun (or srun, mpirun, deepspeed) every rank writes its own shards (shard s ->
+rank s % world) and rank 0 marks the cache complete.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ def register(subparsers) -> None:
     p.add_argument("--shard-size", type=int, default=256, help="records per shard (default 256)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
                    help="storage dtype of latents and features (default bfloat16)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rebuild a cache folder written with other settings, encoders or dtype")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=run)
 
@@ -60,28 +66,65 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_cache(args: argparse.Namespace, config, dataset, device) -> int:
-    """This rank's shards, then (rank 0) the index; collective."""
+    """This rank's shards, then (rank 0) the index; collective. Rank 0 holds the folder's lock
+    throughout."""
+    from megagoku.data.cache import CacheError, CacheLock
+    from megagoku.parallel import collectives
+
+    lock = CacheLock(Path(args.out))
+    try:
+        if collectives.rank() == 0:
+            lock.acquire()
+        return _write_cache(args, config, dataset, device)
+    except CacheError as e:
+        raise ConfigError(str(e)) from None
+    finally:
+        lock.release()
+
+
+def _write_cache(args: argparse.Namespace, config, dataset, device) -> int:
+    import torch
+
     from megagoku.data.cache import (DTYPES, CacheError, CacheProgress, cache_settings,
-                                     finish_cache, missing_shards, open_cache, shard_positions,
+                                     clear_cache, finish_cache, mark_incomplete, open_cache,
+                                     records_checksum, shard_positions, shard_problem,
                                      write_shard)
     from megagoku.models import TextEncoder, build_latent_space
+    from megagoku.models.text_encoder import resolve_encoder_path
     from megagoku.parallel import collectives
 
     rank, world = collectives.rank(), collectives.world_size()
     out = Path(args.out)
-    try:  # rank 0 starts the folder; then every rank checks it was written with these settings
-        if rank == 0:
-            open_cache(out, cache_settings(config), len(dataset), args.shard_size)
-        collectives.barrier()
-        shards = open_cache(out, cache_settings(config), len(dataset), args.shard_size)
-    except CacheError as e:
-        raise ConfigError(str(e)) from None
 
-    missing = missing_shards(out, shards)
-    mine = [s for s in missing if s % world == rank]
-    done = shards - len(missing)
-    log.info("cache %s: %d records in %d shards, %d already written; rank %d of %d writes %d",
-             out, len(dataset), shards, done, rank, world, len(mine))
+    def start() -> int:
+        settings = cache_settings(config, resolve_encoder_path(config.text.encoder))
+        if args.overwrite:
+            clear_cache(out)
+        return open_cache(out, settings, len(dataset), args.shard_size, args.dtype,
+                          str(Path(config.data.manifest).resolve()))
+
+    # Rank 0 keys the folder (refused: the same line on every rank); then each rank checks its
+    # own shards: missing, not whole, or encoded from records that changed since.
+    shards = collectives.rank0_decides(start, (CacheError, ConfigError))
+    ranges = {s: shard_positions(s, args.shard_size, len(dataset))
+              for s in range(rank, shards, world)}
+    mine, problems = [], {}
+    for s, positions in ranges.items():
+        problem = shard_problem(out, s, records_checksum(dataset, positions))
+        if problem is not None:
+            mine.append(s)
+            known = problem in ("missing", "its manifest records changed")
+            why = problem if known else "not whole"
+            problems[why] = problems.get(why, 0) + 1
+            if not known:
+                log.warning("cache: rewriting shard %d: %s", s, problem)
+    todo = int(collectives.sum_over(torch.tensor(len(mine))).item())  # every rank: the same
+    if todo and rank == 0:
+        mark_incomplete(out)
+    collectives.barrier()
+    log.info("cache %s: %d records in %d shards, %d already written; rank %d of %d writes %d%s",
+             out, len(dataset), shards, shards - todo, rank, world, len(mine),
+             f" ({', '.join(f'{n} {why}' for why, n in problems.items())})" if problems else "")
     if mine:
         latent_space = build_latent_space(config.latent, device)
         text = TextEncoder(config.text.encoder, config.text.max_length, device)
@@ -90,12 +133,11 @@ def write_cache(args: argparse.Namespace, config, dataset, device) -> int:
             feats, cu = text.encode(captions)
             return list(feats.split((cu[1:] - cu[:-1]).tolist()))
 
-        ranges = {s: shard_positions(s, args.shard_size, len(dataset)) for s in mine}
-        progress = CacheProgress(total=sum(len(r) for r in ranges.values()))
-        for shard, positions in ranges.items():
-            write_shard(out, shard, positions, dataset, latent_space.encode, encode_text,
+        progress = CacheProgress(total=sum(len(ranges[s]) for s in mine))
+        for shard in mine:
+            write_shard(out, shard, ranges[shard], dataset, latent_space.encode, encode_text,
                         DTYPES[args.dtype])
-            progress.add(len(positions), force=shard == mine[-1])
+            progress.add(len(ranges[shard]), force=shard == mine[-1])
     collectives.barrier()
     status = 0
     if rank == 0:

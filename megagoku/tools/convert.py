@@ -10,7 +10,11 @@ layers under ours, one safetensors file; `checkpoint.init_from` and `megagoku sa
 config to such a file that lacks it (weights from elsewhere).
 
 `megagoku convert --inspect PATH [--tensors] [--json]`: verify a checkpoint or model directory
-and list its step, the layout it was saved under, its files (bytes, sha256) and tensors.
+and list its step, the layout it was saved under, its files (bytes, checksum) and tensors.
+
+Every file is verified by content (sizes, checksums, safetensors headers, floating-point tensors
+only), and a tensor holding NaN or inf is refused when it is read unless `--allow-nonfinite`;
+any problem is one line naming the file.
 
 No reshard step is needed: checkpoints store every tensor whole, so a checkpoint saved under one
 layout (say TP=4, ZeRO-3 on 64 ranks) resumes or initialises a run under any other.
@@ -43,6 +47,8 @@ def register(subparsers) -> None:
                                                      "or model directory; convert nothing")
     p.add_argument("--tensors", action="store_true", help="with --inspect: list every tensor")
     p.add_argument("--json", action="store_true", help="with --inspect: print JSON")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="convert weights that hold NaN or inf (refused otherwise)")
     p.set_defaults(func=run)
 
 
@@ -66,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         raise ConfigError("--config goes with --format goku-official")
     try:
-        out = consolidate(args.input, args.output, args.weights, args.dtype)
+        out = consolidate(args.input, args.output, args.weights, args.dtype,
+                          allow_nonfinite=args.allow_nonfinite)
     except (ValueError, FileExistsError) as e:
         raise ConfigError(str(e)) from None
     meta = json.loads((out / "config.json").read_text())
@@ -96,9 +103,12 @@ def run_official(args: argparse.Namespace) -> int:
 
 
 def print_report(report: dict, list_tensors: bool, out=None) -> None:
+    from megagoku.storage import entry_checksum
+
     out = out or sys.stdout
     total = sum(t["bytes"] for t in report["tensors"].values())
-    print(f"{report['kind']} {report['path']}: verified (sizes and sha256 of every file)", file=out)
+    print(f"{report['kind']} {report['path']}: verified (sizes, checksums and headers of every "
+          "file)", file=out)
     print(f"  step {report['step']}", file=out)
     if report["kind"] == "checkpoint":
         par = report.get("parallel") or {}
@@ -112,7 +122,8 @@ def print_report(report: dict, list_tensors: bool, out=None) -> None:
         print(f"  {report['weights']} weights, {report['dtype']}, from {report['source']}; "
               f"{len(report['tensors'])} tensors ({total / 1e6:.1f} MB)", file=out)
     for name, entry in sorted(report["files"].items()):
-        print(f"  {name}: {entry['bytes']} bytes, sha256 {entry['sha256'][:16]}", file=out)
+        algorithm, digest = entry_checksum(entry)
+        print(f"  {name}: {entry['bytes']} bytes, {algorithm} {digest[:16]}", file=out)
     if list_tensors:
         for name, t in report["tensors"].items():
             print(f"  {name}: {t['dtype']} {t['shape']}", file=out)

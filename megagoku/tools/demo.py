@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from PIL import Image
 
 from megagoku.config import ConfigError, load_training_config
 from megagoku.data.shapes import demo_prompts
-
+from megagoku.launch.exit_codes import REQUEUE, ROLLBACK
 
 
 def plot_loss(metrics_path: Path, out: Path) -> Path:
@@ -103,12 +104,21 @@ def run(args: argparse.Namespace) -> int:
     from megagoku.train.trainer import train
 
     run_dir = Path(args.run_dir)
-    # The demo's run dir is its own: a rerun replaces the previous run's outputs.
+    samples_dir = run_dir / "samples"
+    # The demo's run dir is its own: a rerun replaces the previous run's outputs (train's
+    # --overwrite, which refuses a live run's dir; the samples and curve only after that).
     result = train(config, run_dir, source=args.config, overwrite=True)
+    shutil.rmtree(samples_dir, ignore_errors=True)
+    (run_dir / "loss.png").unlink(missing_ok=True)
+    if result.stop_reason in ("signal", "rollback"):
+        # A half-trained model is not the demo's result: nothing is sampled or reported.
+        why = "a stop signal" if result.stop_reason == "signal" else "a loss anomaly"
+        print(f"demo stopped by {why} at step {result.steps} of {config.train.steps}: not "
+              f"sampled; checkpoint: {result.checkpoint}; run `megagoku demo` again to train "
+              "from the start", file=sys.stderr)
+        return REQUEUE if result.stop_reason == "signal" else ROLLBACK
     config_dict, state, ckpt = load_checkpoint(result.checkpoint, "ema")
     generator = load_generator(config_dict, state, f"{ckpt}/config.yaml")
-    samples_dir = run_dir / "samples"
-    shutil.rmtree(samples_dir, ignore_errors=True)
     report = {}
     all_rows = []
     held_out, seen = demo_prompts(config.data)

@@ -58,6 +58,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for name, least in (("seq_len", 1), ("text_len", 0), ("gpus", 1), ("tp", 1), ("sp", 1),
+                        ("activation_checkpoint_every", 1), ("activation_bytes", 1)):
+        if getattr(args, name) < least:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be at least {least}, got "
+                              f"{getattr(args, name)}")
     cfg = load_model_config(args.config, args.overrides)
     counts = parameter_counts(cfg)
     flops = flops_per_token(cfg, args.seq_len, args.text_len)

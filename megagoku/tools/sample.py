@@ -5,7 +5,8 @@ layout (`megagoku convert --format goku-official`). Unset options default to
 the checkpoint's training config; any size the model's patches divide works (3D RoPE
 extrapolates). `--prompts FILE` samples every line of FILE (blank and # lines skipped) into the
 folder `--out` as `--format` files; `--seeds N` gives N samples per prompt (seeds seed..seed+N-1).
-A progress line per prompt batch shows the Euler steps with rate and ETA. Under torchrun or
+A progress line per Euler step shows the rate and ETA, and work that will take long on the
+device (a 512x512 video on a CPU) is said before it starts. Under torchrun or
 `megagoku launch`, `--ulysses N` (and `--tensor-parallel N`) split a long video over N ranks;
 the first rank writes the files. `--image FIRST.png` (image-to-video, a model trained with
 `model.image_condition`) starts every video from that frame, resized to cover the video's size
@@ -14,9 +15,12 @@ and centre-cropped."""
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import re
 import sys
 from pathlib import Path
+from typing import Optional
 
 
 def register(subparsers) -> None:
@@ -44,6 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--fps", type=int)
     p.add_argument("--upscale", type=int, help="nearest-neighbour upscaling of the written file")
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="load weights that hold NaN or inf (refused otherwise)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: the GPU when one is present")
     p.add_argument("--tensor-parallel", type=int, default=1,
@@ -55,12 +61,23 @@ def register(subparsers) -> None:
 
 
 def read_prompts(path: str) -> list[str]:
+    """The prompts of a UTF-8 file, one per line (blank and # lines skipped); a byte-order mark
+    is dropped (so that a first-line comment stays a comment). Any problem is one ConfigError
+    line naming the file."""
     from megagoku.config import ConfigError
 
     try:
-        lines = Path(path).read_text().splitlines()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(f"--prompts {path}: cannot read: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")  # utf-8, without a leading BOM
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(f"--prompts {path}: line {line}: not UTF-8 text (byte "
+                          f"0x{data[e.start]:02x} at offset {e.start}); save the file as "
+                          "UTF-8") from None
+    lines = text.splitlines()
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise ConfigError(f"--prompts {path}: no prompts (one per line; # starts a comment)")
@@ -78,12 +95,25 @@ def read_first_frame(path: str, height: int, width: int):
         raise ConfigError(f"--image {e}") from None
 
 
+def check_writable_folder(folder: Path) -> None:
+    """Before any work: the output folder exists (or is made) and takes a file."""
+    from megagoku.config import ConfigError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".megagoku-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out: cannot write into {folder} ({e.strerror})") from None
+
+
 def slug(prompt: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", prompt).strip("_")[:60] or "prompt"
 
 
 class StepProgress:
-    """One line per batch, rewritten in place on a terminal: Euler step, rate, ETA."""
+    """A line per Euler step (rewritten in place on a terminal): step, rate, ETA."""
 
     def __init__(self, label: str, stream=None):
         from megagoku.progress import RateMeter
@@ -97,9 +127,34 @@ class StepProgress:
         self.meter.total = total
         rate, eta = self.meter.measure(done)
         end = "\n" if done == total or not self.stream.isatty() else "\r"
-        if done == total or self.stream.isatty() or done % max(1, total // 4) == 0:
-            print(f"{self.label}: step {done}/{total}, {rate:.2f} step/s, "
-                  f"ETA {format_duration(eta)}", end=end, file=self.stream, flush=True)
+        print(f"{self.label}: step {done}/{total}, {rate:.2f} step/s, "
+              f"ETA {format_duration(eta)}", end=end, file=self.stream, flush=True)
+
+
+# Forward FLOPs per Euler step above which the work is said to be large on a CPU: a step then
+# takes seconds or more (measured here: 0.35 TFLOP steps of the tiny model at 512x512 in ~6 s on
+# two cores, ~0.06 TFLOP/s; attention over long videos is slower still).
+LARGE_STEP_FLOPS_CPU = 1e11
+
+
+def work_warning(gen, count: int, frames: int, height: int, width: int, guided: bool,
+                 device_type: str) -> Optional[str]:
+    """A warning line when generating `count` samples of this size is large for the device
+    (None otherwise): tokens per sample and the FLOPs of one Euler step."""
+    from megagoku.models.flops import flops_per_token
+
+    cfg = gen.config
+    _, lt, lh, lw = gen.latent_space.latent_shape(frames, height, width)
+    patch = cfg.model.patch_size
+    tokens = max(1, (lt // patch[0]) * (lh // patch[1]) * (lw // patch[2]))
+    per_step = (2 if guided else 1) * count * tokens * \
+        flops_per_token(cfg.model, tokens, cfg.text.max_length)["forward"]
+    if device_type == "cuda" or per_step < LARGE_STEP_FLOPS_CPU:
+        return None
+    return (f"warning: {count} sample(s) of {frames}x{height}x{width} are {tokens} tokens each, "
+            f"{per_step / 1e12:.1f} TFLOP per Euler step on the CPU: expect seconds to minutes "
+            "per step (a progress line follows each step); a GPU (--device cuda), a smaller "
+            "--height/--width/--frames, fewer --steps or --batch make it faster")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,11 +168,20 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')}: must be positive, got "
                               f"{getattr(args, name)}")
+    if args.cfg is not None and not math.isfinite(args.cfg):  # nan/inf: an all-black video
+        raise ConfigError(f"--cfg: must be a finite number, got {args.cfg}")
+    from megagoku.parallel import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {args.device}: {e}") from None
     if args.prompts:
         prompts = read_prompts(args.prompts)
         if Path(args.out).suffix.lower() in (".mp4", ".webm", ".gif", ".png"):
             raise ConfigError(f"--out {args.out}: with --prompts, --out is a folder")
         suffix = "." + (args.format or ("png" if args.frames == 1 else "mp4"))
+        check_writable_folder(Path(args.out))
     else:
         prompts = [args.prompt]
         try:
@@ -125,10 +189,17 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         suffix = Path(args.out).suffix.lower()
-    config_dict, state, ckpt = load_checkpoint(args.checkpoint, args.weights)
+        check_writable_folder(Path(args.out).parent)
+    from megagoku.parallel.weights import WeightsMismatch
+    from megagoku.train.checkpoint import CheckpointError
+
+    config_dict, state, ckpt = load_checkpoint(args.checkpoint, args.weights,
+                                               args.allow_nonfinite)
     try:
         gen = load_generator(config_dict, state, f"{ckpt}/config.yaml", args.device,
                              args.tensor_parallel, args.ulysses)
+    except WeightsMismatch as e:  # the weights against the model their own config builds
+        raise CheckpointError(f"{ckpt}: {e}") from None
     except ValueError as e:
         raise ConfigError(str(e)) from None
     from megagoku.parallel import collectives
@@ -161,6 +232,11 @@ def write_samples(args: argparse.Namespace, gen, prompts: list[str], suffix: str
     # (prompt index, prompt, seed) of every sample; a sample's seed fixes its noise, so it does
     # not change with the batch it rides in.
     jobs = [(i, p, seed + k) for i, p in enumerate(prompts) for k in range(args.seeds)]
+    cfg_scale = pick(args.cfg, sample.cfg_scale)
+    warning = work_warning(gen, min(args.batch, len(jobs)), frames, height, width,
+                           cfg_scale != 1.0, next(gen.model.parameters()).device.type)
+    if first and warning:
+        print(warning, file=sys.stderr, flush=True)
     written = []
     for start in range(0, len(jobs), args.batch):
         chunk = jobs[start:start + args.batch]
@@ -168,7 +244,7 @@ def write_samples(args: argparse.Namespace, gen, prompts: list[str], suffix: str
             if first else None
         try:
             videos = gen.generate([p for _, p, _ in chunk], frames, height, width,
-                                  pick(args.steps, sample.steps), pick(args.cfg, sample.cfg_scale),
+                                  pick(args.steps, sample.steps), cfg_scale,
                                   progress=progress, seeds=[s for _, _, s in chunk],
                                   images=None if image is None else [image] * len(chunk))
         except ValueError as e:

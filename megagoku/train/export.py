@@ -5,7 +5,8 @@ OUT/model.safetensors   the chosen weights (EMA or raw) under the model's own pa
                         the chosen dtype
 OUT/config.json         {"format": "megagoku-model", "version": 1, "config": <training config>,
                          "weights": "ema", "dtype": "bfloat16", "step": N, "source": <checkpoint>,
-                         "sha256": <of model.safetensors>, "bytes": ...}
+                         "xxh3_128": <of model.safetensors>, "bytes": ...}
+                        (directories written before xxh3 hold "sha256": still verified)
 
 `megagoku sample` and `checkpoint.init_from` take such a directory like a checkpoint, and a
 training run started from it loads it under any layout (the tensors are whole). Tensors are
@@ -15,50 +16,21 @@ Goku-8B needs no more memory than its largest tensor. Nothing here unpickles.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import struct
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Optional
 
 import torch
-from safetensors import safe_open
 
 from megagoku.progress import RateMeter, format_duration
+from megagoku.storage import (SAFETENSORS_DTYPES, TORCH_TO_SAFETENSORS, TensorSource,  # noqa: F401
+                              entry_checksum, tensor_bytes, write_tensors)
 from megagoku.train.checkpoint import (MODEL_CONFIG, MODEL_FILE, MODEL_FORMAT, WEIGHT_KINDS,
-                                       CheckpointError, CheckpointReader, find_checkpoint,
-                                       is_model_dir, verify_checkpoint, verify_model_dir)
+                                       CheckpointReader, checked_header, find_checkpoint,
+                                       is_model_dir, read_manifest, verify_model_dir)
 
-# safetensors dtype names <-> torch dtypes
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16,
-                      "F16": torch.float16, "I64": torch.int64, "I32": torch.int32,
-                      "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-TORCH_TO_SAFETENSORS = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class TensorSource:
-    """One tensor to write: its name, shape, dtype, and how to read it when its turn comes."""
-
-    name: str
-    shape: list[int]
-    dtype: torch.dtype
-    read: Callable[[], torch.Tensor]
-
-    @property
-    def nbytes(self) -> int:
-        return tensor_bytes(self.shape, self.dtype)
-
-
-def tensor_bytes(shape: list[int], dtype: torch.dtype) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n * torch.empty((), dtype=dtype).element_size()
 
 
 class Progress:
@@ -82,55 +54,29 @@ class Progress:
 def write_safetensors(path: Path, sources: Iterable[TensorSource],
                       metadata: Optional[dict[str, str]] = None,
                       progress: Optional[Progress] = None) -> str:
-    """Write a safetensors file one tensor at a time (the header first, from the shapes alone);
-    returns its sha256. The file appears under its name only when complete."""
-    sources = sorted(sources, key=lambda s: s.name)
-    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
-    offset = 0
-    for s in sources:
-        header[s.name] = {"dtype": TORCH_TO_SAFETENSORS[s.dtype], "shape": list(s.shape),
-                          "data_offsets": [offset, offset + s.nbytes]}
-        offset += s.nbytes
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
-    digest = hashlib.sha256()
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as f:
-        for chunk in (struct.pack("<Q", len(text)), text):
-            f.write(chunk)
-            digest.update(chunk)
-        for s in sources:
-            tensor = s.read().to(s.dtype).contiguous()
-            if list(tensor.shape) != list(s.shape):
-                raise CheckpointError(f"{s.name}: read {list(tensor.shape)}, expected {s.shape}")
-            data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
-            f.write(data)
-            digest.update(data)
-            if progress is not None:
-                progress.add(len(data))
-            del tensor, data
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
-    return digest.hexdigest()
+    """Write a safetensors file one tensor at a time (`storage.write_tensors`: the header first,
+    from the shapes alone); returns its xxh3-128. The file appears under its name only when
+    complete."""
+    return write_tensors(Path(path), sources, metadata,
+                         None if progress is None else progress.add).xxh3_128
 
 
 def tensor_metadata(reader: CheckpointReader, key: str) -> tuple[list[int], torch.dtype]:
     """Shape and dtype of a stored tensor from its file's header: nothing is read."""
-    with safe_open(str(reader.path / reader.index[key]), framework="pt") as f:
-        piece = f.get_slice(key)
-        return list(piece.get_shape()), SAFETENSORS_DTYPES[piece.get_dtype()]
+    return reader.describe(key)
 
 
 def consolidate(path: str | Path, out: str | Path, weights: str = "ema",
-                dtype: Optional[str] = None, progress: bool = True) -> Path:
-    """A training checkpoint (or a run dir: its newest valid one) -> a model directory."""
+                dtype: Optional[str] = None, progress: bool = True,
+                allow_nonfinite: bool = False) -> Path:
+    """A training checkpoint (or a run dir: its newest valid one) -> a model directory. Every
+    tensor is checked as it is read (`checkpoint.checked_values`)."""
     if weights not in WEIGHT_KINDS:
         raise ValueError(f"--weights must be one of {', '.join(WEIGHT_KINDS)}, got {weights!r}")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     ckpt = find_checkpoint(path)
-    reader = CheckpointReader(ckpt, verified=True)
+    reader = CheckpointReader(ckpt, verified=True, allow_nonfinite=allow_nonfinite)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--output {out}: not empty; choose a new directory")
@@ -148,7 +94,7 @@ def consolidate(path: str | Path, out: str | Path, weights: str = "ema",
     dtypes = sorted({str(s.dtype).removeprefix("torch.") for s in sources})
     meta = {"format": MODEL_FORMAT, "version": 1, "config": reader.config, "weights": weights,
             "dtype": dtypes[0] if len(dtypes) == 1 else dtypes, "step": reader.step,
-            "source": str(ckpt.resolve()), "sha256": digest,
+            "source": str(ckpt.resolve()), "xxh3_128": digest,
             "bytes": (out / MODEL_FILE).stat().st_size, "tensors": len(sources)}
     (out / MODEL_CONFIG).write_text(json.dumps(meta, indent=1) + "\n")
     return out
@@ -156,33 +102,32 @@ def consolidate(path: str | Path, out: str | Path, weights: str = "ema",
 
 def inspect(path: str | Path) -> dict:
     """What a checkpoint or model directory holds, verified: step, layout it was saved under,
-    files with sizes and checksums, tensors with shapes and dtypes. Raises CheckpointError for a
-    broken one."""
+    files with sizes and checksums, tensors with shapes and dtypes (from the checked headers).
+    Raises CheckpointError for a broken one."""
     path = Path(path)
     if is_model_dir(path):
         meta = verify_model_dir(path)
-        with safe_open(str(path / MODEL_FILE), framework="pt") as f:
-            tensors = {k: _describe(f.get_slice(k)) for k in sorted(f.keys())}
+        header = checked_header(path / MODEL_FILE)
+        tensors = {k: _describe(e) for k, e in sorted(header.tensors.items())}
+        algorithm, digest = entry_checksum(meta)
         return {"kind": "model", "path": str(path), "step": meta["step"],
                 "weights": meta["weights"], "dtype": meta["dtype"], "source": meta["source"],
-                "files": {MODEL_FILE: {"bytes": meta["bytes"], "sha256": meta["sha256"]}},
+                "files": {MODEL_FILE: {"bytes": meta["bytes"], algorithm: digest}},
                 "tensors": tensors}
-    ckpt = find_checkpoint(path)
-    manifest = verify_checkpoint(ckpt)
+    ckpt = find_checkpoint(path)  # verified
+    manifest = read_manifest(ckpt)
     reader = CheckpointReader(ckpt, verified=True)
     tensors = {}
     for file in sorted(set(reader.index.values())):
-        with safe_open(str(ckpt / file), framework="pt") as f:
-            for key in f.keys():
-                tensors[key] = {**_describe(f.get_slice(key)), "file": file}
+        for key, entry in checked_header(ckpt / file).tensors.items():
+            tensors[key] = {**_describe(entry), "file": file}
     saved = reader.state.get("saved_under", {})
     return {"kind": "checkpoint", "path": str(ckpt), "step": reader.step,
             "world_size": saved.get("world_size"), "parallel": saved.get("parallel"),
             "files": manifest, "tensors": dict(sorted(tensors.items()))}
 
 
-def _describe(piece) -> dict:
-    shape = list(piece.get_shape())
-    dtype = SAFETENSORS_DTYPES[piece.get_dtype()]
-    return {"shape": shape, "dtype": str(dtype).removeprefix("torch."),
-            "bytes": tensor_bytes(shape, dtype)}
+def _describe(entry) -> dict:
+    dtype = SAFETENSORS_DTYPES[entry.dtype]
+    return {"shape": list(entry.shape), "dtype": str(dtype).removeprefix("torch."),
+            "bytes": entry.end - entry.start}

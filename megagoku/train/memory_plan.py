@@ -20,12 +20,14 @@ This is an estimate (allocator slack, communication buffers and the CUDA context
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from dataclasses import asdict, dataclass
 
 import torch
 
-from megagoku.config import ModelConfig
+from megagoku.config import ConfigError, ModelConfig, TrainingConfig
 
 GIB = 1024 ** 3
 
@@ -68,6 +70,55 @@ def split_parameter_counts(cfg: ModelConfig) -> tuple[int, int]:
     return split, sum(p.numel() for p in model.parameters()) - split
 
 
+def state_bytes(local: int, shards: int, zero_stage: int) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer) bytes per device for `local` parameters per TP rank,
+    ZeRO-sharded over `shards` ranks (see the module doc)."""
+    weights = 4 * local / (shards if zero_stage >= 3 else 1)
+    grads = 4 * local / (shards if zero_stage >= 2 else 1)
+    optimizer = {0: 8 * local, 1: 12 * local / shards, 2: 12 * local / shards,
+                 3: 8 * local / shards}[zero_stage]
+    return weights, grads, optimizer
+
+
+def local_parameter_count(cfg: ModelConfig) -> int:
+    """This TP rank's parameters, from meta-device models of depth 1 and 2 (the blocks are
+    alike): building a 100000-block model on the meta device alone takes minutes."""
+    from megagoku.models import build_model
+
+    def count(depth: int) -> int:
+        model = build_model(dataclasses.replace(cfg, depth=depth), device="meta")
+        return sum(p.numel() for p in model.parameters())
+
+    one = count(1)
+    return one + (cfg.depth - 1) * (count(2) - one)
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """What the device holds: a GPU's memory, or the machine's physical memory for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(config: TrainingConfig, device: torch.device, source: str) -> None:
+    """Before the model is built (on the grid `parallel` started): the bytes its state needs on
+    this rank (weights, gradients, AdamW, ZeRO's master copy, the EMA; activations come on top)
+    against the device's memory, counted on the meta device. A model that cannot fit is a
+    ConfigError instead of an allocation failure minutes (or terabytes) later."""
+    from megagoku.parallel import collectives, gradient_group
+
+    local = local_parameter_count(config.model)
+    shards = collectives.world_size(gradient_group())
+    need = sum(state_bytes(local, shards, config.parallel.zero_stage)) + 4 * local  # + EMA
+    have = device_memory_bytes(device)
+    if need > have:
+        raise ConfigError(
+            f"{source}: model: {local / 1e9:,.1f}B parameters per rank need at least "
+            f"{need / GIB:,.0f} GiB for weights, gradients, AdamW and the EMA, but the "
+            f"{device.type} has {have / GIB:,.0f} GiB; make the model smaller or split it "
+            "(parallel.tensor_parallel, parallel.zero_stage over more ranks)")
+
+
 def activation_elements_per_token(cfg: ModelConfig, tp: int, megatron_sp: bool,
                                   policy: str) -> dict[str, float]:
     """Per block: kept when the block is not checkpointed, and when it is (see module doc)."""
@@ -91,10 +142,7 @@ def plan(cfg: ModelConfig, gpus: int, tp: int = 1, ulysses: int = 1, zero_stage:
     shards = dp * ulysses
     split, replicated = split_parameter_counts(cfg)
     local = split // tp + replicated
-    weights = 4 * local / (shards if zero_stage >= 3 else 1)
-    grads = 4 * local / (shards if zero_stage >= 2 else 1)
-    optimizer = {0: 8 * local, 1: 12 * local / shards, 2: 12 * local / shards,
-                 3: 8 * local / shards}[zero_stage]
+    weights, grads, optimizer = state_bytes(local, shards, zero_stage)
     tokens = math.ceil(seq_len / ulysses)
     per_token = activation_elements_per_token(cfg, tp, megatron_sp, checkpointing)
     checkpointed = 0 if checkpointing == "none" else math.ceil(cfg.depth / activation_checkpoint_every)

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from megagoku.progress import RateMeter, format_duration
+from megagoku.train.run_writes import RunWrites, is_disk_error
 
 # Dense bf16 peak per GPU in TFLOP/s (the vendors' datasheets), by name: the default MFU base.
 GPU_PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -91,27 +94,98 @@ def truncate_after(jsonl: Path, step: int) -> None:
     jsonl.write_text("".join(line + "\n" for line in kept))
 
 
+def quiet_tensorboard_disk_errors() -> None:
+    """TensorBoard writes from its own thread, which re-raises a write error after storing it:
+    Python would print that thread's traceback, though the error is reported (one warning
+    line) where MetricsLogger next writes. Such errors, and only those, are not printed."""
+    previous = threading.excepthook
+    if getattr(previous, "megagoku_quiet", False):
+        return
+
+    def hook(args) -> None:
+        if is_disk_error(args.exc_value) and \
+                type(args.thread).__module__.startswith("tensorboard."):
+            return
+        previous(args)
+
+    hook.megagoku_quiet = True
+    threading.excepthook = hook
+
+
 class MetricsLogger:
     """metrics.jsonl and TensorBoard; a resumed run (`start_step` > 0) continues both from that
-    step, as if the steps after it had never been logged."""
+    step, as if the steps after it had never been logged. Every write goes through `writes`
+    (`train/run_writes.py`): a full disk loses the lines of that write, with a warning, and the
+    next write tries again (a torn metrics line is cut back; TensorBoard, whose writer thread
+    dies with the error, starts a new events file)."""
 
-    def __init__(self, run_dir: Path, total_steps: int, stream=sys.stderr, start_step: int = 0):
+    def __init__(self, run_dir: Path, total_steps: int, stream=sys.stderr, start_step: int = 0,
+                 writes: Optional[RunWrites] = None):
         run_dir.mkdir(parents=True, exist_ok=True)
         if start_step:
             truncate_after(run_dir / "metrics.jsonl", start_step)
-        self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
-        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"),
-                                         purge_step=start_step + 1 if start_step else None)
+        self.run_dir = run_dir
+        self.writes = writes if writes is not None else RunWrites()
+        self._jsonl = None
+        self._tensorboard: Optional[SummaryWriter] = None
+        # A resumed run hides the events logged after its checkpoint (first events file only).
+        self._purge_step = start_step + 1 if start_step else None
         self.start_step = start_step
         self.total_steps = total_steps
         self.stream = stream
         self.meter = RateMeter(total_steps - start_step)  # this process's steps: the ETA
+        quiet_tensorboard_disk_errors()
+        self.writes.attempt("tensorboard", self.tensorboard_writer)  # the events file, at once
+
+    def tensorboard_writer(self) -> SummaryWriter:
+        if self._tensorboard is None:
+            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"),
+                                              purge_step=self._purge_step)
+            self._purge_step = None
+        return self._tensorboard
+
+    def _write_jsonl(self, line: str) -> None:
+        if self._jsonl is None:
+            self._jsonl = open(self.run_dir / "metrics.jsonl", "ab", buffering=0)
+        end = self._jsonl.seek(0, 2)
+        try:
+            self._jsonl.write(line.encode())
+        except OSError:
+            try:  # no torn line: readers parse every line
+                self._jsonl.truncate(end)
+            except OSError:
+                pass
+            raise
+
+    def _write_tensorboard(self, add: Callable[[SummaryWriter], None]) -> None:
+        """`add` to the events file and flush, so that a failure shows here, not later in the
+        writer's thread; a failed writer is dropped and the next write opens a new file."""
+        writer = self.tensorboard_writer()
+        try:
+            add(writer)
+            writer.flush()
+        except OSError:
+            self._tensorboard = None
+            try:
+                writer.close()
+            except OSError:
+                pass
+            raise
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         record = {"step": step, **{k: float(f"{float(v):.6g}") for k, v in scalars.items()}}
-        self.jsonl.write(json.dumps(record) + "\n")
-        for key, value in scalars.items():
-            self.tensorboard.add_scalar(key, value, step)
+        self.writes.attempt("metrics.jsonl", lambda: self._write_jsonl(json.dumps(record) + "\n"))
+
+        def add(writer: SummaryWriter) -> None:
+            for key, value in scalars.items():
+                writer.add_scalar(key, value, step)
+
+        self.writes.attempt("tensorboard", lambda: self._write_tensorboard(add))
+
+    def add_image(self, tag: str, image, step: int) -> None:
+        """An (H, W, 3) image to TensorBoard."""
+        self.writes.attempt("tensorboard", lambda: self._write_tensorboard(
+            lambda writer: writer.add_image(tag, image, step, dataformats="HWC")))
 
     def progress(self, step: int, loss: float, steps_per_s: float, tokens_per_s: float) -> None:
         """The rates of the last window (`steps_per_s`, `tokens_per_s`); elapsed time and ETA
@@ -127,8 +201,14 @@ class MetricsLogger:
               file=self.stream, flush=True)
 
     def close(self) -> None:
-        self.jsonl.close()
-        self.tensorboard.close()
+        for handle in (self._jsonl, self._tensorboard):
+            try:
+                if handle is not None:
+                    handle.close()
+            except OSError as e:  # what the failed writes said already
+                if not is_disk_error(e):
+                    raise
+        self._jsonl = self._tensorboard = None
 
 
 class TrainMetrics:
@@ -137,9 +217,9 @@ class TrainMetrics:
     trainer's own scalars go to metrics.jsonl, TensorBoard and the progress line (rank 0)."""
 
     def __init__(self, run_dir: Path, tcfg, device: torch.device, world: int, start_step: int,
-                 rank0: bool):
-        self.logger = MetricsLogger(run_dir, tcfg.steps, start_step=start_step) if rank0 \
-            else None
+                 rank0: bool, writes: Optional[RunWrites] = None):
+        self.logger = MetricsLogger(run_dir, tcfg.steps, start_step=start_step,
+                                    writes=writes) if rank0 else None
         self.log_every, self.total_steps = tcfg.log_every, tcfg.steps
         self.world, self.peak = world, peak_tflops(tcfg, device)
         self.window = LogWindow()

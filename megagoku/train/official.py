@@ -23,8 +23,8 @@ from megagoku.config import ConfigError, load_training_config, saved_training_co
 from megagoku.models.official import (OFFICIAL_FORMAT, LayoutError, check_released,
                                       from_official, official_tensors, our_sources, to_official)
 from megagoku.train.checkpoint import (MODEL_FILE, WEIGHT_KINDS, CheckpointError,
-                                       CheckpointReader, ModelDirReader, find_weights,
-                                       open_weights)
+                                       CheckpointReader, ModelDirReader, checked_header,
+                                       checked_values, find_weights, open_weights)
 from megagoku.train.export import (DTYPES, SAFETENSORS_DTYPES, Progress, TensorSource,
                                    write_safetensors)
 
@@ -40,8 +40,11 @@ class OfficialFileReader(ModelDirReader):
     """An official-layout file read like a model directory (its one kind of weights serves as
     both `model/` and `ema/`, no optimizer state), under our tensor names."""
 
-    def __init__(self, path: str | Path):  # noqa: D107 - not ModelDirReader's folder checks
+    def __init__(self, path: str | Path,  # noqa: D107 - not ModelDirReader's folder checks
+                 allow_nonfinite: bool = False):
         self.path = Path(path)
+        self.allow_nonfinite = allow_nonfinite
+        checked_header(self.path)  # a forged or truncated file: one line, before any mapping
         try:
             self._file = safe_open(str(self.path), framework="pt")
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
@@ -73,9 +76,10 @@ class OfficialFileReader(ModelDirReader):
                                   f"holds weights only)")
         name = key.partition("/")[2]
         try:
-            return from_official(self._file.get_tensor, self._sources[name], self.model_config)
+            tensor = from_official(self._file.get_tensor, self._sources[name], self.model_config)
         except LayoutError as e:
             raise CheckpointError(f"{self.path}: {e}") from None
+        return checked_values(self.path, name, tensor, self.allow_nonfinite)
 
     def tensors(self, prefix: str, names: Optional[Iterable[str]] = None) -> dict[str, torch.Tensor]:
         names = self.keys(prefix) if names is None else names

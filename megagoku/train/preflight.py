@@ -15,7 +15,7 @@ from megagoku.data.cache import CachedDataset, check_cache_matches
 from megagoku.data.files import ManifestDataset
 from megagoku.models import build_latent_space
 from megagoku.models.latent import LatentSpace
-from megagoku.models.text_encoder import encoder_width
+from megagoku.models.text_encoder import encoder_width, resolve_encoder_path
 from megagoku.ops import KernelsUnavailable, use_fused
 from megagoku.parallel import resolve_device
 
@@ -27,7 +27,7 @@ def build_dataset(config: TrainingConfig, device: str = "cpu"
         return ShapesDataset(config.data)
     if config.data.kind == "cache":
         dataset = CachedDataset(config.data)
-        check_cache_matches(dataset.cache, config)
+        check_cache_matches(dataset.cache, config, resolve_encoder_path(config.text.encoder))
         return dataset
     dataset = ManifestDataset(config.data, device)
     if config.model.patch_size[0] > 1 and any(r.kind == "image" for r in dataset.records):

@@ -49,6 +49,7 @@ def grid_image(videos: list[torch.Tensor], upscale: int, gap: int = 2) -> np.nda
 class PeriodicSampler(PeriodicGeneration):
     def __init__(self, config: TrainingConfig, run_dir: Path, text_encoder: TextEncoder,
                  device: torch.device, tensorboard=None):
+        """`tensorboard`: the trainer's MetricsLogger (its `add_image`), or None."""
         super().__init__(config, run_dir, text_encoder, device, config.sample.every,
                          "sample.every: samples during training need the whole model on one "
                          "rank (tensor_parallel = ulysses = 1); sample the checkpoints with "
@@ -73,6 +74,5 @@ class PeriodicSampler(PeriodicGeneration):
                         cfg.sample.fps, cfg.sample.upscale)
         (out / "prompts.txt").write_text("".join(p + "\n" for p in self.prompts))
         if self.tensorboard is not None:
-            self.tensorboard.add_image("samples", grid, step, dataformats="HWC")
-            self.tensorboard.flush()
+            self.tensorboard.add_image("samples", grid, step)
         return out

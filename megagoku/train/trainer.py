@@ -14,8 +14,10 @@ checkpoint); `train_step` is one step; `run` is the loop around it (when to log,
 evaluate, save and stop).
 
 Checkpoints (`train/checkpointer.py`) are saved every `checkpoint.every` steps, at the end and
-on SIGUSR1/SIGTERM, asynchronously; `checkpoint.resume` (or `--resume`) continues a run exactly
-from its newest valid checkpoint: weights, EMA, optimizer, scheduler, loader, every RNG.
+on SIGUSR1/SIGTERM/SIGINT, asynchronously; `checkpoint.resume` (or `--resume`) continues a run
+exactly from its newest valid checkpoint: weights, EMA, optimizer, scheduler, loader, every RNG.
+Every file the run writes goes through `train/run_writes.py` (a full disk is the save-failed
+path), and rank 0 owns the run dir for the run's life (`train/run_lock.py`).
 `checkpoint.init_from` starts a new run (the next stage) from another run's weights.
 """
 
@@ -47,9 +49,11 @@ from megagoku.train.components.model import TrainedModel
 from megagoku.train.components.optimizer import Optimization
 from megagoku.train.components.rng import RandomStreams
 from megagoku.train.components.stop import StopConditions
+from megagoku.train.memory_plan import check_fits
 from megagoku.train.metrics import TrainMetrics
 from megagoku.train.preflight import Inputs, preflight
 from megagoku.train.run_dir import RUN_OUTPUTS, open_run, prepare_run_dir  # noqa: F401
+from megagoku.train.run_writes import RunWrites, RunWriteError
 from megagoku.train.samples import PeriodicSampler
 from megagoku.train.step import mean_over, pack_total, step_loss
 from megagoku.train.train_state import logical_sizes
@@ -65,7 +69,7 @@ class TrainResult:
     checkpoint: Path
     steps: int
     final_loss: float  # mean over the last logging window
-    # done | max_minutes | signal (SIGUSR1/SIGTERM: requeue me) | rollback (an anomaly: resume me
+    # done | max_minutes | signal (SIGUSR1/SIGTERM/SIGINT: requeue me) | rollback (an anomaly: resume me
     # from the newest valid checkpoint; the anomalous steps are recorded to be skipped)
     stop_reason: str = "done"
 
@@ -102,6 +106,15 @@ class Trainer:
         self.rank, self.world = collectives.rank(), collectives.world_size()
         rank0 = self.rank == 0
         start = open_run(self.run_dir, resume or ccfg.resume, overwrite, ccfg, rank0, source)
+        self.start = start  # rank 0 owns the run dir until `close()`
+        try:
+            self._build_components(config, inputs, start, ccfg, tcfg, device, rank0)
+        except BaseException:
+            start.release()
+            raise
+
+    def _build_components(self, config, inputs, start, ccfg, tcfg, device, rank0) -> None:
+        """The components, on a run dir this run owns."""
         self.reader = start.reader
         replica, self.replicas = data_parallel_rank(), data_parallel_size()
 
@@ -133,13 +146,15 @@ class Trainer:
                        sum(logical_sizes(self.trained.model).values()), device)
         except SelfCheckError as e:
             raise ConfigError(f"{self.run_dir}: {e}") from None
+        # Every write of the run dir goes through it: a full disk is the save-failed path.
+        self.writes = RunWrites(ccfg.max_write_failures, deferred=True)
         self.metrics = TrainMetrics(self.run_dir, tcfg, device, self.world, self.start_step,
-                                    rank0)
+                                    rank0, self.writes)
         # Rank 0 samples and evaluates with the EMA weights, on copies of the model.
         self.periodic = []
         if rank0 and config.sample.every:
             self.periodic.append(PeriodicSampler(config, self.run_dir, self.data.text_encoder,
-                                                 device, self.metrics.logger.tensorboard))
+                                                 device, self.metrics.logger))
         if rank0 and config.eval.every:
             self.periodic.append(PeriodicEvaluator(config, self.run_dir, self.data.text_encoder,
                                                    device, self.metrics.logger.log))
@@ -147,7 +162,7 @@ class Trainer:
             self.run_dir, ccfg, self.rank, self.world, self.trained, self.optimization,
             self.rng, self.stateful, to_dict(config),
             {"saved_under": {"world_size": self.world, "parallel": to_dict(config.parallel)}},
-            self.link.checkpoint_committed)
+            self.link.checkpoint_committed, self.writes)
         self.shard = current_shard()
         self.grad_norm = float("nan")  # the last applied step's (logged until the next one)
         self.lr = float("nan")  # the rate of the last step
@@ -221,16 +236,24 @@ class Trainer:
                 break
             self.link.beat(step)
             elapsed = time.perf_counter() - started
-            stop = self.stop.check(elapsed)  # collective: every rank stops at the same step
+            self.checkpoints.count_finished_saves()  # into self.writes
+            # collective: every rank stops at the same step
+            stop = self.stop.check(elapsed, self.writes.exhausted)
             if self.metrics.due(step, stopping=stop is not None):
                 self.metrics.log(step, {
                     "lr": self.lr, "grad_norm": self.grad_norm, "elapsed_s": elapsed,
                     "data_skipped": self.data.skipped(),  # collective
                     "checkpoint_blocked_s": self.checkpoints.last_blocked_s,
-                    "anomalies": self.anomalies.count, **self.data.decode_counts()})
+                    "anomalies": self.anomalies.count, "write_failures": self.writes.total,
+                    **self.data.decode_counts()})
             for periodic in self.periodic:  # copies of the model: training is untouched
                 if periodic.due(step):
-                    periodic(step, self.trained.ema_weights())
+                    self.writes.attempt(
+                        "samples" if isinstance(periodic, PeriodicSampler) else "evaluation",
+                        lambda: periodic(step, self.trained.ema_weights()))
+            if stop is not None and stop.reason == "write_failures":
+                # The last committed checkpoint is valid; a save now would meet the same disk.
+                raise RunWriteError(stop.why)
             if stop is not None:
                 stop_reason = stop.reason
                 log.warning("%s at step %d: saving and stopping", stop.why, step)
@@ -245,10 +268,13 @@ class Trainer:
         return TrainResult(self.run_dir, checkpoint, step, self.metrics.last_loss, stop_reason)
 
     def close(self) -> None:
-        if self.stop is not None:
-            self.stop.restore()
-        self.checkpoints.close()
-        self.metrics.close()
+        try:
+            if self.stop is not None:
+                self.stop.restore()
+            self.checkpoints.close()
+            self.metrics.close()
+        finally:
+            self.start.release()
 
 
 def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
@@ -258,6 +284,7 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     owns_group = start_grid(config, source)
     failed = True
     try:
+        check_fits(config, inputs.device, source)  # before anything is allocated
         trainer = Trainer(config, Path(run_dir), inputs, source, overwrite, resume)
         try:
             result = trainer.run()

@@ -63,6 +63,7 @@ from megagoku.parallel import resolve_device
 from megagoku.train.components.rng import seed_everything
 from megagoku.train.metrics import MetricsLogger
 from megagoku.train.run_dir import RUN_OUTPUTS, prepare_run_dir
+from megagoku.train.run_lock import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +269,13 @@ def train_vae(config: VAETrainingConfig, run_dir: str | Path, source: str = "<co
     config_from_dict(VAETrainingConfig, to_dict(config), source)
     device = resolve_device("auto")
     dataset = build_vae_dataset(config, source, device)
+    with RunLock(run_dir):  # one owner per run dir (train/run_lock.py), as the Transformer's
+        return _train_vae_in(config, run_dir, dataset, device, overwrite)
+
+
+def _train_vae_in(config: VAETrainingConfig, run_dir: Path, dataset, device: torch.device,
+                  overwrite: bool) -> VAETrainResult:
+    tcfg = config.train
     prepare_vae_run_dir(run_dir, overwrite)
     generator = seed_everything(tcfg.seed)  # also torch.manual_seed: the same initial weights
 

@@ -81,3 +81,11 @@ def test_memory_plan_rejects_an_impossible_layout(capsys):
     assert main(["info", "--config", str(ROOT / "configs/models/goku_2b.yaml"), "--plan",
                  "--gpus", "6", "--tp", "4"]) == 2
     assert "--gpus 6 is not divisible by --tp 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--seq-len", "--gpus"])
+def test_a_zero_size_is_one_line(option, capsys):
+    """Issue 22, case 15: `info --seq-len 0` divided by zero."""
+    assert main(["info", "--config", str(ROOT / "configs/tiny.yaml"), option, "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {option}: must be at least 1, got 0"]

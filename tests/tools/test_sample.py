@@ -58,3 +58,51 @@ def test_bad_prompt_files_are_refused(tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(tmp_path), "--prompts", str(empty), "--out",
                  str(tmp_path / "o.gif")]) == 2
     assert "with --prompts, --out is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_guidance_scale_that_is_not_finite_is_refused(tmp_path, capsys, value):
+    """Issue 22, case 12: `--cfg nan` wrote an all-black file and exited 0."""
+    assert main(["sample", "--checkpoint", str(tmp_path), "--prompt", "x", f"--cfg={value}",
+                 "--out", str(tmp_path / "o.gif")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --cfg: must be a finite number")
+    assert not (tmp_path / "o.gif").exists()
+
+
+def test_an_unwritable_out_is_one_line_before_any_work(run_dir, tmp_path, capsys):
+    """Issue 22, case 15: `sample --out` in a place that cannot be written."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for out, args in ((blocker / "o.gif", ["--prompt", "a red circle moving left"]),
+                      (blocker / "folder", ["--prompts", str(blocker)])):
+        assert main(["sample", "--checkpoint", str(run_dir), *args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --out: cannot write into "), err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without GPU")
+def test_device_cuda_without_a_gpu_is_one_line(run_dir, tmp_path, capsys):
+    """Issue 22, case 15."""
+    assert main(["sample", "--checkpoint", str(run_dir), "--prompt", "x", "--device", "cuda",
+                 "--out", str(tmp_path / "o.gif")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --device cuda: device 'cuda' asked for, but torch sees no GPU"]
+
+
+def test_a_line_per_step_and_a_warning_when_the_work_is_large(run_dir, tmp_path, capsys):
+    """Issue 22, case 17: 512x512 on a CPU showed nothing for minutes."""
+    from megagoku.inference import load_generator
+    from megagoku.train.checkpoint import load_checkpoint
+    from megagoku.tools.sample import work_warning
+
+    assert main(["sample", "--checkpoint", str(run_dir), "--prompt", "a red circle moving left",
+                 "--steps", "8", "--out", str(tmp_path / "o.gif")]) == 0
+    err = capsys.readouterr().err
+    assert all(f"samples 1-1 of 1: step {k}/8," in err for k in range(1, 9)), err
+    assert "warning" not in err  # 16x16: small work
+    generator = load_generator(*load_checkpoint(run_dir)[:2], "run")
+    warning = work_warning(generator, 1, 8, 512, 512, True, "cpu")
+    assert warning.startswith("warning: 1 sample(s) of 8x512x512 are 131072 tokens each, ")
+    assert "TFLOP per Euler step on the CPU" in warning
+    assert work_warning(generator, 1, 8, 512, 512, True, "cuda") is None

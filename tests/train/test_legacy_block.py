@@ -71,7 +71,10 @@ def test_an_old_checkpoint_and_its_model_directory_sample_as_the_earlier_block(r
 
 def test_a_run_from_an_old_checkpoint_must_name_the_earlier_block(runs, tmp_path):
     _, old = runs
-    with pytest.raises(CheckpointError, match="blocks.0.attn.q_norm.weight is \\[32\\] but this "
-                                              "model needs \\[128\\]"):
+    with pytest.raises(CheckpointError, match="blocks.0.attn.q_norm.weight \\[32\\] vs \\[128\\].*"
+                                              "the checkpoint holds megagoku's earlier block: "
+                                              "--set model.attn_norm=rms --set model.qk_norm="
+                                              "per_head --set model.mlp_norm_gain=false --set "
+                                              "model.modulation_fp32=false; else"):
         train(config(*RUN, f"checkpoint.init_from={old}"), tmp_path / "released")
     train(config(*RUN, *LEGACY_SETTINGS, f"checkpoint.init_from={old}"), tmp_path / "earlier")

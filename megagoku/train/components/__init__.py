@@ -8,7 +8,7 @@ in the manner of torchtitan's trainer: each owns one concern and its part of the
 | `data.TrainData` | this replica's packs, their caption features and I2V frames | `loader` (every replica's) |
 | `rng.RandomStreams` | the seed and this rank's random streams | `rng` (per rank, in its part) |
 | `train.anomaly.AnomalyPolicy` | loss anomalies and the response to them | `anomaly` |
-| `stop.StopConditions` | stop signals and the time limit, agreed by every rank | - |
+| `stop.StopConditions` | stop signals (Ctrl-C too), the time limit and failing writes, agreed by every rank | - |
 | `launcher.LauncherLink` | progress beats and events for `megagoku launch` | - |
 | `metrics.TrainMetrics` (`train/metrics.py`) | the log window, metrics.jsonl, TensorBoard, progress | - |
 | `checkpointing.CheckpointSaver` | when a save blocks training and what it takes | - |

@@ -13,6 +13,7 @@ from megagoku.train.components import Stateful
 from megagoku.train.components.model import TrainedModel
 from megagoku.train.components.optimizer import Optimization
 from megagoku.train.components.rng import RandomStreams
+from megagoku.train.run_writes import RunWrites
 from megagoku.train.train_state import snapshot_tensors
 
 
@@ -24,7 +25,8 @@ class CheckpointSaver:
     def __init__(self, run_dir: Path, ccfg: CheckpointConfig, rank: int, world: int,
                  trained: TrainedModel, optimization: Optimization, rng: RandomStreams,
                  stateful: Sequence[Stateful], config: dict, extra: dict,
-                 on_commit: Optional[Callable[[int, Path], None]] = None):
+                 on_commit: Optional[Callable[[int, Path], None]] = None,
+                 writes: Optional[RunWrites] = None):
         self.rank, self.world = rank, world
         self.trained, self.optimization, self.rng = trained, optimization, rng
         self.stateful, self.config, self.extra = list(stateful), config, extra
@@ -32,6 +34,8 @@ class CheckpointSaver:
         self.checkpointer = Checkpointer(run_dir, rank, world, ccfg.async_save, ccfg.keep_last,
                                          ccfg.keep_every, ccfg.commit_timeout_s, on_commit)
         self.last_blocked_s = 0.0  # training's wait for the last save
+        self.writes = writes  # told of every finished save: the save-failed path's count
+        self._counted_failed = self._counted_ok = 0
 
     def due(self, step: int, last_step: int) -> bool:
         """A periodic save (the final one, at `last_step`, is the loop's own)."""
@@ -54,6 +58,21 @@ class CheckpointSaver:
         self.checkpointer.stats.blocked_s.append(blocked)
         self.last_blocked_s = blocked
         return blocked
+
+    def count_finished_saves(self) -> None:
+        """Tell `writes` of the saves that finished since the last call, on this rank (the
+        checkpointer logged each failure already). Safe while a save runs: its failure is
+        recorded before its duration, so `ok` only grows once a save succeeds."""
+        if self.writes is None:
+            return
+        stats = self.checkpointer.stats
+        failed = len(stats.failed)
+        ok = len(stats.persist_s) - failed
+        for message in stats.failed[self._counted_failed:failed]:
+            self.writes.failed("checkpoint", message, warn=False)
+        if ok > self._counted_ok:
+            self.writes.succeeded("checkpoint")
+        self._counted_failed, self._counted_ok = failed, max(ok, self._counted_ok)
 
     def wait(self) -> Optional[Path]:
         """The final save committed (CheckpointError if it failed); its path on rank 0."""

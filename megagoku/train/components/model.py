@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from megagoku.config import TrainingConfig
+from megagoku.config.schema import LEGACY_BLOCK
 from megagoku.models import build_model
 from megagoku.optim import EMA
 from megagoku.parallel import tensor_parallel_size
@@ -18,6 +19,22 @@ from megagoku.train.checkpoint import CheckpointReader, ModelDirReader
 from megagoku.train.train_state import restore_weights
 
 log = logging.getLogger(__name__)
+
+
+def block_hint(reader: CheckpointReader | ModelDirReader, config: TrainingConfig) -> str:
+    """What to set when a checkpoint holds another block than `config` builds: a checkpoint
+    saved without the block keys holds megagoku's earlier block (LEGACY_BLOCK), and a run from
+    it under a new config would otherwise see only shapes that differ."""
+    saved = (getattr(reader, "config", None) or {}).get("model")
+    if not isinstance(saved, dict):
+        return ""
+    block = {key: saved.get(key, LEGACY_BLOCK[key]) for key in LEGACY_BLOCK}
+    ours = {key: getattr(config.model, key) for key in LEGACY_BLOCK}
+    if block == ours:
+        return ""
+    name = "megagoku's earlier block" if block == LEGACY_BLOCK else "another block"
+    sets = " ".join(f"--set model.{k}={str(v).lower()}" for k, v in block.items() if ours[k] != v)
+    return f"the checkpoint holds {name}: {sets}; else "
 
 
 class TrainedModel:
@@ -32,9 +49,16 @@ class TrainedModel:
         decay = config.train.ema_decay
         self.model = build_model(config.model).to(device)
         self.ema = EMA(self.model, decay)  # before ZeRO-3 partitions the parameters
-        if reader is not None or init is not None:  # before DeepSpeed builds its partitions
-            restore_weights(self.model, self.ema, reader or init,
-                            fresh=self.model.new_input_weights() if reader is None else ())
+        if reader is not None:  # before DeepSpeed builds its partitions
+            restore_weights(self.model, self.ema, reader, hint=block_hint(reader, config) + (
+                "a resumed run continues the same model: resume with the checkpoint's model "
+                "config, or start a new run from it with checkpoint.init_from"))
+        elif init is not None:  # the next stage may add inputs (I2V) or change on purpose
+            restore_weights(self.model, self.ema, init, fresh=self.model.new_input_weights(),
+                            partial=config.checkpoint.partial_weights,
+                            hint=block_hint(init, config) + (
+                                "checkpoint.init_from of another model: set "
+                                "checkpoint.partial_weights: true to load only what fits"))
         if init is not None:
             self.ema = EMA(self.model, decay)  # a new stage averages from its initial weights
         apply_activation_checkpointing(self.model.blocks,
