@@ -127,9 +127,11 @@ def default_backend() -> str:
 def init_distributed(backend: str = "auto", timeout_minutes: float = 30.0) -> LaunchInfo:
     """Start the process group for whatever launched us (idempotent). Sets this process's GPU
     to its local rank when there is one."""
+    global _started_here
     info = discover()
     if dist.is_initialized():
         return info
+    _started_here = True
     if info.launcher in ("srun", "mpirun"):  # DeepSpeed reads torchrun's variables
         for name, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size),
                             ("LOCAL_RANK", info.local_rank), ("MASTER_ADDR", info.master_addr),
@@ -168,11 +170,20 @@ def _bound_store(info: LaunchInfo, timeout: timedelta) -> dist.TCPStore:
                          master_listen_fd=sock.detach())
 
 
+# Whether init_distributed started this process's group: shutdown ends only a group it started,
+# never one its caller already held (a program, or a test session, that runs a tool in-process
+# and goes on using its group and megatron's).
+_started_here = False
+
+
 def shutdown(barrier: bool = True) -> None:
-    """End the process group. Call last: gloo can abort at interpreter exit otherwise
-    (../shared/docs/cpu-facts.md). `barrier=False` after a failure: the other ranks may never
-    reach the barrier (they failed too, or wait in a collective this rank left)."""
-    if dist.is_initialized():
+    """End the process group init_distributed started. Call last: gloo can abort at interpreter
+    exit otherwise (../shared/docs/cpu-facts.md). `barrier=False` after a failure: the other
+    ranks may never reach the barrier (they failed too, or wait in a collective this rank
+    left)."""
+    global _started_here
+    if dist.is_initialized() and _started_here:
+        _started_here = False
         if barrier:
             dist.barrier()
         dist.destroy_process_group()
