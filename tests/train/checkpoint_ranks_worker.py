@@ -77,9 +77,9 @@ hashed = []
 real_checksum = checkpoint.file_checksum
 
 
-def counting(path, algorithm="xxh3_128", start=0):
+def counting(path, algorithm="xxh3_128", start=0, **kwargs):
     hashed.append(Path(path).name)
-    return real_checksum(path, algorithm, start)
+    return real_checksum(path, algorithm, start, **kwargs)
 
 
 checkpoint.file_checksum = counting
