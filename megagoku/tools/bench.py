@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 
 from megagoku.config import ModelConfig
-from megagoku.tools import bench_checkpoint
+from megagoku.tools import bench_checkpoint, bench_step
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TARGET_SPEEDUP = 2.0
@@ -63,7 +63,7 @@ class Result:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="benchmarks: kernels, data, packing, checkpoint",
+    p = subparsers.add_parser("bench", help="benchmarks: kernels, data, packing, checkpoint, step",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_subparsers(dest="bench", required=True)
     k = which.add_parser("kernels", help="fused norms, modulation and 3D RoPE, forward + backward",
@@ -93,6 +93,7 @@ def register(subparsers) -> None:
     pk.add_argument("--seed", type=int, default=0)
     pk.set_defaults(func=run_packing)
     bench_checkpoint.register(which)
+    bench_step.register(which)
 
 
 class Timer:
