@@ -46,8 +46,10 @@ class ModelConfig:
     mlp_norm_gain: bool = True
     modulation_fp32: bool = True
     timestep_freq_dim: int = 256
-    # "auto": flash-attn varlen on a GPU when installed, else SDPA over padded samples.
-    attention_backend: Literal["auto", "flash", "sdpa_padded", "sdpa_blockmask"] = "auto"
+    # "auto": flash-attn varlen on a GPU when installed (else SDPA over padded samples); on a CPU
+    # SDPA over each sample's slice of the pack (models/attention.py).
+    attention_backend: Literal["auto", "flash", "sdpa_segments", "sdpa_padded",
+                               "sdpa_blockmask"] = "auto"
     # RMSNorm and 3D RoPE: "auto" runs the fused csrc/ kernels where they are built (else the
     # PyTorch reference, said once in the log); "fused" requires them; "reference" never uses them.
     kernels: Literal["auto", "fused", "reference"] = "auto"

@@ -4,8 +4,11 @@ each sample's tokens cross-attend only to their own caption.
 Backends, all computing the same block-diagonal attention:
 - `flash`: flash-attn's varlen kernel (GPU, fp16/bf16; fp32 inputs are computed in bf16),
   selected by `auto` on CUDA tensors when flash-attn is installed.
+- `sdpa_segments`: one SDPA call per sample on its contiguous slice of the pack (views, no
+  copies in; the outputs concatenated): sum_i n_i^2 work, no mask, no padding. The CPU default.
 - `sdpa_padded`: gathers each sample into a padded (samples, longest, heads, dim) batch and runs
-  SDPA with a key-padding mask: sum_i n_i * n_max work instead of L^2. The CPU default.
+  SDPA with a key-padding mask: sum_i n_i * n_max work instead of L^2, plus the gather of q, k and
+  v and the scatter of the output (an `index_put` backward).
 - `sdpa_blockmask`: one SDPA call over the whole pack with an (L_q, L_k) block-diagonal mask.
   Quadratic in the pack length; kept as the plainest statement of the semantics.
 """
@@ -22,6 +25,7 @@ from torch import nn
 from megagoku.models.norms import RMSNorm, WholeWidthRMSNorm
 from megagoku.ops import KernelChoice, Rope3D
 from megagoku.parallel import ColumnParallelLinear, RowParallelLinear, heads_to_seq, seq_to_heads
+from megagoku.parallel import layout as process_layout
 
 
 @cache
@@ -42,6 +46,7 @@ class SeqLayout:
     segment: torch.Tensor  # (L,) sample index of every token
     pad_index: torch.Tensor  # (B, max_len) token index of each padded slot (clamped)
     pad_valid: torch.Tensor  # (B, max_len) True where the slot holds a real token
+    offsets: tuple[int, ...]  # cu_seqlens as Python ints: the slices of `sdpa_segments`
 
     @classmethod
     def from_cu_seqlens(cls, cu_seqlens: torch.Tensor, allow_empty: bool = False) -> "SeqLayout":
@@ -57,7 +62,8 @@ class SeqLayout:
         slots = torch.arange(max_len, device=cu.device)
         pad_valid = slots[None, :] < lengths[:, None]
         pad_index = torch.minimum(cu[:-1, None] + slots[None, :], cu[1:, None] - 1).clamp(min=0)
-        return cls(cu_seqlens.to(torch.int32), max_len, segment, pad_index, pad_valid)
+        return cls(cu_seqlens.to(torch.int32), max_len, segment, pad_index, pad_valid,
+                   tuple(cu.tolist()))
 
     @property
     def num_samples(self) -> int:
@@ -66,14 +72,16 @@ class SeqLayout:
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
-        return "flash" if device.type == "cuda" and _flash_attn_varlen() is not None \
-            else "sdpa_padded"
+        if device.type == "cuda":
+            return "flash" if _flash_attn_varlen() is not None else "sdpa_padded"
+        return "sdpa_segments"
     if backend == "flash" and (_flash_attn_varlen() is None or device.type != "cuda"):
         raise RuntimeError("attention_backend 'flash' needs the flash-attn package and CUDA "
                            f"tensors (got {device.type} tensors)")
     return backend
 
 
+@torch.compiler.disable
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      q_layout: SeqLayout, k_layout: SeqLayout, backend: str) -> torch.Tensor:
     """q (Lq, H, D), k and v (Lk, H, D): sample i of q attends to sample i of k only."""
@@ -84,6 +92,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             q.to(dtype), k.to(dtype), v.to(dtype), q_layout.cu_seqlens, k_layout.cu_seqlens,
             q_layout.max_len, k_layout.max_len)
         return out.to(q.dtype)
+    if backend == "sdpa_segments":
+        return _segment_attention(q, k, v, q_layout.offsets, k_layout.offsets)
     if backend == "sdpa_padded":
         qp = q[q_layout.pad_index].transpose(1, 2)  # (B, H, Nq, D)
         kp = k[k_layout.pad_index].transpose(1, 2)
@@ -98,6 +108,24 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             attn_mask=mask[None, None])
         return out[0].transpose(0, 1)
     raise ValueError(f"unknown attention backend {backend!r}")
+
+
+def _segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       q_offsets: tuple[int, ...], k_offsets: tuple[int, ...]) -> torch.Tensor:
+    """SDPA over each sample's own slice: the slices are views of q, k and v (samples are
+    contiguous in a pack), so the only copy is joining the outputs, whose backward is slicing.
+    A sample with no queries here (a Ulysses slice) contributes nothing."""
+    outs = []
+    for i in range(len(q_offsets) - 1):
+        qa, qb, ka, kb = q_offsets[i], q_offsets[i + 1], k_offsets[i], k_offsets[i + 1]
+        if qb == qa:
+            continue
+        out = F.scaled_dot_product_attention(q[qa:qb].transpose(0, 1), k[ka:kb].transpose(0, 1),
+                                             v[ka:kb].transpose(0, 1))
+        outs.append(out.transpose(0, 1))
+    if not outs:
+        return q.new_empty(q.shape[:-1] + (v.shape[-1],))
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def qk_norm(kind: str, num_heads: int, head_dim: int, tp_size: int, eps: float,
@@ -150,7 +178,8 @@ class SelfAttention(nn.Module):
         # local (under TP it sums over the TP group's heads).
         q = rope(self.q_norm(q), inplace=True)
         k = rope(self.k_norm(k), inplace=True)
-        q, k, v = seq_to_heads(torch.stack((q, k, v), dim=1)).unbind(1)
+        if process_layout().ulysses > 1:  # one all-to-all for the three (stacking them is a copy)
+            q, k, v = seq_to_heads(torch.stack((q, k, v), dim=1)).unbind(1)
         out = varlen_attention(q, k, v, layout, layout, self.backend)
         out = heads_to_seq(out)
         out, _ = self.proj(out.reshape(n, -1))  # megatron SP reduce-scatters back to the shard

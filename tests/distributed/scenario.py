@@ -33,7 +33,7 @@ def model_config(block: str = "released") -> ModelConfig:
     variant = LEGACY_BLOCK if block == "legacy" else {}
     return ModelConfig(name="dist", depth=2, hidden_size=64, num_heads=4, mlp_ratio=2.0,
                        in_channels=2, patch_size=(1, 1, 1), text_dim=16, rope_split=(4, 6, 6),
-                       attention_backend="sdpa_padded", **variant)
+                       attention_backend="auto", **variant)
 
 
 def make_pack(step: int, replica: int):

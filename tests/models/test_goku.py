@@ -32,7 +32,7 @@ def run_alone(model, batch, texts, timesteps, i):
     return model(tokens, timesteps[i:i + 1], positions, cu, texts[i], text_cu)
 
 
-@pytest.mark.parametrize("backend", ["sdpa_padded", "sdpa_blockmask"])
+@pytest.mark.parametrize("backend", ["sdpa_segments", "sdpa_padded", "sdpa_blockmask"])
 def test_packed_forward_equals_each_sample_alone(backend):
     torch.manual_seed(0)
     model = randomize(build_model(small_model_config(attention_backend=backend))).eval()
@@ -43,7 +43,7 @@ def test_packed_forward_equals_each_sample_alone(backend):
         torch.testing.assert_close(packed[i], alone, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("backend", ["sdpa_padded", "sdpa_blockmask"])
+@pytest.mark.parametrize("backend", ["sdpa_segments", "sdpa_padded", "sdpa_blockmask"])
 def test_no_leakage_across_samples_in_self_or_cross_attention(backend):
     model = randomize(build_model(small_model_config(attention_backend=backend))).eval()
     batch, texts, timesteps = make_inputs()
