@@ -53,6 +53,9 @@ class ModelConfig:
     # RMSNorm and 3D RoPE: "auto" runs the fused csrc/ kernels where they are built (else the
     # PyTorch reference, said once in the log); "fused" requires them; "reference" never uses them.
     kernels: Literal["auto", "fused", "reference"] = "auto"
+    # torch.compile each block by itself (regional: one compiled graph per block, shared by the
+    # identical blocks), attention left to its own kernels; see docs/architecture.md.
+    compile: bool = False
     # Image-to-video (Goku §2.5): the first frame's clean latent, broadcast along time, enters
     # beside the noisy latent through `cond_embed` (zero-initialised: a model made from a T2V
     # checkpoint starts as that model).

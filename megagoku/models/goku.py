@@ -186,6 +186,8 @@ class GokuTransformer(nn.Module):
                                     for _ in range(cfg.depth))
         self.final = FinalLayer(dim, cfg.patch_dim, cfg.norm_eps, cfg.kernels)
         self._init_plain_layers()
+        if cfg.compile:
+            compile_blocks(self.blocks)
 
     def _init_plain_layers(self) -> None:
         """DiT's initialisation for the layers outside the blocks (the megatron layers got theirs
@@ -260,6 +262,16 @@ class GokuTransformer(nn.Module):
         if lay.megatron_sp:
             x = gather_sequence(x)
         return self.final(x, cond, ctx.slice_segment)
+
+
+def compile_blocks(blocks: nn.ModuleList) -> None:
+    """Regional torch.compile: each block's forward compiled in place (its state dict keeps its
+    names). The blocks are one class whose parameters dynamo takes as inputs, so all of them
+    share one graph; the attention kernels run uncompiled between the graph's pieces
+    (`varlen_attention` is excluded: its per-sample loop would otherwise specialise the graph
+    to every pack's lengths)."""
+    for block in blocks:
+        block.compile(dynamic=True)
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> GokuTransformer:

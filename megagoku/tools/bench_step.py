@@ -49,7 +49,7 @@ def register(which) -> None:
     s.add_argument("--config", default="configs/models/tiny.yaml",
                    help="model preset or training config YAML (default configs/models/tiny.yaml)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="model overrides, e.g. --set depth=2 --set hidden_size=1792")
+                   help="model overrides, e.g. --set depth=2 --set compile=true")
     s.add_argument("--tokens", type=int, default=8192, help="tokens in the pack (default 8192)")
     s.add_argument("--samples", type=int, default=4, help="samples in the pack (default 4)")
     s.add_argument("--mix", choices=("equal", "mixed"), default="equal",
@@ -173,7 +173,11 @@ def ours(cfg: ModelConfig, pack: Pack, device: torch.device) -> System:
                     text_cu.to(device))
         return (out.float() - target.float()).pow(2).mean()
 
-    what = f"attention {cfg.attention_backend}, kernels {cfg.kernels}"
+    from megagoku.models.attention import resolve_backend
+    from megagoku.ops import describe
+
+    what = f"attention {resolve_backend(cfg.attention_backend, device)}, " \
+        f"{describe(cfg.kernels, device.type)}" + (", blocks compiled" if cfg.compile else "")
     return System("megagoku", model, loss, what)
 
 
