@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, in one pass (CI has none): build the CUDA kernels, test them
 # against the float64 reference, benchmark them, train the tiny model on the GPU (bf16 autocast,
-# fused kernels) and resume it from a mid-run checkpoint, and benchmark checkpoint saves from GPU
-# state (snapshot into pinned host memory).
+# fused kernels) and resume it from a mid-run checkpoint, benchmark checkpoint saves from GPU
+# state (snapshot into pinned host memory), and time one training step of the 2B and 8B blocks
+# against diffusers' Wan (`megagoku bench step`, MFU).
 #
 #   launchers/gpu_check.sh ENCODER_DIR [OUT_DIR]
 #
@@ -100,4 +101,20 @@ EOF
 
 unset CUDA_LAUNCH_BLOCKING
 [ "${SKIP_CHECKPOINT_BENCH:-0}" = 1 ] || TAIL=6 step bench_checkpoint 240 $PY -m megagoku bench checkpoint --device cuda --mb 400 --saves 3
+
+# The model's speed (issue 20): one training step of the Goku-2B and Goku-8B blocks (depth cut to
+# fit one GPU with AdamW state; MFU is per block stack) on a 32K-token pack of 8 mixed-length
+# samples, bf16 autocast, flash-attn varlen when installed (the note after "megagoku:" names the
+# attention that ran), against diffusers' Wan at the same size; then the 2B stack compiled.
+# MFU is against the card's dense bf16 peak; the target is >= 40% for the 2B stack.
+STEP=(bench step --tokens 32768 --samples 8 --mix mixed --dtype bf16 --device cuda --repeats 5
+      --warmup 2)
+$PY -c "import flash_attn" 2>/dev/null || echo "flash-attn is not installed: attention runs as sdpa_padded (pip install flash-attn)" | tee -a "$SUMMARY"
+TAIL=8 step bench_step_2b 500 $PY -m megagoku "${STEP[@]}" --config configs/models/goku_2b.yaml \
+    --set depth=4 --json "$OUT_DIR/step_2b.json"
+TAIL=8 step bench_step_8b 500 $PY -m megagoku "${STEP[@]}" --config configs/models/goku_8b.yaml \
+    --set depth=2 --json "$OUT_DIR/step_8b.json"
+TAIL=8 step bench_step_2b_compiled 500 $PY -m megagoku "${STEP[@]}" \
+    --config configs/models/goku_2b.yaml --set depth=4 --set compile=true --peer-compile \
+    --json "$OUT_DIR/step_2b_compiled.json"
 echo "== summary"; cat "$SUMMARY"
