@@ -120,9 +120,12 @@ def _segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         qa, qb, ka, kb = q_offsets[i], q_offsets[i + 1], k_offsets[i], k_offsets[i + 1]
         if qb == qa:
             continue
-        out = F.scaled_dot_product_attention(q[qa:qb].transpose(0, 1), k[ka:kb].transpose(0, 1),
-                                             v[ka:kb].transpose(0, 1))
-        outs.append(out.transpose(0, 1))
+        # 4-D (1, heads, tokens, dim): with 3-D inputs torch's CPU SDPA takes its unfused math
+        # path (bmm, softmax, masks of -inf rows), about twice the time of its flash kernel.
+        out = F.scaled_dot_product_attention(q[None, qa:qb].transpose(1, 2),
+                                             k[None, ka:kb].transpose(1, 2),
+                                             v[None, ka:kb].transpose(1, 2))
+        outs.append(out[0].transpose(0, 1))
     if not outs:
         return q.new_empty(q.shape[:-1] + (v.shape[-1],))
     return outs[0] if len(outs) == 1 else torch.cat(outs)
