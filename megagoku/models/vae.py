@@ -5,11 +5,15 @@ later latent frame covers four pixel frames. Causality is what makes images and 
 latent space: no layer looks at a later frame, so latent frame 0 of a clip is exactly the latent
 of its first frame as an image.
 
-Every temporal operation is causal and every normalisation is per position (RMS over channels,
-not GroupNorm over time), so a long clip can be encoded in chunks: each causal convolution keeps
-the last frames it saw (`streaming`) and the chunked result equals encoding at once. Frames
-larger than a tile are split spatially into overlapping tiles blended linearly (`tiling.py`), an
-approximation near tile borders, as in every tiled VAE. Both bound the memory of a 720p clip.
+Every temporal operation is causal and every normalisation is per frame (GroupNorm over the
+channels and pixels of one frame, never over time), so a long clip can be encoded in chunks: each
+causal convolution keeps the last frames it saw (`streaming`) and the chunked result equals
+encoding at once. Frames larger than a tile are split spatially into overlapping tiles blended
+linearly (`tiling.py`), an approximation near tile borders and in the norms' statistics (taken
+per tile), as in every tiled VAE with GroupNorm. Both bound the memory of a 720p clip.
+
+The network starts as a per-frame autoencoder (`CausalConv3d._start_on_the_current_frame`);
+what it takes from earlier frames is learnt.
 
 Layout: (B, C, T, H, W) inside; the latent-space face (`CausalVAELatent`) takes (3, T, H, W).
 """
@@ -17,6 +21,7 @@ Layout: (B, C, T, H, W) inside; the latent-space face (`CausalVAELatent`) takes 
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -37,19 +42,32 @@ WEIGHTS_FILE = "vae.safetensors"
 META_FILE = "vae.json"
 # Downsamplings 1..3 halve space; the last two also halve time (4x in all).
 TEMPORAL_DOWN = (False, True, True)
+NORM_GROUPS = 8  # per-frame GroupNorm groups (fewer where the channels do not divide by 8)
 
 
-class ChannelRMSNorm(nn.Module):
-    """RMS over channels at each (t, h, w): per position, so it is causal and chunkable."""
+class FrameGroupNorm(nn.Module):
+    """GroupNorm over (channels of a group, H, W) of each frame on its own: no statistic spans
+    two frames, so it is causal and chunkable in time.
+
+    The statistics must span space: a per-position norm (RMS over channels at each pixel, what
+    this VAE had first) cannot remove what is the same at every pixel of a frame. On sparse
+    content (a small shape on a flat background) the background's constant feature vector then
+    dominates every layer, the content's share shrinks at each downsampling, and the latent
+    hardly differs between clips: the decoder can only learn the mean image (docs/architecture.md,
+    "the VAE reconstructed only the background")."""
 
     def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
+        self.groups = math.gcd(channels, NORM_GROUPS)
         self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rms = x.float().pow(2).mean(dim=1, keepdim=True).add(self.eps).rsqrt()
-        return (x.float() * rms).to(x.dtype) * self.weight.view(1, -1, 1, 1, 1)
+        b, c, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+        y = F.group_norm(frames.float(), self.groups, self.weight, self.bias, self.eps)
+        return y.to(x.dtype).reshape(b, t, c, h, w).transpose(1, 2)
 
 
 class CausalConv3d(nn.Module):
@@ -68,6 +86,29 @@ class CausalConv3d(nn.Module):
         self.conv = nn.Conv3d(cin, cout, kernel, stride, padding=(0, kh // 2, kw // 2))
         self.streaming = False
         self.tail: Optional[torch.Tensor] = None
+        if kt > 1:
+            self._start_on_the_current_frame()
+
+    @torch.no_grad()
+    def _start_on_the_current_frame(self) -> None:
+        """Initialise as a per-frame operation; training learns what to take from the past.
+
+        A spatial conv keeps only its current-frame taps (scaled to a 2D conv's fan-in), as
+        inflated 2D weights would; a purely temporal conv (the down/upsamplers) starts as the
+        identity on the current frame, each of its cout // cin outputs a copy. Random past taps
+        and random temporal mixing made the VAE learn several times slower (measured:
+        docs/architecture.md, "the VAE reconstructed only the background")."""
+        weight, bias = self.conv.weight, self.conv.bias
+        cout, cin, kt, kh, kw = weight.shape
+        if kh * kw > 1:
+            weight[:, :, -1] *= math.sqrt(kt)
+            weight[:, :, :-1] = 0.0
+        elif cout % cin == 0:
+            weight.zero_()
+            bias.zero_()
+            eye = torch.eye(cin, dtype=weight.dtype)
+            for k in range(cout // cin):
+                weight[k * cin:(k + 1) * cin, :, -1, 0, 0] = eye
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kt, st = self.time_kernel, self.time_stride
@@ -87,8 +128,8 @@ class CausalConv3d(nn.Module):
 class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.body = nn.Sequential(ChannelRMSNorm(cin), nn.SiLU(), CausalConv3d(cin, cout),
-                                  ChannelRMSNorm(cout), nn.SiLU(), CausalConv3d(cout, cout))
+        self.body = nn.Sequential(FrameGroupNorm(cin), nn.SiLU(), CausalConv3d(cin, cout),
+                                  FrameGroupNorm(cout), nn.SiLU(), CausalConv3d(cout, cout))
         self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +141,7 @@ class FrameAttention(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.norm = ChannelRMSNorm(channels)
+        self.norm = FrameGroupNorm(channels)
         self.qkv = nn.Conv3d(channels, 3 * channels, 1)
         self.proj = nn.Conv3d(channels, channels, 1)
 
@@ -165,7 +206,7 @@ class Encoder(nn.Module):
         layers += [ResBlock(cin, cin)]
         if cfg.mid_attention:
             layers.append(FrameAttention(cin))
-        layers += [ResBlock(cin, cin), ChannelRMSNorm(cin), nn.SiLU(),
+        layers += [ResBlock(cin, cin), FrameGroupNorm(cin), nn.SiLU(),
                    CausalConv3d(cin, 2 * cfg.latent_channels)]  # mean and log-variance
         self.layers = nn.Sequential(*layers)
 
@@ -188,7 +229,7 @@ class Decoder(nn.Module):
                 cin = width
             if level < len(widths) - 1:
                 layers.append(Upsample(cin, TEMPORAL_DOWN[::-1][level]))
-        layers += [ChannelRMSNorm(cin), nn.SiLU(), CausalConv3d(cin, 3)]
+        layers += [FrameGroupNorm(cin), nn.SiLU(), CausalConv3d(cin, 3)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
