@@ -577,6 +577,14 @@ class VAELoopConfig:
     # settles on the background of sparse content such as the shapes; MSE does not).
     l1_weight: float = 1.0
     mse_weight: float = 0.0
+    # The error of a foreground pixel (one that differs from its sample's median colour,
+    # `train/vae_eval.foreground_mask`) weighs this many times a background pixel's, the weights
+    # normalised to mean 1; 1: every pixel the same. Sparse content needs it (a small shape on
+    # black: docs/architecture.md); on natural video nearly every pixel is foreground.
+    foreground_weight: float = 1.0
+    # Linear warm-up over warmup_steps, then cosine decay to min_lr_ratio * lr (1: constant).
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1.0
     adversarial_weight: float = 0.0  # 0: no discriminator
     adversarial_start: int = 0  # step from which the discriminator trains and the term applies
     log_every: int = 10
@@ -585,19 +593,27 @@ class VAELoopConfig:
     run_dir: str = "checkpoints/vae"
     # Samples the per-channel latents_mean/std are measured on when the VAE is saved.
     stats_samples: int = 32
+    # Held-out clips the final figures and the original-vs-reconstruction picture are made of
+    # (`train/vae_eval.py`); 0: none.
+    eval_clips: int = 64
 
     def problems(self) -> Iterator[Problem]:
         for name in ("steps", "lr", "batch_size", "log_every", "stats_samples"):
             if getattr(self, name) <= 0:
                 yield name, f"must be positive, got {getattr(self, name)}"
         for name in ("weight_decay", "kl_weight", "l1_weight", "mse_weight",
-                     "adversarial_weight", "adversarial_start", "save_every"):
+                     "adversarial_weight", "adversarial_start", "save_every", "warmup_steps",
+                     "eval_clips"):
             if getattr(self, name) < 0:
                 yield name, f"must be >= 0, got {getattr(self, name)}"
         if self.grad_clip < 0:
             yield "grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip}"
         if not all(0.0 <= b < 1.0 for b in self.betas):
             yield "betas", f"must both be in [0, 1), got {list(self.betas)}"
+        if self.foreground_weight < 1:
+            yield "foreground_weight", f"must be >= 1 (1: uniform), got {self.foreground_weight}"
+        if not 0 <= self.min_lr_ratio <= 1:
+            yield "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"
         if self.l1_weight == 0 and self.mse_weight == 0:
             yield "mse_weight", "l1_weight and mse_weight are both 0: nothing to reconstruct"
 

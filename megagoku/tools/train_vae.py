@@ -11,7 +11,7 @@ from megagoku.tools.train import add_run_options
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train-vae", help="train the 3D causal VAE (L1 + KL, optional "
+    p = subparsers.add_parser("train-vae", help="train the 3D causal VAE (L1/MSE + KL, optional "
                               "PatchGAN) for latent.kind causal_vae", description=__doc__)
     p.add_argument("--config", help="VAE training config YAML (default: configs/vae/tiny.yaml)")
     add_run_options(p, "VAE")
@@ -27,4 +27,7 @@ def run(args: argparse.Namespace) -> int:
                        overwrite=args.overwrite)
     print(f"trained {result.steps} steps; recon L1 {result.l1_start:.4f} -> {result.l1_end:.4f}"
           f" ({result.data_skipped} samples skipped); VAE: {result.vae_dir}")
+    if result.final is not None:
+        print(f"reconstruction of {result.final.summary()}")
+        print(f"original (above) vs reconstruction: {result.final.picture}")
     return 0

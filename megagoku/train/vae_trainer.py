@@ -39,6 +39,7 @@ give the reconstruction errors before training and at every save (`eval_l1`, `ev
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -46,6 +47,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -58,16 +60,20 @@ from megagoku.data.packing import ConsecutiveSkips
 from megagoku.models.vae import CausalVAE
 from megagoku.models.vae_discriminator import (PatchDiscriminator3D, hinge_discriminator_loss,
                                                hinge_generator_loss)
-from megagoku.optim import Update
+from megagoku.optim import Update, warmup_cosine
 from megagoku.parallel import resolve_device
 from megagoku.train.components.rng import seed_everything
 from megagoku.train.metrics import MetricsLogger
 from megagoku.train.run_dir import RUN_OUTPUTS, prepare_run_dir
 from megagoku.train.run_lock import RunLock
+from megagoku.train.vae_eval import (ReconstructionFigures, evaluate_reconstructions,
+                                     foreground_mask, held_out_clips)
 
 log = logging.getLogger(__name__)
 
 VAE_FOLDER = "vae"  # <run_dir>/vae: what latent.path names
+PICTURE = "reconstructions.png"  # <run_dir>/: held-out originals over their reconstructions
+FIGURES = "reconstruction.json"  # <run_dir>/: the final figures (`ReconstructionFigures`)
 
 
 @dataclass
@@ -82,6 +88,7 @@ class VAETrainResult:
     fg_mse_end: float = math.nan  # the same after the last step
     background_l1: float = math.nan  # the scores of outputting each sample's background
     background_fg_mse: float = math.nan
+    final: Optional[ReconstructionFigures] = None  # held-out figures (train.eval_clips > 0)
 
 
 class SampleStream:
@@ -133,28 +140,18 @@ def build_vae_dataset(config: VAETrainingConfig, source: str,
 def prepare_vae_run_dir(run_dir: Path, overwrite: bool) -> None:
     """As the Transformer's `prepare_run_dir`, with the `vae/` folder (and a temporary one a crash
     may have left) counted among the outputs of a run."""
-    ours = (VAE_FOLDER, f".{VAE_FOLDER}.tmp", f".{VAE_FOLDER}.old")
+    ours = (VAE_FOLDER, f".{VAE_FOLDER}.tmp", f".{VAE_FOLDER}.old", PICTURE, FIGURES)
     used = [name for name in (*RUN_OUTPUTS, *ours) if (run_dir / name).exists()]
     if used and not overwrite:
         raise ConfigError(f"{run_dir}: run dir already holds {', '.join(used)}; pass --overwrite "
                           "to replace them or choose another --run-dir")
     prepare_run_dir(run_dir, overwrite=True)  # clears metrics.jsonl, tensorboard, checkpoints
     for name in ours:
-        if (run_dir / name).exists():
-            shutil.rmtree(run_dir / name)
-
-
-FOREGROUND_THRESHOLD = 0.1  # |pixel - background| in some channel above this: a foreground pixel
-
-
-def foreground_mask(x: torch.Tensor, threshold: float = FOREGROUND_THRESHOLD
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 3, T, H, W) -> (background (B, 3, 1, 1, 1), mask (B, 1, T, H, W) bool): the background
-    is each sample's per-channel median pixel, the foreground the pixels that differ from it by
-    more than `threshold` in some channel (the shape, for the moving shapes on black)."""
-    background = x.flatten(2).median(dim=2).values[:, :, None, None, None]
-    mask = ((x - background).abs() > threshold).any(dim=1, keepdim=True)
-    return background, mask
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 @dataclass
@@ -214,6 +211,19 @@ def measure(vae: CausalVAE, probe: list[torch.Tensor], batch_size: int,
     return ProbeMeasurement(sums["l1"] / pixels, sums["fg_se"] / fg, sums["background_l1"] / pixels,
                             sums["background_fg_se"] / fg, channel_mean.tolist(),
                             channel_std.tolist())
+
+
+def pixel_weights(x: torch.Tensor, foreground_weight: float) -> Optional[torch.Tensor]:
+    """Per-pixel loss weights (B, 1, T, H, W): `foreground_weight` on the foreground
+    (`foreground_mask`), 1 elsewhere, scaled to mean 1 over the batch; None when uniform.
+
+    Why: on sparse content the background dominates any per-pixel mean, and the foreground's
+    share of the gradient is its share of the pixels (7% for the shapes)."""
+    if foreground_weight == 1:
+        return None
+    _, mask = foreground_mask(x)
+    weight = 1.0 + (foreground_weight - 1.0) * mask.to(x.dtype)
+    return weight / weight.mean()
 
 
 def save_vae_atomically(vae: CausalVAE, run_dir: Path, latents_mean: list[float],
@@ -283,13 +293,16 @@ def _train_vae_in(config: VAETrainingConfig, run_dir: Path, dataset, device: tor
     adversarial = tcfg.adversarial_weight > 0
     discriminator = PatchDiscriminator3D().to(device) if adversarial else None
     # The project's update (optim.Update, one process): clipping (grad_clip 0: none, the norm
-    # is still logged), AdamW, no update on a non-finite gradient norm. Constant LR, no EMA.
+    # is still logged), AdamW, no update on a non-finite gradient norm; warm-up + cosine LR
+    # (train.warmup_steps, min_lr_ratio; constant by default), no EMA.
     optimizer = torch.optim.AdamW(vae.parameters(), lr=tcfg.lr, betas=tcfg.betas,
                                   weight_decay=tcfg.weight_decay)
-    update = Update(vae, optimizer, tcfg.grad_clip, use_deepspeed=False)
+    schedule = warmup_cosine(tcfg.warmup_steps, tcfg.steps, tcfg.min_lr_ratio)
+    update = Update(vae, optimizer, tcfg.grad_clip, schedule, use_deepspeed=False)
     disc_update = Update(discriminator, torch.optim.AdamW(
         discriminator.parameters(), lr=tcfg.lr, betas=tcfg.betas,
-        weight_decay=tcfg.weight_decay), 0.0, use_deepspeed=False) if adversarial else None
+        weight_decay=tcfg.weight_decay), 0.0, schedule, use_deepspeed=False) \
+        if adversarial else None
     # The probe: the stream's first samples, read by their own stream so that training reads
     # the same samples whatever stats_samples is.
     probe_stream = SampleStream(dataset)
@@ -330,8 +343,14 @@ def _train_vae_in(config: VAETrainingConfig, run_dir: Path, dataset, device: tor
             share = x.numel() / total_pixels  # pixel weighting across the shape groups
             reconstruction, kl = vae(x, generator)
             error = reconstruction - x
-            l1, mse = error.abs().mean(), error.pow(2).mean()
-            loss = tcfg.l1_weight * l1 + tcfg.mse_weight * mse + tcfg.kl_weight * kl
+            weight = pixel_weights(x, tcfg.foreground_weight)
+            l1, mse = error.abs().mean(), error.pow(2).mean()  # logged unweighted
+            if weight is not None:
+                loss = tcfg.l1_weight * (weight * error.abs()).mean() + \
+                    tcfg.mse_weight * (weight * error.pow(2)).mean()
+            else:
+                loss = tcfg.l1_weight * l1 + tcfg.mse_weight * mse
+            loss = loss + tcfg.kl_weight * kl
             if adversarial_now:
                 adv_g = hinge_generator_loss(discriminator(reconstruction))
                 loss = loss + tcfg.adversarial_weight * adv_g
@@ -346,6 +365,7 @@ def _train_vae_in(config: VAETrainingConfig, run_dir: Path, dataset, device: tor
             t, h, w = x.shape[2:]
             latent_positions += x.shape[0] * (1 + (t - 1) // VAE_TEMPORAL_COMPRESSION) * \
                 (h // VAE_SPATIAL_COMPRESSION) * (w // VAE_SPATIAL_COMPRESSION)
+        step_lr = update.lr
         grad_norm = update.step()
 
         if adversarial_now:
@@ -357,6 +377,8 @@ def _train_vae_in(config: VAETrainingConfig, run_dir: Path, dataset, device: tor
                 disc_update.backward(share * adv_d, accumulate=i > 0)
                 values["adv_d"] += share * adv_d.item()
             disc_update.step()
+            disc_update.finish()  # D's schedule counts its own steps
+        update.finish()
 
         if not math.isfinite(values["loss"]):
             raise FloatingPointError(f"VAE loss became {values['loss']} at step {step}")
@@ -371,7 +393,7 @@ def _train_vae_in(config: VAETrainingConfig, run_dir: Path, dataset, device: tor
                          eval_background_l1=end.background_l1,
                          eval_background_fg_mse=end.background_fg_mse)
         if last or step % tcfg.log_every == 0:
-            scalars = {**window.scalars(), "lr": update.lr,
+            scalars = {**window.scalars(), "lr": step_lr,
                        "data_skipped": data_skipped(), **extra}
             metrics.log(step, scalars)
             # The progress line's "tok/s" are latent positions: the Transformer's tokens at a
@@ -387,5 +409,34 @@ def _train_vae_in(config: VAETrainingConfig, run_dir: Path, dataset, device: tor
              " foreground MSE %.4f -> %.4f (background only: %.4f); VAE: %s", len(probe),
              tcfg.steps, start.l1, end.l1, end.background_l1, start.fg_mse, end.fg_mse,
              end.background_fg_mse, vae_dir)
+    final = final_figures(vae, config, probe, run_dir, device)
     return VAETrainResult(run_dir, vae_dir, tcfg.steps, start.l1, end.l1, data_skipped(),
-                          start.fg_mse, end.fg_mse, end.background_l1, end.background_fg_mse)
+                          start.fg_mse, end.fg_mse, end.background_l1, end.background_fg_mse,
+                          final)
+
+
+def final_figures(vae: CausalVAE, config: VAETrainingConfig, probe: list[torch.Tensor],
+                  run_dir: Path, device: torch.device) -> Optional[ReconstructionFigures]:
+    """The reconstruction figures and picture (`train/vae_eval.py`) on `train.eval_clips`
+    held-out clips of the shapes; a manifest has no held-out set here, so its figures are on the
+    probe's clips, which training read (said in the log)."""
+    tcfg = config.train
+    if tcfg.eval_clips == 0:
+        return None
+    shapes = config.data.kind == "shapes"
+    if shapes:
+        clips = held_out_clips(config.data, tcfg.eval_clips)
+    else:
+        clips = [p for p in probe if p.shape[1] > 1]
+        shape = clips[0].shape if clips else None
+        clips = [c for c in clips if c.shape == shape][:tcfg.eval_clips]
+        if not clips:
+            log.info("no clip among the probe samples: no reconstruction figures")
+            return None
+        log.info("reconstruction figures on %d probe clips (read in training: a manifest has no "
+                 "held-out set here)", len(clips))
+    figures = evaluate_reconstructions(vae, clips, tcfg.batch_size, device, run_dir / PICTURE,
+                                       describe=shapes)
+    (run_dir / FIGURES).write_text(json.dumps(figures.as_dict(), indent=1) + "\n")
+    log.info("%s; picture %s", figures.summary(), figures.picture)
+    return figures

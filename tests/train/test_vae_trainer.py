@@ -11,7 +11,7 @@ import torch
 from megagoku.config import ConfigError, LatentConfig, load_vae_training_config
 from megagoku.data import ShapesDataset
 from megagoku.models.latent import build_latent_space
-from megagoku.train import vae_trainer
+from megagoku.train import vae_eval, vae_trainer
 from megagoku.train.vae_trainer import group_by_shape, train_vae
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,19 +163,6 @@ class _StubVAE(torch.nn.Module):
         return torch.full_like(z, -1.0) if self.black else z
 
 
-def test_foreground_is_what_differs_from_each_samples_background():
-    x = torch.full((2, 3, 1, 4, 4), -1.0)
-    x[0, 0, 0, 1, 1] = 1.0  # a red pixel on black
-    x[0, :, 0, 2, 2] = -0.95  # within the threshold of the background: not foreground
-    x[1] = 0.5  # a grey background...
-    x[1, 2, 0, 3, 3] = -1.0  # ...with one pixel off in the blue channel only
-    background, mask = vae_trainer.foreground_mask(x)
-    assert background.flatten().tolist() == [-1.0, -1.0, -1.0, 0.5, 0.5, 0.5]
-    expected = torch.zeros(2, 1, 1, 4, 4, dtype=torch.bool)
-    expected[0, 0, 0, 1, 1] = expected[1, 0, 0, 3, 3] = True
-    assert torch.equal(mask, expected)
-
-
 def test_measure_scores_the_foreground_and_the_background_only_baseline():
     dataset = ShapesDataset(load_vae_training_config(CONFIG, TINY).data)
     probe = [dataset[i].pixels for i in range(6)]  # images and clips: two shape groups
@@ -190,7 +177,7 @@ def test_measure_scores_the_foreground_and_the_background_only_baseline():
     # By hand: the squared error of black over the pixels differing from black by > 0.1.
     se, n = 0.0, 0
     for video in probe:
-        mask = ((video + 1).abs() > vae_trainer.FOREGROUND_THRESHOLD).any(dim=0)
+        mask = ((video + 1).abs() > vae_eval.FOREGROUND_THRESHOLD).any(dim=0)
         se += float((video + 1)[:, mask].pow(2).sum())
         n += 3 * int(mask.sum())
     assert black.fg_mse == pytest.approx(se / n, rel=1e-5)
