@@ -43,6 +43,7 @@ META_FILE = "vae.json"
 # Downsamplings 1..3 halve space; the last two also halve time (4x in all).
 TEMPORAL_DOWN = (False, True, True)
 NORM_GROUPS = 8  # per-frame GroupNorm groups (fewer where the channels do not divide by 8)
+LOGVAR_INIT = -8.0  # the posterior's initial log-variance: a standard deviation of 0.018
 
 
 class FrameGroupNorm(nn.Module):
@@ -56,7 +57,7 @@ class FrameGroupNorm(nn.Module):
     hardly differs between clips: the decoder can only learn the mean image (docs/architecture.md,
     "the VAE reconstructed only the background")."""
 
-    def __init__(self, channels: int, eps: float = 1e-6):
+    def __init__(self, channels: int, eps: float = 1e-3):
         super().__init__()
         self.groups = math.gcd(channels, NORM_GROUPS)
         self.weight = nn.Parameter(torch.ones(channels))
@@ -206,8 +207,14 @@ class Encoder(nn.Module):
         layers += [ResBlock(cin, cin)]
         if cfg.mid_attention:
             layers.append(FrameAttention(cin))
-        layers += [ResBlock(cin, cin), FrameGroupNorm(cin), nn.SiLU(),
-                   CausalConv3d(cin, 2 * cfg.latent_channels)]  # mean and log-variance
+        moments = CausalConv3d(cin, 2 * cfg.latent_channels)  # mean and log-variance
+        with torch.no_grad():
+            # The posterior starts narrow: with log-variance 0, its unit noise would drown the
+            # few tenths by which an untrained encoder's means differ between clips, and the
+            # decoder would learn the mean image first (measured: docs/architecture.md).
+            moments.conv.weight[cfg.latent_channels:] = 0.0
+            moments.conv.bias[cfg.latent_channels:] = LOGVAR_INIT
+        layers += [ResBlock(cin, cin), FrameGroupNorm(cin), nn.SiLU(), moments]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

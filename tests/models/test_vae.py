@@ -6,8 +6,8 @@ import torch
 from megagoku.config import ConfigError
 from megagoku.config.schema import LatentConfig, VAEConfig
 from megagoku.models.latent import build_latent_space
-from megagoku.models.vae import (CausalConv3d, CausalVAE, CausalVAELatent, kl_divergence,
-                                 load_vae)
+from megagoku.models.vae import (LOGVAR_INIT, CausalConv3d, CausalVAE, CausalVAELatent,
+                                 kl_divergence, load_vae)
 
 TINY = VAEConfig(latent_channels=4, base_channels=8, channel_multipliers=(1, 1, 2, 2),
                  blocks_per_level=1)
@@ -87,14 +87,16 @@ def test_tiled_encode_approaches_the_whole_frame_as_tiles_overlap_more(vae):
 
 def test_a_fresh_vae_starts_per_frame():
     """Latent frame k of a fresh VAE is frame 4k's own encoding (the frames between are learnt to
-    matter), and each decoded frame is the decoding of one latent frame."""
+    matter), each decoded frame is the decoding of one latent frame, and the posterior is narrow."""
     torch.manual_seed(0)
     fresh = CausalVAE(TINY).eval()
     x = clip(9).unsqueeze(0)
     changed = x.clone()
     changed[:, :, [1, 2, 3, 5, 6, 7]] = clip(6, seed=1)
     with torch.no_grad():
-        mean = fresh.encode(x)[0]
+        mean, logvar = fresh.encode(x)
+        # A narrow posterior: its noise must not drown what distinguishes clips at the start.
+        assert torch.equal(logvar, torch.full_like(logvar, LOGVAR_INIT))
         torch.testing.assert_close(fresh.encode(changed)[0], mean)
         for k in range(3):
             torch.testing.assert_close(fresh.encode(x[:, :, 4 * k:4 * k + 1])[0],
