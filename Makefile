@@ -1,5 +1,6 @@
-# megagoku: `make demo` trains the tiny model on built-in data and writes samples;
-# `make test` runs the test suite. Both install what they need first.
+# megagoku: `make demo` trains the tiny model on built-in data and writes samples; `make
+# demo-latent` does it in the latent space of a VAE it trains first (resumable: run it again);
+# `make test` runs the test suite. All install what they need first.
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 KERNELS := $(VENV)/.kernels
 KERNEL_SOURCES := $(wildcard csrc/*/*.h csrc/*/*.cuh csrc/*/*.cpp csrc/*/*.cu)
 
-.PHONY: install kernels demo test test-fast bench gpu-check clean
+.PHONY: install kernels demo demo-latent test test-fast bench gpu-check clean
 
 install: $(STAMP) $(KERNELS)
 
@@ -29,6 +30,9 @@ $(KERNELS): $(STAMP) $(KERNEL_SOURCES)
 
 demo: install
 	$(BIN)/megagoku demo --config configs/tiny.yaml --run-dir checkpoints/demo
+
+demo-latent: install
+	$(BIN)/megagoku demo --config configs/demo_latent.yaml --run-dir checkpoints/demo-latent
 
 test: install
 	$(BIN)/python -m pytest -q

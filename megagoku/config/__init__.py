@@ -6,6 +6,7 @@ from megagoku.config.loader import (ConfigError, load_model_config, load_trainin
 from megagoku.config.schema import (
     CheckpointConfig,
     DataConfig,
+    DemoConfig,
     EvalConfig,
     FlowConfig,
     LatentConfig,
@@ -24,6 +25,7 @@ __all__ = [
     "CheckpointConfig",
     "ConfigError",
     "DataConfig",
+    "DemoConfig",
     "EvalConfig",
     "FlowConfig",
     "LatentConfig",

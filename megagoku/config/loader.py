@@ -55,7 +55,8 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _find_file(ref: str, relative_to: Path) -> Path:
+def find_config_file(ref: str, relative_to: Path) -> Path:
+    """A file one config names: relative to that config's folder, to configs/, or as given."""
     for candidate in (relative_to / ref, CONFIGS_DIR / ref, Path(ref)):
         if candidate.is_file():
             return candidate
@@ -241,7 +242,7 @@ def _resolve_model_section(data: dict, base_dir: Path, source: str) -> None:
     if not isinstance(ref, str):
         raise ConfigError(f"{source}: model.preset: expected a file name, got {ref!r}")
     try:
-        preset_path = _find_file(ref, base_dir)
+        preset_path = find_config_file(ref, base_dir)
     except FileNotFoundError:
         raise ConfigError(f"{source}: model.preset: no such preset file {ref!r}") from None
     merged = _read_yaml(preset_path)

@@ -485,6 +485,23 @@ class SampleConfig:
 
 
 @dataclass
+class DemoConfig:
+    """`megagoku demo` in a VAE's latent space (latent.kind: causal_vae): what comes before the
+    Transformer (`tools/demo_latent.py`). The pixel-space demo and `megagoku train` ignore it."""
+
+    # The `megagoku train-vae` config the demo trains its VAE with (relative to this config's
+    # folder, or to configs/), into <run_dir>/vae; latent.path is set to it.
+    vae: Optional[str] = None
+    # Built-in samples (data.image_fraction of them images) written as files, then cached in the
+    # VAE's latent space with their caption features; the Transformer trains on that cache.
+    samples: int = 2048
+
+    def problems(self) -> Iterator[Problem]:
+        if self.samples <= 0:
+            yield "samples", f"must be positive, got {self.samples}"
+
+
+@dataclass
 class EvalConfig:
     """Evaluation of the built-in shapes data (`megagoku/evaluation/`): prompt adherence read
     back from pixels and by the in-repo classifier, and fd_shapes3d (a Fréchet distance in that
@@ -519,6 +536,7 @@ class TrainingConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
 
     def problems(self) -> Iterator[Problem]:
         split = self.parallel.model_parallel_size

@@ -4,6 +4,9 @@ Trains the tiny model on the built-in moving shapes, then samples videos for the
 (colour/shape/direction triples never shown in training) and for seen ones, writes them as GIFs
 with an overview picture and a loss curve, and checks every generated video from its pixels:
 is the shape the prompt's colour, and does it move the prompt's way?
+
+A config in a causal VAE's latent space (`configs/demo_latent.yaml`) runs the latent demo
+(`tools/demo_latent.py`): VAE, files, cache, Transformer, then the same samples and checks.
 """
 
 from __future__ import annotations
@@ -99,8 +102,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_training_config(args.config, args.overrides)
     if args.seeds <= 0:
         raise ConfigError(f"--seeds: must be positive, got {args.seeds}")
-    from megagoku.inference import load_generator
-    from megagoku.train.checkpoint import load_checkpoint
+    if config.latent.kind == "causal_vae":  # the latent demo trains its VAE and cache first
+        from megagoku.tools.demo_latent import run_latent
+
+        return run_latent(args, config)
     from megagoku.train.trainer import train
 
     run_dir = Path(args.run_dir)
@@ -110,27 +115,10 @@ def run(args: argparse.Namespace) -> int:
     result = train(config, run_dir, source=args.config, overwrite=True)
     shutil.rmtree(samples_dir, ignore_errors=True)
     (run_dir / "loss.png").unlink(missing_ok=True)
-    if result.stop_reason in ("signal", "rollback"):
-        # A half-trained model is not the demo's result: nothing is sampled or reported.
-        why = "a stop signal" if result.stop_reason == "signal" else "a loss anomaly"
-        print(f"demo stopped by {why} at step {result.steps} of {config.train.steps}: not "
-              f"sampled; checkpoint: {result.checkpoint}; run `megagoku demo` again to train "
-              "from the start", file=sys.stderr)
-        return REQUEUE if result.stop_reason == "signal" else ROLLBACK
-    config_dict, state, ckpt = load_checkpoint(result.checkpoint, "ema")
-    generator = load_generator(config_dict, state, f"{ckpt}/config.yaml")
-    report = {}
-    all_rows = []
-    held_out, seen = demo_prompts(config.data)
-    for split, prompts in (("held_out", held_out), ("seen", seen)):
-        if not prompts:
-            continue
-        report[split], rows = evaluate_and_write(generator, prompts, args.seeds,
-                                                 samples_dir / split, config.sample.upscale,
-                                                 config.sample.fps)
-        all_rows += rows
-    (samples_dir / "report.json").write_text(json.dumps(report, indent=1))
-    picture = overview(all_rows, samples_dir / "overview.png")
+    stopped = stopped_early(result, config.train.steps, "to train from the start")
+    if stopped is not None:
+        return stopped
+    report = report_samples(config, result.checkpoint, samples_dir, args.seeds)
     curve = plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
     print()
     print(f"trained {result.steps} steps; final loss {result.final_loss:.4f}")
@@ -140,8 +128,45 @@ def run(args: argparse.Namespace) -> int:
               f"direction right {s['direction_ok']:.0%} "
               f"({len(report[split]['samples'])} videos, checked from pixels)")
     print(f"samples:     {samples_dir}/held_out/*.gif, {samples_dir}/seen/*.gif")
-    print(f"overview:    {picture}  (rows: held-out prompts, then seen; frames left to right)")
+    print(f"overview:    {samples_dir / 'overview.png'}  (rows: held-out prompts, then seen; "
+          "frames left to right)")
     print(f"loss curve:  {curve}")
     print(f"checkpoint:  {result.checkpoint}")
     print(f"TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
     return 0
+
+
+def stopped_early(result, steps: int, rerun: str) -> int | None:
+    """The exit code when training stopped on a signal or a loss anomaly (a half-trained model
+    is not the demo's result: nothing is sampled or reported), else None."""
+    if result.stop_reason not in ("signal", "rollback"):
+        return None
+    why = "a stop signal" if result.stop_reason == "signal" else "a loss anomaly"
+    print(f"demo stopped by {why} at step {result.steps} of {steps}: not sampled; checkpoint: "
+          f"{result.checkpoint}; run `megagoku demo` again {rerun}", file=sys.stderr)
+    return REQUEUE if result.stop_reason == "signal" else ROLLBACK
+
+
+def report_samples(config, checkpoint: Path, samples_dir: Path, seeds: int) -> dict:
+    """The held-out and seen prompts sampled with the checkpoint's EMA weights (decoded by its
+    latent space), written as GIFs with an overview picture, and checked from their pixels;
+    the report is also written to samples_dir/report.json."""
+    from megagoku.inference import load_generator
+    from megagoku.train.checkpoint import load_checkpoint
+
+    config_dict, state, ckpt = load_checkpoint(checkpoint, "ema")
+    generator = load_generator(config_dict, state, f"{ckpt}/config.yaml")
+    shutil.rmtree(samples_dir, ignore_errors=True)
+    report = {}
+    all_rows = []
+    held_out, seen = demo_prompts(config.data)
+    for split, prompts in (("held_out", held_out), ("seen", seen)):
+        if not prompts:
+            continue
+        report[split], rows = evaluate_and_write(generator, prompts, seeds,
+                                                 samples_dir / split, config.sample.upscale,
+                                                 config.sample.fps)
+        all_rows += rows
+    (samples_dir / "report.json").write_text(json.dumps(report, indent=1))
+    overview(all_rows, samples_dir / "overview.png")
+    return report
