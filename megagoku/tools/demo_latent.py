@@ -39,7 +39,7 @@ def stage_paths(run_dir: Path) -> dict[str, Path]:
 
 
 def run_latent(args: argparse.Namespace, config: TrainingConfig) -> int:
-    from megagoku.tools.demo import plot_loss, report_samples
+    from megagoku.tools.demo import plot_loss, report_samples, stopped_early
 
     if not config.demo.vae:
         raise ConfigError(f"{args.config}: demo.vae: the latent demo trains its VAE first: name "
@@ -85,6 +85,9 @@ def run_latent(args: argparse.Namespace, config: TrainingConfig) -> int:
 
     result = train(config, paths["model"], source=args.config, resume="auto")
     seconds["model"] = time.perf_counter() - started
+    stopped = stopped_early(result, config.train.steps, "to go on from the newest checkpoint")
+    if stopped is not None:
+        return stopped
 
     started = time.perf_counter()
     report = report_samples(config, result.checkpoint, paths["samples"], args.seeds)
