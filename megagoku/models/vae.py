@@ -97,8 +97,9 @@ class CausalConv3d(nn.Module):
         A spatial conv keeps only its current-frame taps (scaled to a 2D conv's fan-in), as
         inflated 2D weights would; a purely temporal conv (the down/upsamplers) starts as the
         identity on the current frame, each of its cout // cin outputs a copy. Random past taps
-        and random temporal mixing made the VAE learn several times slower (measured:
-        docs/architecture.md, "the VAE reconstructed only the background")."""
+        and random temporal mixing start every frame's features as a blend of its neighbours',
+        which training must first undo (the earlier session saw slower learning with them; not
+        re-measured: docs/architecture.md, "the VAE reconstructed only the background")."""
         weight, bias = self.conv.weight, self.conv.bias
         cout, cin, kt, kh, kw = weight.shape
         if kh * kw > 1:
@@ -211,7 +212,7 @@ class Encoder(nn.Module):
         with torch.no_grad():
             # The posterior starts narrow: with log-variance 0, its unit noise would drown the
             # few tenths by which an untrained encoder's means differ between clips, and the
-            # decoder would learn the mean image first (measured: docs/architecture.md).
+            # decoder would learn the mean image first (docs/architecture.md).
             moments.conv.weight[cfg.latent_channels:] = 0.0
             moments.conv.bias[cfg.latent_channels:] = LOGVAR_INIT
         layers += [ResBlock(cin, cin), FrameGroupNorm(cin), nn.SiLU(), moments]
