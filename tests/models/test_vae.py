@@ -145,3 +145,29 @@ def test_broken_vae_folders_are_one_line_errors(vae, tmp_path):
     (tmp_path / "vae.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="vae.json: config: blocks_per_level: must be positive"):
         load_vae(tmp_path)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="a CPU build without oneDNN")
+def test_one_clip_without_autograd_takes_onednn_and_matches_the_batched_path(monkeypatch):
+    """Batch-1 inference on a CPU goes to oneDNN directly (PyTorch's own dispatch takes a slow
+    reference kernel there); it must give what the ordinary path gives in a batch."""
+    calls = []
+    onednn = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution",
+                        lambda *args: calls.append(1) or onednn(*args))
+    torch.manual_seed(0)
+    model = CausalVAE(TINY).eval()
+    x = torch.stack([clip(9), clip(9, seed=1)])
+    with torch.no_grad():
+        batched_mean = model.encode(x)[0]
+        batched_out = model.decode(batched_mean)
+        for i in range(2):
+            mean = model.encode(x[i:i + 1])[0]
+            torch.testing.assert_close(mean, batched_mean[i:i + 1], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(model.decode(mean), batched_out[i:i + 1], atol=1e-5,
+                                       rtol=1e-4)
+    assert calls  # the single clips went through oneDNN
+    calls.clear()
+    # With autograd the ordinary path runs, and gradients flow.
+    model.decode(model.encode(x[:1])[0]).sum().backward()
+    assert model.encoder.layers[0].conv.weight.grad is not None and not calls
