@@ -167,8 +167,12 @@ def cache_stage(config_path: str, overrides: list[str], vae_path: Path, manifest
     if index.is_file() and json.loads(index.read_text()).get("complete"):
         log.info("cache: %s is complete, skipped", folder)
         return
-    status = cache.run(argparse.Namespace(
-        config=config_path, manifest=str(manifest), out=str(folder), shard_size=256,
-        dtype="float32", overrides=list(overrides) + [f"latent.path={vae_path}"]))
+    # The arguments as `megagoku cache` parses them, so its defaults stay its own.
+    parser = argparse.ArgumentParser(prog="megagoku")
+    cache.register(parser.add_subparsers())
+    sets = [item for o in [*overrides, f"latent.path={vae_path}"] for item in ("--set", o)]
+    status = cache.run(parser.parse_args([
+        "cache", "--config", config_path, "--manifest", str(manifest), "--out", str(folder),
+        "--shard-size", "256", "--dtype", "float32", *sets]))
     if status:
         raise RuntimeError(f"megagoku cache of {manifest} into {folder} failed")
