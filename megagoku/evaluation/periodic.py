@@ -46,7 +46,8 @@ class PeriodicEvaluator(PeriodicGeneration):
         TensorBoard)."""
         super().__init__(config, run_dir, text_encoder, device, config.eval.every,
                          "eval.every: evaluation during training needs the whole model on one "
-                         "rank (tensor_parallel = ulysses = 1); evaluate the checkpoints with "
+                         "rank (tensor_parallel = ulysses = 1, no ZeRO-3 over several ranks); "
+                         "evaluate the checkpoints with "
                          "`megagoku eval` instead")
         self.log_scalars, self.cache_dir = log_scalars, cache_dir
         self.settings = settings_from_config(config)

@@ -6,7 +6,8 @@ Training is left exactly as it was: the copy is built with the global random sta
 restored (its initialisation draws nothing from training's RNG), generation draws its noise from
 its own seeded generators, and the training model, its optimizer and the data are not touched;
 a run with samples or evaluations ends bit-identical to one without. It needs the whole model on
-one rank (tensor_parallel = ulysses = 1); other layouts work on their checkpoints instead.
+one rank (tensor_parallel = ulysses = 1, and no ZeRO-3 over several ranks: the EMA is partitioned
+as the weights are); other layouts work on their checkpoints instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from megagoku.config import TrainingConfig
 from megagoku.inference.generate import Generator
 from megagoku.models import TextEncoder, build_model
+from megagoku.parallel import collectives
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,12 @@ class PeriodicGeneration(ABC):
         self.text_encoder, self.device = text_encoder, device
         self.every = every
         self.generator: Optional[Generator] = None
-        if self.every and config.parallel.model_parallel_size > 1:
+        # The EMA is sharded as the weights are: TP pieces, ZeRO-3 partitions (rank 0 alone
+        # cannot gather them).
+        split = config.parallel.model_parallel_size > 1 or (
+            config.parallel.zero_stage == 3 and collectives.is_started()
+            and collectives.world_size() > 1)
+        if self.every and split:
             log.warning(off_message)
             self.every = 0
 

@@ -84,13 +84,16 @@ class Mlp(nn.Module):
 
 
 class GokuBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp_size: int, mp_config, replicated_input_config):
+    def __init__(self, cfg: ModelConfig, tp_size: int, mp_config, replicated_input_config,
+                 init_weights: bool = True):
         """`mp_config` for layers on the token stream (megatron SP gathers / scatters their
         tokens); `replicated_input_config` for layers whose input every TP rank holds whole (the
-        per-sample conditioning, the captions)."""
+        per-sample conditioning, the captions). `init_weights=False`: leave the weights as
+        allocated (models/construct.py sets them)."""
         super().__init__()
         dim, eps = cfg.hidden_size, cfg.norm_eps
-        xavier = nn.init.xavier_uniform_
+        xavier = nn.init.xavier_uniform_ if init_weights else _left_as_allocated
+        zeros = nn.init.zeros_ if init_weights else _left_as_allocated
         self.sequence_parallel = mp_config.sequence_parallel
         self.eps, self.kernels = eps, cfg.kernels
         self.attn_norm, self.modulation_fp32 = cfg.attn_norm, cfg.modulation_fp32
@@ -98,7 +101,7 @@ class GokuBlock(nn.Module):
         # norm1.linear). Zero-initialised, so every block starts as the identity. Gathered: each
         # rank modulates the full hidden state.
         self.adaln = ColumnParallelLinear(dim, 6 * dim, config=replicated_input_config,
-                                          init_method=nn.init.zeros_, bias=True,
+                                          init_method=zeros, bias=True,
                                           gather_output=True)
         kernels = cfg.kernels
         # Applied by itself in the activations' dtype; with float32 modulation the modulated norm
@@ -160,8 +163,15 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
+def _left_as_allocated(tensor: torch.Tensor) -> torch.Tensor:
+    """The init method of a model whose weights are set afterwards (models/construct.py)."""
+    return tensor
+
+
 class GokuTransformer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, init_weights: bool = True):
+        """`init_weights=False`: skip the initialisation (the weights are set afterwards, one
+        logical tensor at a time, by models/construct.py)."""
         super().__init__()
         self.cfg = cfg
         self.layout = layout()  # the process grid, fixed when the model is built
@@ -182,10 +192,11 @@ class GokuTransformer(nn.Module):
             else None
         self.t_embedder = TimestepEmbedder(dim, cfg.timestep_freq_dim)
         self.text_norm = RMSNorm(cfg.text_dim, cfg.norm_eps, kernels=cfg.kernels)
-        self.blocks = nn.ModuleList(GokuBlock(cfg, tp_size, mp_config, replicated_input_config)
-                                    for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(GokuBlock(cfg, tp_size, mp_config, replicated_input_config,
+                                              init_weights) for _ in range(cfg.depth))
         self.final = FinalLayer(dim, cfg.patch_dim, cfg.norm_eps, cfg.kernels)
-        self._init_plain_layers()
+        if init_weights:
+            self._init_plain_layers()
         if cfg.compile:
             compile_blocks(self.blocks)
 

@@ -1,8 +1,11 @@
 """Exponential moving average of the weights, the copy used for sampling.
 
 Kept as plain tensors keyed by parameter name (not a model copy: megatron layers hold process
-groups, which cannot be deep-copied), one per parameter this rank holds: its tensor-parallel
-piece, read whole under ZeRO-3 for each update. Create it before ZeRO-3 partitions the model.
+groups, which cannot be deep-copied), sharded like the parameters: one tensor per parameter,
+shaped as what this rank owns of it (`parallel.shards.owned`): its tensor-parallel piece, and
+under ZeRO-3 its partition of that piece. Each update is elementwise between the rank's own
+pieces, so nothing is gathered to update; the whole tensors are gathered one at a time only to
+be written (`whole`, `state_dict`; collective where the parameters are split).
 """
 
 from __future__ import annotations
@@ -10,13 +13,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from megagoku.parallel.weights import gather_tp, gathered
+from megagoku.parallel.shards import gather_whole, own_piece, owned
 
 
 class EMA:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
-        self.shadow = {name: p.detach().clone() for name, p in model.named_parameters()}
+        self.params = dict(model.named_parameters())
+        self.shadow = {name: owned(p).detach().clone() for name, p in self.params.items()}
         self.updates = 0
 
     @torch.no_grad()
@@ -25,20 +29,25 @@ class EMA:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         for name, param in model.named_parameters():
-            with gathered([param]):  # ZeRO-3: whole for the update; otherwise a no-op
-                self.shadow[name].lerp_(param.detach(), 1.0 - decay)
+            self.shadow[name].lerp_(owned(param), 1.0 - decay)
 
-    def state_dict(self, weights: dict[str, torch.Tensor],
-                   model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-        """`weights` (the whole model's tensors) with the averaged parameters in place of the
-        live ones; given the (tensor-parallel) `model`, the TP pieces are gathered first
-        (collective)."""
-        params = dict(model.named_parameters()) if model is not None else {}
-        out = {}
-        for name, value in weights.items():
-            shadow = self.shadow.get(name)
-            if shadow is None:
-                out[name] = value
-            else:
-                out[name] = gather_tp(shadow, params[name]) if name in params else shadow
-        return out
+    def whole(self, name: str) -> torch.Tensor:
+        """The whole averaged tensor of parameter `name` (collective where it is split)."""
+        return gather_whole(self.params[name], self.shadow[name])
+
+    @torch.no_grad()
+    def load(self, name: str, whole: torch.Tensor) -> None:
+        """Set the average of parameter `name` from its whole tensor (this rank keeps its
+        piece)."""
+        self.shadow[name].copy_(own_piece(self.params[name], whole))
+
+    @torch.no_grad()
+    def reset(self, name: str) -> None:
+        """Set the average of parameter `name` to the parameter's current value."""
+        self.shadow[name].copy_(owned(self.params[name]))
+
+    def state_dict(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`weights` (the whole model's tensors) with the averaged parameters, whole, in place
+        of the live ones (collective where the parameters are split)."""
+        return {name: self.whole(name) if name in self.shadow else value
+                for name, value in weights.items()}

@@ -52,7 +52,8 @@ class PeriodicSampler(PeriodicGeneration):
         """`tensorboard`: the trainer's MetricsLogger (its `add_image`), or None."""
         super().__init__(config, run_dir, text_encoder, device, config.sample.every,
                          "sample.every: samples during training need the whole model on one "
-                         "rank (tensor_parallel = ulysses = 1); sample the checkpoints with "
+                         "rank (tensor_parallel = ulysses = 1, no ZeRO-3 over several ranks); "
+                         "sample the checkpoints with "
                          "`megagoku sample` instead")
         self.tensorboard = tensorboard
         self.prompts = sample_prompts(config)

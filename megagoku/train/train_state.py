@@ -27,22 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from megagoku.parallel import state as grid
-from megagoku.parallel.weights import gather_tp, gathered, is_tp_split, tp_piece
+from megagoku.parallel.shards import whole_shape, write_whole
+from megagoku.parallel.weights import gather_tp, gathered, tp_piece
 from megagoku.train.checkpoint import CheckpointError, CheckpointReader, assign_writers
 from megagoku.optim import EMA
 
 log = logging.getLogger(__name__)
 
 OPTIMIZER_MOMENTS = ("exp_avg", "exp_avg_sq")
-
-
-def whole_shape(tensor: torch.Tensor) -> list[int]:
-    """The logical shape of a parameter or buffer, from this rank's piece."""
-    shape = list(getattr(tensor, "ds_shape", tensor.shape))  # ZeRO-3 keeps the TP-local shape
-    if is_tp_split(tensor):
-        shape[tensor.partition_dim] *= grid.tensor_parallel_size()
-    return shape
 
 
 def logical_sizes(model: nn.Module) -> dict[str, int]:
@@ -100,13 +92,13 @@ def snapshot_tensors(model: nn.Module, ema: EMA, optimizer: torch.optim.Optimize
             continue
         with gathered([param]):  # ZeRO-3: whole for the read; otherwise a no-op
             keep(f"model/{name}", gather_tp(param.detach(), param))
-        keep(f"ema/{name}", gather_tp(ema.shadow[name], param))
+        keep(f"ema/{name}", ema.whole(name))  # gathered from the EMA's shards
         for moment in OPTIMIZER_MOMENTS:
             keep(f"optim.{moment}/{name}", gather_tp(_moment(param, optimizer, moment), param))
     return out
 
 
-def _piece(reader: CheckpointReader, key: str, like: torch.Tensor) -> torch.Tensor:
+def _whole(reader: CheckpointReader, key: str, like: torch.Tensor) -> torch.Tensor:
     whole = reader.tensor(key)  # floating point and finite (or allowed): checked by the reader
     expected = whole_shape(like)
     if list(whole.shape) != expected:
@@ -115,7 +107,11 @@ def _piece(reader: CheckpointReader, key: str, like: torch.Tensor) -> torch.Tens
     if whole.is_floating_point() != like.is_floating_point():
         raise CheckpointError(f"{reader.path}: {key} is {whole.dtype} but this model holds "
                               f"{like.dtype}")
-    return tp_piece(whole, like)
+    return whole
+
+
+def _piece(reader: CheckpointReader, key: str, like: torch.Tensor) -> torch.Tensor:
+    return tp_piece(_whole(reader, key, like), like)
 
 
 def summarise_names(names: Collection[str], limit: int = 6) -> str:
@@ -134,8 +130,9 @@ def summarise_names(names: Collection[str], limit: int = 6) -> str:
 def restore_weights(model: nn.Module, ema: EMA, reader: CheckpointReader,
                     fresh: Collection[str] = (), partial: bool = False,
                     hint: str = "a checkpoint of another model config?") -> None:
-    """Weights and EMA from `reader`, each rank keeping its TP piece; before DeepSpeed wraps the
-    model (its ZeRO partitions are built from these). Names in `fresh` that the reader lacks
+    """Weights and EMA from `reader`, one logical tensor at a time, each rank keeping only its
+    piece (its TP piece; under ZeRO-3 its partition of it); before DeepSpeed wraps the model
+    (its ZeRO-1/2 partitions are built from these). Names in `fresh` that the reader lacks
     keep their initial values (an I2V model's new input weights, from a T2V checkpoint).
 
     Strict both ways: a tensor of the checkpoint that the model has no place for, a tensor of
@@ -148,21 +145,23 @@ def restore_weights(model: nn.Module, ema: EMA, reader: CheckpointReader,
     unused = sorted(stored - set(ours))
     missing = sorted(n for n in ours if n not in stored and n not in fresh)
     wrong: dict[str, str] = {}
-    weights = {}
-    for name, tensor in ours.items():
+    for name, tensor in ours.items():  # written as read: on a misfit the model is dropped
         like = params.get(name, tensor)
         if name not in stored:
             if name in fresh:
                 log.info("%s: %s is not in it: starts at its initial value (zero)",
                          reader.path, name)
-            weights[name] = tensor
             continue
         whole = reader.tensor(f"model/{name}")
         if list(whole.shape) != whole_shape(like):
             wrong[name] = f"{name} {list(whole.shape)} vs {whole_shape(like)}"
-            weights[name] = tensor
             continue
-        weights[name] = tp_piece(whole, like)
+        if name in params:
+            write_whole(params[name], whole)
+        else:  # a buffer: replicated
+            with torch.no_grad():
+                tensor.copy_(whole)
+        del whole
     if unused or missing or wrong:
         what = "; ".join(part for part in (
             unused and f"{len(unused)} tensors of the checkpoint have no place in this model "
@@ -177,13 +176,12 @@ def restore_weights(model: nn.Module, ema: EMA, reader: CheckpointReader,
         log.warning("%s: partial load (checkpoint.partial_weights): %s; dropped: the checkpoint's "
                     "tensors without a place, kept at their initial values: the model's others",
                     reader.path, what)
-    model.load_weights(weights)
     skipped = set(missing) | set(wrong) | {n for n in fresh if n not in stored}
-    for name, shadow in ema.shadow.items():
+    for name in ema.shadow:
         if name in skipped:
-            shadow.copy_(params[name].detach())
-            continue
-        shadow.copy_(_piece(reader, f"ema/{name}", params[name]))
+            ema.reset(name)
+        else:
+            ema.load(name, _whole(reader, f"ema/{name}", params[name]))
     ema.updates = int(reader.state["ema_updates"])
 
 

@@ -4,17 +4,17 @@ decides where the EMA lives and how a checkpoint's weights are put back into bot
 from __future__ import annotations
 
 import logging
+import math
 from typing import Optional
 
 import torch
 
 from megagoku.config import TrainingConfig
 from megagoku.config.schema import LEGACY_BLOCK
-from megagoku.models import build_model
+from megagoku.models.construct import build_initialised
 from megagoku.optim import EMA
-from megagoku.parallel import tensor_parallel_size
 from megagoku.parallel.activation_checkpoint import apply_activation_checkpointing
-from megagoku.parallel.weights import is_tp_split
+from megagoku.parallel.shards import whole_shape
 from megagoku.train.checkpoint import CheckpointReader, ModelDirReader
 from megagoku.train.train_state import restore_weights
 
@@ -38,18 +38,22 @@ def block_hint(reader: CheckpointReader | ModelDirReader, config: TrainingConfig
 
 
 class TrainedModel:
-    """Built on `device` from the seeded global RNG (every rank the same initial weights), then
-    given a resumed checkpoint's weights and EMA (`reader`), or a new stage's starting weights
-    (`init`: the EMA then starts from them), before DeepSpeed partitions anything; finally
-    wrapped for activation checkpointing (`parallel.activation_checkpointing`)."""
+    """Built on `device` with only this rank's pieces ever allocated (its TP shard; under
+    ZeRO-3 its partition of it, by DeepSpeed's zero.Init), initialised per logical tensor from
+    `train.seed` (the same model on every layout: models/construct.py), then given a resumed
+    checkpoint's weights and EMA (`reader`), or a new stage's starting weights (`init`: the EMA
+    then starts from them), one tensor at a time into the shards, before DeepSpeed's engine
+    exists; finally wrapped for activation checkpointing (`parallel.activation_checkpointing`).
+    The EMA is sharded as the parameters are."""
 
     def __init__(self, config: TrainingConfig, device: torch.device,
                  reader: Optional[CheckpointReader] = None,
                  init: Optional[CheckpointReader | ModelDirReader] = None):
         decay = config.train.ema_decay
-        self.model = build_model(config.model).to(device)
-        self.ema = EMA(self.model, decay)  # before ZeRO-3 partitions the parameters
-        if reader is not None:  # before DeepSpeed builds its partitions
+        self.model = build_initialised(config.model, device, config.train.seed,
+                                       zero3=config.parallel.zero_stage == 3)
+        self.ema = EMA(self.model, decay)
+        if reader is not None:  # before DeepSpeed builds its ZeRO-1/2 partitions
             restore_weights(self.model, self.ema, reader, hint=block_hint(reader, config) + (
                 "a resumed run continues the same model: resume with the checkpoint's model "
                 "config, or start a new run from it with checkpoint.init_from"))
@@ -66,13 +70,13 @@ class TrainedModel:
                                        config.parallel.activation_checkpoint_every)
 
     def parameter_count(self) -> int:
-        """Parameters of the whole model (TP pieces counted whole)."""
-        return sum(p.numel() * (tensor_parallel_size() if is_tp_split(p) else 1)
-                   for p in self.model.parameters())
+        """Parameters of the whole model (TP pieces and ZeRO-3 partitions counted whole)."""
+        return sum(math.prod(whole_shape(p)) for p in self.model.parameters())
 
     def ema_weights(self) -> dict[str, torch.Tensor]:
-        """The whole model's tensors with the EMA in place of the parameters (one rank's view:
-        TP pieces are not gathered), what samples and evaluations during training use."""
+        """The whole model's tensors with the EMA in place of the parameters, what samples and
+        evaluations during training use: on rank 0 alone, so only where no rank holds a part
+        of the model (TP = Ulysses = 1, no ZeRO-3 over several ranks: PeriodicGeneration)."""
         return self.ema.state_dict(self.model.weights())
 
     def state_dict(self) -> dict:

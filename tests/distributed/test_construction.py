@@ -1,0 +1,50 @@
+"""Construction without the whole model anywhere (models/construct.py): under TP=2 x ZeRO-3 on 4
+gloo ranks (and TP=2 x ZeRO-2, ZeRO-3 over 4), the initial weights, gathered, equal one process's
+bit for bit; each rank held only its piece (the bytes `parallel.shards.owned_bytes` counts: the
+TP piece, divided over the gradient group under ZeRO-3); and the model DeepSpeed's zero.Init
+partitioned trains as one process does (the layout tests' three steps, float tolerance)."""
+
+import json
+import math
+
+import torch
+from safetensors.torch import load_file
+
+from megagoku.models.construct import build_initialised
+from megagoku.parallel import ensure_single_process_groups
+from megagoku.parallel.weights import full_weights
+from megagoku.train.memory_plan import split_parameter_counts
+from tests.distributed import scenario
+from tests.distributed.construction_worker import SEED
+from tests.distributed.launch import run_ranks
+
+LAYOUTS = [dict(tensor_parallel=2, zero_stage=3), dict(tensor_parallel=2, zero_stage=2),
+           dict(zero_stage=3)]
+
+
+def test_initial_weights_equal_one_process_and_each_rank_holds_its_piece(tmp_path):
+    run_ranks(4, ["tests/distributed/construction_worker.py",
+                  json.dumps({"out": str(tmp_path), "runs": LAYOUTS})])
+    ensure_single_process_groups()
+    one = full_weights(build_initialised(scenario.model_config(), "cpu", SEED))
+    assert any(float(v.abs().max()) > 0 for k, v in one.items() if k.startswith("blocks"))
+    split, replicated = split_parameter_counts(scenario.model_config())
+    reference = {2: scenario.reference(2), 4: scenario.reference(4)}
+    for i, layout in enumerate(LAYOUTS):
+        result = load_file(tmp_path / f"run{i}.safetensors")
+        for name, value in one.items():
+            assert torch.equal(result[f"init/{name}"], value), (layout, name)
+        tp = layout.get("tensor_parallel", 1)
+        shards = 4 // tp
+        for rank in range(4):
+            built = int((tmp_path / f"run{i}-rank{rank}.bytes").read_text())
+            local = split // tp + replicated
+            if layout["zero_stage"] == 3:  # each tensor padded to a multiple of the shards
+                assert local * 4 / shards <= built <= (local + 40 * shards) * 4 / shards
+            else:
+                assert built == local * 4, (layout, rank, built)
+        ref = reference[shards]
+        torch.testing.assert_close(result["loss"], ref["loss"], atol=2e-5, rtol=1e-4)
+        for key in (k for k in ref if k.startswith("weight/")):
+            torch.testing.assert_close(result[key], ref[key], atol=2e-5, rtol=1e-4,
+                                       msg=lambda m, key=key: f"{layout} {key}: {m}")
