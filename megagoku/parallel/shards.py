@@ -107,6 +107,14 @@ def owned_bytes(model: nn.Module) -> int:
     return sum(owned(p).numel() * owned(p).element_size() for p in model.parameters())
 
 
+def meta_owned_bytes(model: nn.Module, zero3: bool) -> int:
+    """The bytes `owned_bytes` would count on this rank for a model built on the meta device
+    under the same grid (its TP pieces), ZeRO-3 partitioned over the gradient group when
+    `zero3`: what the rank would materialise, counted without allocating it."""
+    shards = dist.get_world_size(state.gradient_group()) if zero3 else 1
+    return sum(math.ceil(p.numel() / shards) * p.element_size() for p in model.parameters())
+
+
 def _parameters_by_module(model: nn.Module) -> Iterator[tuple[nn.Module, str, str, nn.Parameter]]:
     for module_name, module in model.named_modules():
         for key, param in list(module._parameters.items()):

@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 
 from megagoku.config import ModelConfig
-from megagoku.tools import bench_checkpoint, bench_step
+from megagoku.tools import bench_checkpoint, bench_memory, bench_step
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TARGET_SPEEDUP = 2.0
@@ -94,6 +94,7 @@ def register(subparsers) -> None:
     pk.set_defaults(func=run_packing)
     bench_checkpoint.register(which)
     bench_step.register(which)
+    bench_memory.register(which)
 
 
 class Timer:

@@ -3,8 +3,10 @@ and FLOPs per token, as JSON. The model is built on the meta device: nothing is 
 8B preset counts in a second on a laptop.
 
 `--plan --gpus N --tp T --sp S --zero Z --seq-len L [--checkpointing P] [--megatron-sp]` adds the
-per-GPU memory plan of that layout (weights, gradients, optimizer states, activations), to choose
-a layout before booking a cluster (see megagoku/train/memory_plan.py for what is counted)."""
+per-GPU memory plan of that layout (weights, gradients, optimizer states, EMA, activations: the
+steady state; and the peak: start-up, the optimizer step's working memory, checkpoint snapshots,
+a fragmentation allowance), to choose a layout before booking a cluster (see
+megagoku/train/memory_plan.py for what is counted; `megagoku bench memory` measures it)."""
 
 from __future__ import annotations
 
@@ -52,6 +54,9 @@ def register(subparsers) -> None:
                            "old name)")
     plan.add_argument("--megatron-sp", action="store_true",
                       help="megatron sequence parallelism inside the TP group")
+    plan.add_argument("--fragmentation", type=float, default=0.10,
+                      help="the allocator's fragmentation allowance, a fraction of the peak "
+                           "(default 0.10)")
     plan.add_argument("--activation-bytes", type=int, default=2,
                       help="bytes per activation element (2: bf16 autocast, 4: fp32)")
     p.set_defaults(func=run)
@@ -87,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             report["memory_plan_per_gpu"] = plan(
                 cfg, args.gpus, args.tp, args.sp, args.zero, args.seq_len, args.checkpointing,
-                args.activation_checkpoint_every, args.megatron_sp, args.activation_bytes).as_dict()
+                args.activation_checkpoint_every, args.megatron_sp, args.activation_bytes,
+                args.fragmentation).as_dict()
         except ValueError as e:
             raise ConfigError(f"{args.config}: {e}") from None
     print(json.dumps(report, indent=2))

@@ -15,7 +15,23 @@ Activations kept for backward, per token of the rank's Ulysses slice and per blo
       gates 12d  ->  18d
 A checkpointed part keeps only its input: `attention` drops the 9d of attention internals, `mlp`
 the 2f, `full` keeps the block input (d) plus, during backward, one block's recomputation.
-This is an estimate (allocator slack, communication buffers and the CUDA context are not in it).
+Around that steady state (what a step keeps), the plan counts what makes the peak:
+- the EMA, sharded as the weights are (its TP piece; under ZeRO-3 its partition): 4 bytes;
+- the start-up peak: the model is built with this rank's pieces only (models/construct.py), each
+  initial value computed whole, one logical tensor at a time; then DeepSpeed flattens the weights
+  into its buffers (ZeRO-1/2: the TP piece is copied once, plus the fp32 master partition;
+  ZeRO-3: the partitions, plus their fp32 copy);
+- the optimizer's working memory during the step: AdamW's foreach temporary (one tensor the size
+  of the optimizer's partition), and under ZeRO-1/2 the fp32 gradient partition DeepSpeed builds
+  for it;
+- the checkpoint snapshot: this rank's share of the logical tensors (weights, EMA, two moments:
+  16 bytes per parameter, spread evenly over the ranks) copied to host memory for the background
+  writer (host memory: in the peak of a CPU run only), plus the largest logical tensor gathered
+  whole (twice: the pieces and their concatenation) while the snapshot is taken;
+- the allocator's fragmentation allowance, a fraction of the peak (`fragmentation`).
+`peak_bytes` is the larger of the start-up and training peaks, with that allowance;
+`steady_bytes` what a step keeps. This is an estimate (communication buffers and the CUDA context
+are not in it); `megagoku bench memory` holds it against measured runs.
 """
 
 from __future__ import annotations
@@ -46,14 +62,44 @@ class MemoryPlan:
     grads_bytes: int
     optimizer_bytes: int
     activations_bytes: int
+    ema_bytes: int = 0
+    startup_peak_bytes: int = 0  # building the model and DeepSpeed's buffers
+    optimizer_working_bytes: int = 0  # during the optimizer step
+    snapshot_bytes: int = 0  # host copies of this rank's share of a checkpoint
+    snapshot_gather_bytes: int = 0  # one logical tensor gathered whole, while snapshotting
+    fragmentation: float = 0.10
+    device: str = "cuda"  # "cpu": the snapshot's host copies are in the device's memory
 
     @property
     def total_bytes(self) -> int:
+        """The steady state without the EMA (what the plan counted before it had one)."""
         return self.weights_bytes + self.grads_bytes + self.optimizer_bytes + self.activations_bytes
+
+    @property
+    def steady_bytes(self) -> int:
+        """What a training step keeps: weights, gradients, optimizer state, EMA, activations."""
+        return self.total_bytes + self.ema_bytes
+
+    @property
+    def training_peak_bytes(self) -> int:
+        """The steady state, plus the activations, the optimizer step's working memory or a
+        snapshot being taken, whichever is largest (they do not meet: the activations are freed
+        by the step, a save starts after it)."""
+        host = self.snapshot_bytes if self.device == "cpu" else 0
+        return self.steady_bytes - self.activations_bytes + max(
+            self.activations_bytes, self.optimizer_working_bytes,
+            host + self.snapshot_gather_bytes)
+
+    @property
+    def peak_bytes(self) -> int:
+        """The larger of the start-up and training peaks, with the fragmentation allowance."""
+        return int(max(self.startup_peak_bytes, self.training_peak_bytes)
+                   * (1 + self.fragmentation))
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        out["total_bytes"] = self.total_bytes
+        for name in ("total_bytes", "steady_bytes", "training_peak_bytes", "peak_bytes"):
+            out[name] = getattr(self, name)
         out["gib"] = {k.removesuffix("_bytes"): round(v / GIB, 2) for k, v in out.items()
                       if k.endswith("_bytes")}
         return out
@@ -68,6 +114,35 @@ def split_parameter_counts(cfg: ModelConfig) -> tuple[int, int]:
     model = build_model(cfg, device="meta")
     split = sum(p.numel() for p in model.parameters() if getattr(p, "tensor_model_parallel", False))
     return split, sum(p.numel() for p in model.parameters()) - split
+
+
+def largest_tensor_numel(cfg: ModelConfig) -> int:
+    """Elements of the model's largest logical tensor (the blocks are alike: depth 1 is
+    enough)."""
+    from megagoku.models import build_model
+    from megagoku.parallel import ensure_single_process_groups
+
+    ensure_single_process_groups()
+    model = build_model(dataclasses.replace(cfg, depth=1), device="meta")
+    return max(p.numel() for p in model.parameters())
+
+
+def transient_bytes(local: int, shards: int, zero_stage: int, total: int, world: int,
+                    largest: int) -> dict[str, float]:
+    """Start-up, optimizer-step and snapshot memory per device beyond the steady state, for
+    `local` parameters per TP rank, `total` in the model, `world` ranks (see the module doc)."""
+    weights, _, _ = state_bytes(local, shards, zero_stage)
+    ema = weights  # sharded as the weights are
+    in_optimizer = local / shards if zero_stage >= 1 else local  # the optimizer's partition
+    flatten = {0: 0, 1: 4 * local + 4 * in_optimizer, 2: 4 * local + 4 * in_optimizer,
+               3: 4 * in_optimizer}[zero_stage]
+    return {
+        "ema": ema,
+        "startup_peak": weights + ema + max(4 * largest, flatten),
+        "optimizer_working": 4 * in_optimizer * (2 if zero_stage in (1, 2) else 1),
+        "snapshot": 16 * total / world,
+        "snapshot_gather": 8 * largest,
+    }
 
 
 def state_bytes(local: int, shards: int, zero_stage: int) -> tuple[float, float, float]:
@@ -109,7 +184,8 @@ def check_fits(config: TrainingConfig, device: torch.device, source: str) -> Non
 
     local = local_parameter_count(config.model)
     shards = collectives.world_size(gradient_group())
-    need = sum(state_bytes(local, shards, config.parallel.zero_stage)) + 4 * local  # + EMA
+    state = state_bytes(local, shards, config.parallel.zero_stage)
+    need = sum(state) + state[0]  # + the EMA, sharded as the weights are
     have = device_memory_bytes(device)
     if need > have:
         raise ConfigError(
@@ -133,7 +209,8 @@ def activation_elements_per_token(cfg: ModelConfig, tp: int, megatron_sp: bool,
 
 def plan(cfg: ModelConfig, gpus: int, tp: int = 1, ulysses: int = 1, zero_stage: int = 0,
          seq_len: int = 4096, checkpointing: str = "none", activation_checkpoint_every: int = 1,
-         megatron_sp: bool = False, activation_bytes: int = 2) -> MemoryPlan:
+         megatron_sp: bool = False, activation_bytes: int = 2,
+         fragmentation: float = 0.10, device: str = "cuda") -> MemoryPlan:
     if gpus % (tp * ulysses):
         raise ValueError(f"--gpus {gpus} is not divisible by --tp {tp} x --sp {ulysses}")
     if cfg.num_heads % (tp * ulysses):
@@ -150,8 +227,13 @@ def plan(cfg: ModelConfig, gpus: int, tp: int = 1, ulysses: int = 1, zero_stage:
                          + per_token["plain"] * (cfg.depth - checkpointed))
     if checkpointing == "full":  # one block is rebuilt at a time during backward
         elements += tokens * per_token["plain"]
+    extra = transient_bytes(local, shards, zero_stage, split + replicated, gpus,
+                            largest_tensor_numel(cfg))
     return MemoryPlan(gpus, tp, ulysses, dp, zero_stage, seq_len, checkpointing, local,
-                      int(weights), int(grads), int(optimizer), int(elements * activation_bytes))
+                      int(weights), int(grads), int(optimizer), int(elements * activation_bytes),
+                      int(extra["ema"]), int(extra["startup_peak"]),
+                      int(extra["optimizer_working"]), int(extra["snapshot"]),
+                      int(extra["snapshot_gather"]), fragmentation, device)
 
 
 def saved_activation_bytes(fn, exclude=()) -> tuple[object, int]:

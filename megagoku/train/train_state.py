@@ -9,8 +9,10 @@ Taken (collective: every rank calls it with the same model, in the same order):
 - small state, as JSON: the optimizer's step count and hyper-parameters, the LR scheduler, the EMA
   update count, and this rank's RNGs (torch CPU and CUDA, python, numpy, the replica generator).
 
-Put back: the weights and EMA before DeepSpeed wraps the model (each rank slices its TP piece
-from the whole tensor; DeepSpeed then builds its fp32 partitions from them), the optimizer
+Put back: the weights and EMA before DeepSpeed wraps the model, one logical tensor at a time
+(each rank keeps its piece of the whole tensor, `parallel.shards.write_whole`: its TP piece, and
+under ZeRO-3, where the model was built partitioned, its partition; DeepSpeed builds its ZeRO-1/2
+fp32 partitions from them), the optimizer
 moments after (`safe_set_full_optimizer_state` writes each rank's fragment; a plain torch
 optimizer gets its state dict entries). Since everything is stored whole, a checkpoint saved at
 TP=2 or under ZeRO-3 loads at TP=1 or ZeRO-1, or on one process.

@@ -14,12 +14,12 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from megagoku.config import ParallelConfig  # noqa: E402
-from megagoku.models.construct import build_initialised  # noqa: E402
+from megagoku.models.construct import build_initialised, meta_model  # noqa: E402
 from megagoku.parallel import current_shard, data_parallel_rank, gradient_group  # noqa: E402
 from megagoku.parallel import initialize_groups  # noqa: E402
 from megagoku.parallel.distributed import init_distributed, shutdown  # noqa: E402
 from megagoku.parallel.engine import TrainEngine  # noqa: E402
-from megagoku.parallel.shards import owned_bytes, write_whole  # noqa: E402
+from megagoku.parallel.shards import meta_owned_bytes, owned_bytes, write_whole  # noqa: E402
 from megagoku.parallel.weights import full_weights  # noqa: E402
 from megagoku.train.step import mean_over, pack_total  # noqa: E402
 from tests.distributed import scenario  # noqa: E402
@@ -31,6 +31,10 @@ def run(parallel: ParallelConfig) -> tuple[dict[str, torch.Tensor], int]:
     model = build_initialised(scenario.model_config(), "cpu", SEED,
                               zero3=parallel.zero_stage == 3)
     built = owned_bytes(model)
+    # what `bench memory --meta` counts without allocating must be what was allocated
+    counted = meta_owned_bytes(meta_model(scenario.model_config()),
+                               zero3=parallel.zero_stage == 3)
+    assert counted == built, (counted, built)
     out = {f"init/{k}": v for k, v in full_weights(model).items()}
     params = dict(model.named_parameters())
     for name, value in scenario.random_weights(model).items():

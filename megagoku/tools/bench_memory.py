@@ -1,0 +1,176 @@
+"""`megagoku bench memory`: the memory plan (`info --plan`, train/memory_plan.py) held against
+this machine's ranks.
+
+`--nproc N` local gloo ranks (started as torchrun starts them) each run the training config for
+`--steps` steps in a scratch run dir, through the real trainer (construction, DeepSpeed, the
+steps, the final checkpoint), and report the peak of their resident memory (RSS, ru_maxrss)
+above what the process held before the model existed (Python, torch, DeepSpeed imported): the
+run's own memory. Printed per rank beside the plan's peak for the same layout on the CPU (the
+checkpoint snapshot's host copies included), as a ratio. On a GPU the figure to compare is
+`torch.cuda.max_memory_allocated`, which the ranks report too when they train on one.
+
+`--meta` builds the model on the meta device on each rank instead (nothing allocated: Goku-8B
+fits any machine) and counts the bytes of the parameters each rank would materialise, its TP
+piece or its ZeRO-3 partition (`parallel.shards.meta_owned_bytes`), beside the plan's weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+MIB = 1024 ** 2
+
+
+def register(which) -> None:
+    m = which.add_parser("memory", help="measured peak memory per rank against the plan",
+                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("--config", required=True, help="training config (YAML)")
+    m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config overrides (repeatable), e.g. parallel.zero_stage=3")
+    m.add_argument("--nproc", type=int, default=4, help="local ranks (default 4)")
+    m.add_argument("--steps", type=int, default=3, help="training steps (default 3)")
+    m.add_argument("--meta", action="store_true",
+                   help="count the bytes each rank would materialise on the meta device")
+    m.add_argument("--timeout", type=float, default=1800, help="seconds for the ranks")
+    m.add_argument("--json", help="also write the results to this file")
+    m.set_defaults(func=run_memory)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def rank_main(spec: dict) -> dict:
+    """One rank: train (or build on meta) and measure."""
+    import deepspeed  # noqa: F401 (imported before the baseline: not the run's memory)
+    import torch
+
+    from megagoku.config import load_training_config
+    from megagoku.parallel import collectives
+
+    config = load_training_config(spec["config"], spec["overrides"])
+    if spec["meta"]:
+        from megagoku.models.construct import meta_model
+        from megagoku.parallel import initialize_groups
+        from megagoku.parallel.distributed import init_distributed, shutdown
+        from megagoku.parallel.shards import meta_owned_bytes
+
+        init_distributed("gloo")
+        try:
+            initialize_groups(config.parallel)
+            model = meta_model(config.model)
+            return {"rank": collectives.rank(),
+                    "would_materialise_bytes": meta_owned_bytes(
+                        model, zero3=config.parallel.zero_stage == 3)}
+        finally:
+            shutdown()
+    from megagoku.train.trainer import train
+
+    baseline = _rss_bytes()
+    run_dir = Path(spec["run_dir"])
+    train(config, run_dir, source=spec["config"], overwrite=True)
+    out = {"rank": int(os.environ["RANK"]), "baseline_bytes": baseline,
+           "max_rss_bytes": _max_rss_bytes(),
+           "measured_bytes": max(0, _max_rss_bytes() - baseline)}
+    if torch.cuda.is_available():
+        out["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(args: argparse.Namespace, work: Path) -> list[dict]:
+    port = _free_port()
+    procs = []
+    for rank in range(args.nproc):
+        spec = {"config": args.config, "overrides": [*args.overrides,
+                                                     f"train.steps={args.steps}",
+                                                     "train.max_minutes=0",
+                                                     f"train.run_dir={work / 'run'}"],
+                "meta": args.meta, "run_dir": str(work / "run"),
+                "out": str(work / f"rank{rank}.json")}
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(args.nproc),
+               "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        procs.append(subprocess.Popen([sys.executable, "-m", "megagoku.tools.bench_memory",
+                                       json.dumps(spec)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=args.timeout)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for rank, (proc, text) in enumerate(zip(procs, outputs)):
+        if proc.returncode != 0:
+            raise SystemExit(f"bench memory: rank {rank} exited {proc.returncode}:\n"
+                             f"{text[-3000:]}")
+    return [json.loads((work / f"rank{r}.json").read_text()) for r in range(args.nproc)]
+
+
+def run_memory(args: argparse.Namespace) -> int:
+    from megagoku.config import load_training_config
+    from megagoku.train.memory_plan import plan
+
+    config = load_training_config(args.config, args.overrides)
+    par = config.parallel
+    bytes_per_activation = 2 if config.train.precision == "bf16" else 4  # auto: fp32 on the CPU
+    expected = plan(config.model, args.nproc, par.tensor_parallel, par.ulysses, par.zero_stage,
+                    config.data.tokens_per_step, par.activation_checkpointing,
+                    par.activation_checkpoint_every, par.sequence_parallel,
+                    bytes_per_activation, device="cpu")
+    with tempfile.TemporaryDirectory(prefix="megagoku-bench-memory-") as tmp:
+        ranks = _launch(args, Path(tmp))
+    layout = (f"{args.nproc} ranks, TP={par.tensor_parallel} x Ulysses={par.ulysses} x "
+              f"DP={expected.data_parallel}, ZeRO-{par.zero_stage}")
+    print(f"{config.model.name}: {layout}")
+    if args.meta:
+        print(f"{'rank':>4} {'would materialise MiB':>22} {'plan weights MiB':>17} {'ratio':>6}")
+        for r in ranks:
+            ratio = r["would_materialise_bytes"] / expected.weights_bytes
+            print(f"{r['rank']:>4} {r['would_materialise_bytes'] / MIB:>22.1f} "
+                  f"{expected.weights_bytes / MIB:>17.1f} {ratio:>6.3f}")
+    else:
+        print(f"plan (CPU): steady {expected.steady_bytes / MIB:.1f} MiB, peak "
+              f"{expected.peak_bytes / MIB:.1f} MiB (start-up "
+              f"{expected.startup_peak_bytes / MIB:.1f}, training "
+              f"{expected.training_peak_bytes / MIB:.1f}, fragmentation "
+              f"{expected.fragmentation:.0%})")
+        print(f"{'rank':>4} {'baseline MiB':>13} {'measured peak MiB':>18} {'plan peak MiB':>14} "
+              f"{'measured/plan':>14}")
+        for r in ranks:
+            ratio = r["measured_bytes"] / expected.peak_bytes
+            print(f"{r['rank']:>4} {r['baseline_bytes'] / MIB:>13.1f} "
+                  f"{r['measured_bytes'] / MIB:>18.1f} {expected.peak_bytes / MIB:>14.1f} "
+                  f"{ratio:>14.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"layout": layout, "plan": expected.as_dict(),
+                                               "ranks": ranks}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":  # one rank, started by `_launch`
+    spec = json.loads(sys.argv[1])
+    result = rank_main(spec)
+    Path(spec["out"]).write_text(json.dumps(result))
+    sys.stdout.flush()
+    os._exit(0)
