@@ -2,6 +2,9 @@
 asserted: performance claims live in BENCHMARKS.md, not in tests)."""
 
 import json
+from pathlib import Path
+
+import pytest
 
 from megagoku.cli import main
 from megagoku.ops import fused, use_fused
@@ -56,3 +59,20 @@ def test_bench_packing_compares_windows_and_bucketing(capsys):
     assert padding["first-fit-decreasing w=32"] < padding["greedy (window 1)"]
     assert padding["first-fit-decreasing w=32"] < padding["size bucketing"]
     assert main(["bench", "packing", "--samples", "50", "--budget", "1000"]) == 2
+
+
+@pytest.mark.slow
+def test_bench_memory_meta_counts_each_rank_without_allocating(tmp_path, capsys):
+    """Two gloo ranks build the tiny model on the meta device under ZeRO-3 and count what each
+    would materialise: the plan's weights per rank, plus the partitions' padding (under one
+    element per tensor)."""
+    out = tmp_path / "memory.json"
+    config = str(Path(__file__).resolve().parents[2] / "configs/tiny.yaml")
+    assert main(["bench", "memory", "--meta", "--config", config, "--nproc", "2",
+                 "--set", "parallel.zero_stage=3", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    weights = report["plan"]["weights_bytes"]
+    assert [r["rank"] for r in report["ranks"]] == [0, 1]
+    for r in report["ranks"]:
+        assert weights <= r["would_materialise_bytes"] <= weights + 4 * 200
+    assert "would materialise MiB" in capsys.readouterr().out

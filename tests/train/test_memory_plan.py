@@ -28,3 +28,25 @@ def test_state_bytes_shard_as_zero_does():
     assert sum(state_bytes(100, 1, 0)) == 1600  # fp32 weights 4 + grads 4 + AdamW 8
     assert state_bytes(100, 4, 3) == (100.0, 100.0, 200.0)
     assert device_memory_bytes(__import__("torch").device("cpu")) > 2 ** 30
+
+
+def test_the_plan_counts_the_peak_beyond_the_steady_state():
+    from megagoku.config import ModelConfig
+    from megagoku.train.memory_plan import plan
+
+    cfg = ModelConfig(name="p", depth=4, hidden_size=256, num_heads=4, text_dim=64,
+                      rope_split=(16, 24, 24))
+    zero0 = plan(cfg, 4, zero_stage=0, seq_len=64, device="cpu")
+    zero3 = plan(cfg, 4, zero_stage=3, seq_len=64, device="cpu")
+    # the EMA is sharded as the weights are
+    assert zero0.ema_bytes == zero0.weights_bytes and zero3.ema_bytes == zero3.weights_bytes
+    assert zero3.ema_bytes * 4 == zero0.ema_bytes
+    for p in (zero0, zero3):
+        assert p.steady_bytes == p.total_bytes + p.ema_bytes
+        assert p.peak_bytes >= p.steady_bytes * (1 + p.fragmentation) - 1
+        assert p.peak_bytes >= p.startup_peak_bytes
+    assert zero3.peak_bytes < zero0.peak_bytes / 2
+    # the snapshot's host copies are in a CPU run's peak, not in a GPU's
+    gpu = plan(cfg, 4, zero_stage=3, seq_len=64, device="cuda")
+    assert zero3.snapshot_bytes == gpu.snapshot_bytes > 0
+    assert gpu.training_peak_bytes < zero3.training_peak_bytes
