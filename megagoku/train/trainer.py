@@ -118,8 +118,9 @@ class Trainer:
         self.reader = start.reader
         replica, self.replicas = data_parallel_rank(), data_parallel_size()
 
-        # Built in this order: the seed, then the model (its initial weights come from the
-        # global RNG), the data, then the optimizer, whose engine partitions the model.
+        # Built in this order: the seed, then the model (its initial weights are seeded per
+        # tensor from train.seed: it draws nothing from the global RNG), the data, then the
+        # optimizer, whose engine takes the model's pieces (ZeRO-1/2 partitions them).
         self.rng = RandomStreams(tcfg.seed, replica, self.replicas)
         self.trained = TrainedModel(config, device, start.reader, start.init)
         n_params = self.trained.parameter_count()
