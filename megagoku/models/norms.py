@@ -62,8 +62,9 @@ class WholeWidthRMSNorm(nn.Module):
         self.width = num_heads * head_dim
         self.weight = nn.Parameter(torch.ones(num_heads // tp_size * head_dim))
         self.split = tp_size > 1
-        if self.split:
-            mark_tp_split(self.weight)
+        # marked at every TP size, as megatron marks its layers: the memory plan counts the
+        # parameters that TP splits from a model built at TP = 1
+        mark_tp_split(self.weight)
         self.kernels = kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

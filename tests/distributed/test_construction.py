@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from megagoku.models.construct import build_initialised
 from megagoku.parallel import ensure_single_process_groups
 from megagoku.parallel.weights import full_weights
-from megagoku.train.memory_plan import split_parameter_counts
+from megagoku.train.memory_plan import plan
 from tests.distributed import scenario
 from tests.distributed.construction_worker import SEED
 from tests.distributed.launch import run_ranks
@@ -28,7 +28,6 @@ def test_initial_weights_equal_one_process_and_each_rank_holds_its_piece(tmp_pat
     ensure_single_process_groups()
     one = full_weights(build_initialised(scenario.model_config(), "cpu", SEED))
     assert any(float(v.abs().max()) > 0 for k, v in one.items() if k.startswith("blocks"))
-    split, replicated = split_parameter_counts(scenario.model_config())
     reference = {2: scenario.reference(2), 4: scenario.reference(4)}
     for i, layout in enumerate(LAYOUTS):
         result = load_file(tmp_path / f"run{i}.safetensors")
@@ -36,13 +35,14 @@ def test_initial_weights_equal_one_process_and_each_rank_holds_its_piece(tmp_pat
             assert torch.equal(result[f"init/{name}"], value), (layout, name)
         tp = layout.get("tensor_parallel", 1)
         shards = 4 // tp
+        # the plan's weights per rank; ZeRO-3 pads each tensor to a multiple of the shards
+        expected = plan(scenario.model_config(), 4, tp, 1, layout["zero_stage"]).weights_bytes
         for rank in range(4):
             built = int((tmp_path / f"run{i}-rank{rank}.bytes").read_text())
-            local = split // tp + replicated
-            if layout["zero_stage"] == 3:  # each tensor padded to a multiple of the shards
-                assert local * 4 / shards <= built <= (local / shards + len(one)) * 4
+            if layout["zero_stage"] == 3:
+                assert expected <= built < expected + 4 * len(one), (layout, rank, built)
             else:
-                assert built == local * 4, (layout, rank, built)
+                assert built == expected, (layout, rank, built, expected)
         ref = reference[shards]
         torch.testing.assert_close(result["loss"], ref["loss"], atol=2e-5, rtol=1e-4)
         for key in (k for k in ref if k.startswith("weight/")):
