@@ -17,7 +17,6 @@ draws from the global RNG, so the data and noise streams that follow are those o
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import hashlib
 
@@ -99,8 +98,3 @@ def build_initialised(cfg: ModelConfig, device: torch.device | str, seed: int,
             model = GokuTransformer(cfg, init_weights=False)
         return initialize_partitions(model, initial)
     return materialize(build_model(cfg, "meta"), device, initial)
-
-
-def meta_model(cfg: ModelConfig, depth: int | None = None) -> GokuTransformer:
-    """A shape-only model (nothing allocated), optionally with another depth."""
-    return build_model(cfg if depth is None else dataclasses.replace(cfg, depth=depth), "meta")

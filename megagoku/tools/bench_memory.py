@@ -63,7 +63,7 @@ def rank_main(spec: dict) -> dict:
 
     config = load_training_config(spec["config"], spec["overrides"])
     if spec["meta"]:
-        from megagoku.models.construct import meta_model
+        from megagoku.models import build_model
         from megagoku.parallel import initialize_groups
         from megagoku.parallel.distributed import init_distributed, shutdown
         from megagoku.parallel.shards import meta_owned_bytes
@@ -71,7 +71,7 @@ def rank_main(spec: dict) -> dict:
         init_distributed("gloo")
         try:
             initialize_groups(config.parallel)
-            model = meta_model(config.model)
+            model = build_model(config.model, "meta")  # nothing allocated
             return {"rank": collectives.rank(),
                     "would_materialise_bytes": meta_owned_bytes(
                         model, zero3=config.parallel.zero_stage == 3)}

@@ -14,7 +14,8 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from megagoku.config import ParallelConfig  # noqa: E402
-from megagoku.models.construct import build_initialised, meta_model  # noqa: E402
+from megagoku.models import build_model  # noqa: E402
+from megagoku.models.construct import build_initialised  # noqa: E402
 from megagoku.parallel import current_shard, data_parallel_rank, gradient_group  # noqa: E402
 from megagoku.parallel import initialize_groups  # noqa: E402
 from megagoku.parallel.distributed import init_distributed, shutdown  # noqa: E402
@@ -32,7 +33,7 @@ def run(parallel: ParallelConfig) -> tuple[dict[str, torch.Tensor], int]:
                               zero3=parallel.zero_stage == 3)
     built = owned_bytes(model)
     # what `bench memory --meta` counts without allocating must be what was allocated
-    counted = meta_owned_bytes(meta_model(scenario.model_config()),
+    counted = meta_owned_bytes(build_model(scenario.model_config(), "meta"),
                                zero3=parallel.zero_stage == 3)
     assert counted == built, (counted, built)
     out = {f"init/{k}": v for k, v in full_weights(model).items()}
