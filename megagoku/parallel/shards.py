@@ -7,13 +7,15 @@ A logical tensor is a parameter as one process holds it (`whole_shape`). A rank 
 - under ZeRO-3: DeepSpeed's partition of its TP piece, `param.ds_tensor`: the TP piece
   flattened, padded with zeros to a multiple of the gradient group's size, and cut in equal
   consecutive parts, part r for the rank of rank r in that group (DeepSpeed's
-  `Init._partition_param`, which `test_shards` holds us to).
+  `Init._partition_param`; tests/distributed/test_construction.py holds us to it by gathering
+  what `write_whole` wrote through DeepSpeed's own `GatheredParameters`).
 `owned` is that tensor; `own_piece` cuts it from a whole tensor (a view where it can); `gather_whole`
 puts the pieces back together (collective). Everything that writes initial weights, restores a
 checkpoint or keeps a copy of the weights (the EMA) goes through these three, so none of them ever
 holds more than one logical tensor beyond the rank's own pieces.
 
-Building (`build_on_meta` + `materialize`, or `zero3_construction`): the model is constructed
+Building (a model built on the meta device + `materialize`, or `zero3_construction` +
+`initialize_partitions`): the model is constructed
 without memory (meta device), then each parameter is replaced by an uninitialised tensor of the
 size this rank owns and filled from a whole initial value computed one logical tensor at a time.
 Under ZeRO-3 DeepSpeed's `zero.Init` builds it instead: each module's parameters are allocated
@@ -35,7 +37,7 @@ from torch import nn
 from megagoku.parallel import state
 from megagoku.parallel.weights import gather_tp, is_tp_split, tp_piece
 
-# (name, whole shape) -> the whole initial value (float32, on the CPU).
+# (name, whole shape) -> the whole initial value (float32, on the rank's device).
 InitialValue = Callable[[str, list[int]], torch.Tensor]
 
 
