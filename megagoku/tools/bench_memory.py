@@ -6,8 +6,11 @@ this machine's ranks.
 steps, the final checkpoint), and report the peak of their resident memory (RSS, ru_maxrss)
 above what the process held before the model existed (Python, torch, DeepSpeed imported): the
 run's own memory. Printed per rank beside the plan's peak for the same layout on the CPU (the
-checkpoint snapshot's host copies included), as a ratio. On a GPU the figure to compare is
-`torch.cuda.max_memory_allocated`, which the ranks report too when they train on one.
+checkpoint snapshot's host copies included), as a ratio. Ranks that train on a GPU report
+`torch.cuda.max_memory_allocated` instead, held against the GPU plan (not measured yet: no GPU in
+the sessions so far), e.g. on one 8-GPU node:
+    megagoku bench memory --config configs/goku_2b.yaml --nproc 8 --steps 5 \
+        --set parallel.zero_stage=3 --set data.tokens_per_step=4096
 
 `--meta` builds the model on the meta device on each rank instead (nothing allocated: Goku-8B
 fits any machine) and counts the bytes of the parameters each rank would materialise, its TP
@@ -85,7 +88,7 @@ def rank_main(spec: dict) -> dict:
     out = {"rank": int(os.environ["RANK"]), "baseline_bytes": baseline,
            "max_rss_bytes": _max_rss_bytes(),
            "measured_bytes": max(0, _max_rss_bytes() - baseline)}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:  # trained on it
         out["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
     return out
 
@@ -131,15 +134,26 @@ def run_memory(args: argparse.Namespace) -> int:
     from megagoku.config import load_training_config
     from megagoku.train.memory_plan import plan
 
+    import torch
+
     config = load_training_config(args.config, args.overrides)
     par = config.parallel
-    bytes_per_activation = 2 if config.train.precision == "bf16" else 4  # auto: fp32 on the CPU
+    with tempfile.TemporaryDirectory(prefix="megagoku-bench-memory-") as tmp:
+        ranks = _launch(args, Path(tmp))
+    # On a GPU the ranks' peak is torch's max_memory_allocated, against the GPU plan (the
+    # snapshot's host copies are not in it); on the CPU, RSS against the CPU plan.
+    gpu = any("cuda_max_allocated_bytes" in r for r in ranks)
+    if gpu:
+        for r in ranks:
+            r["measured_bytes"] = r["cuda_max_allocated_bytes"]
+    precision = config.train.precision
+    if precision == "auto":  # as train/step.py resolves it: bf16 autocast on a GPU
+        precision = "bf16" if gpu or (config.train.device != "cpu" and
+                                      torch.cuda.is_available()) else "fp32"
     expected = plan(config.model, args.nproc, par.tensor_parallel, par.ulysses, par.zero_stage,
                     config.data.tokens_per_step, par.activation_checkpointing,
                     par.activation_checkpoint_every, par.sequence_parallel,
-                    bytes_per_activation, device="cpu")
-    with tempfile.TemporaryDirectory(prefix="megagoku-bench-memory-") as tmp:
-        ranks = _launch(args, Path(tmp))
+                    2 if precision == "bf16" else 4, device="cuda" if gpu else "cpu")
     layout = (f"{args.nproc} ranks, TP={par.tensor_parallel} x Ulysses={par.ulysses} x "
               f"DP={expected.data_parallel}, ZeRO-{par.zero_stage}")
     print(f"{config.model.name}: {layout}")
@@ -150,12 +164,13 @@ def run_memory(args: argparse.Namespace) -> int:
             print(f"{r['rank']:>4} {r['would_materialise_bytes'] / MIB:>22.1f} "
                   f"{expected.weights_bytes / MIB:>17.1f} {ratio:>6.3f}")
     else:
-        print(f"plan (CPU): steady {expected.steady_bytes / MIB:.1f} MiB, peak "
+        print(f"plan ({'GPU' if gpu else 'CPU'}): steady {expected.steady_bytes / MIB:.1f} MiB, peak "
               f"{expected.peak_bytes / MIB:.1f} MiB (start-up "
               f"{expected.startup_peak_bytes / MIB:.1f}, training "
               f"{expected.training_peak_bytes / MIB:.1f}, fragmentation "
               f"{expected.fragmentation:.0%})")
-        print(f"{'rank':>4} {'baseline MiB':>13} {'measured peak MiB':>18} {'plan peak MiB':>14} "
+        what = "max allocated MiB" if gpu else "measured peak MiB"
+        print(f"{'rank':>4} {'baseline MiB':>13} {what:>18} {'plan peak MiB':>14} "
               f"{'measured/plan':>14}")
         for r in ranks:
             ratio = r["measured_bytes"] / expected.peak_bytes
