@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from megagoku.parallel import state
+from megagoku.parallel.optimizer_state import create_adam_state
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR",
                       str(Path.home() / ".cache" / "megagoku" / "torch_extensions"))
@@ -124,6 +125,19 @@ class TrainEngine:
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+    def create_optimizer_state(self, step: float) -> None:
+        """Make AdamW's state (zero moments, step count `step`) before the first step, so that a
+        checkpoint's moments can be written into it (`optimizer_state.set_full_moment`), under
+        every ZeRO stage (collective)."""
+        zero_optimizer = self.deepspeed.optimizer if self.deepspeed is not None else None
+        create_adam_state(self.model, self.optimizer, zero_optimizer, step)
+
+    def restore_progress(self, step: int) -> None:
+        """DeepSpeed's own step and sample counts, as after `step` steps of a resumed run."""
+        if self.deepspeed is not None:
+            self.deepspeed.global_steps = step
+            self.deepspeed.global_samples = step * self.deepspeed.train_batch_size()
 
 
 def global_grad_norm(model: nn.Module) -> float:

@@ -4,18 +4,20 @@ is loaded under.
 Taken (collective: every rank calls it with the same model, in the same order):
 - the whole logical tensors of the weights, the EMA and AdamW's `exp_avg`/`exp_avg_sq`: TP pieces
   are concatenated (`gather_tp`), ZeRO partitions assembled through DeepSpeed's per-parameter
-  fragment API (`safe_get_full_optimizer_state`: ZeRO-1/2's flat partitions and ZeRO-3's
-  partitioned parameters alike); each rank keeps only the tensors `assign_writers` gives it;
+  fragment API (`parallel.optimizer_state`: ZeRO-1/2's flat partitions and ZeRO-3's partitioned
+  parameters alike); each rank keeps only the tensors `assign_writers` gives it;
 - small state, as JSON: the optimizer's step count and hyper-parameters, the LR scheduler, the EMA
   update count, and this rank's RNGs (torch CPU and CUDA, python, numpy, the replica generator).
 
 Put back: the weights and EMA before DeepSpeed wraps the model, one logical tensor at a time
 (each rank keeps its piece of the whole tensor, `parallel.shards.write_whole`: its TP piece, and
 under ZeRO-3, where the model was built partitioned, its partition; DeepSpeed builds its ZeRO-1/2
-fp32 partitions from them), the optimizer
-moments after (`safe_set_full_optimizer_state` writes each rank's fragment; a plain torch
-optimizer gets its state dict entries). Since everything is stored whole, a checkpoint saved at
-TP=2 or under ZeRO-3 loads at TP=1 or ZeRO-1, or on one process.
+fp32 master partitions from them), the optimizer moments after (`parallel.optimizer_state`: the
+state is created as AdamW's first step would, then each rank writes its ZeRO fragment; a plain
+torch optimizer gets its state dict entries), then the scheduler and the rate it gives the next
+step. Since everything is stored whole, a checkpoint saved under any layout loads under any
+other: the layouts the save x load matrix proves are README's table
+(tests/train/test_resume_matrix.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from megagoku.parallel.engine import TrainEngine
+from megagoku.parallel.optimizer_state import ADAM_MOMENTS, full_moment, set_full_moment
 from megagoku.parallel.shards import whole_shape, write_whole
 from megagoku.parallel.weights import gather_tp, gathered, tp_piece
 from megagoku.train.checkpoint import CheckpointError, CheckpointReader, assign_writers
@@ -36,7 +40,7 @@ from megagoku.optim import EMA
 
 log = logging.getLogger(__name__)
 
-OPTIMIZER_MOMENTS = ("exp_avg", "exp_avg_sq")
+OPTIMIZER_MOMENTS = ADAM_MOMENTS
 
 
 def logical_sizes(model: nn.Module) -> dict[str, int]:
@@ -53,19 +57,10 @@ def logical_sizes(model: nn.Module) -> dict[str, int]:
     return sizes
 
 
-def _uses_deepspeed_fragments(param: torch.Tensor) -> bool:
-    return hasattr(param, "ds_id") or hasattr(param, "_hp_mapping")
-
-
 def _moment(param: nn.Parameter, optimizer: torch.optim.Optimizer, moment: str) -> torch.Tensor:
     """This TP rank's whole (not ZeRO-partitioned) optimizer moment of `param` (collective over
     the gradient group under ZeRO)."""
-    if _uses_deepspeed_fragments(param):
-        from deepspeed.utils import safe_get_full_optimizer_state
-
-        value = safe_get_full_optimizer_state(param, moment)
-    else:
-        value = optimizer.state.get(param, {}).get(moment)
+    value = full_moment(param, optimizer, moment)
     if value is None:
         raise CheckpointError(f"no optimizer {moment} for a parameter of shape "
                               f"{whole_shape(param)}: save only after an optimizer step")
@@ -194,37 +189,30 @@ def optimizer_step_count(optimizer: torch.optim.Optimizer) -> float:
     return 0.0
 
 
-def restore_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer,
-                      reader: CheckpointReader) -> None:
-    """AdamW's moments and step count from `reader` (after DeepSpeed, when used, wrapped the
-    optimizer: each rank writes its own fragment)."""
-    step = float(reader.state["optimizer"]["step"])
-    # torch's AdamW creates its state at the first step, and DeepSpeed's ZeRO-3 partitions
-    # are empty until then: create it here (zeros, then overwritten) so there is a place to
-    # write the saved moments into. DeepSpeed's base optimizer holds its flat fp32 partitions,
-    # which are the params of its param groups; torch's AdamW keeps the step per parameter.
-    flats = [p for group in optimizer.param_groups for p in group["params"]]
-    zero3 = next((p._z3_optimizer for p in model.parameters() if hasattr(p, "_z3_optimizer")),
-                 None)
-    if zero3 is not None:  # it puts its fp32 partitions into the param groups only to step
-        flats = list(zero3.fp32_partitioned_groups_flat)
-    for flat in flats:
-        state = optimizer.state[flat]
-        for moment in OPTIMIZER_MOMENTS:
-            if moment not in state:
-                state[moment] = torch.zeros_like(flat, memory_format=torch.preserve_format)
-        state["step"] = torch.tensor(step, dtype=torch.float32)
+def restore_optimizer(model: nn.Module, engine: TrainEngine, reader: CheckpointReader) -> None:
+    """AdamW's moments and step count from `reader`, after DeepSpeed (when used) wrapped the
+    optimizer: the state is created first (DeepSpeed's ZeRO partitions have none before the
+    first step), then each rank writes its fragment of every moment. The hyper-parameters are
+    `restore_optimizer_meta`'s (a resumed run's, not a new stage's)."""
+    engine.create_optimizer_state(float(reader.state["optimizer"]["step"]))
     for name, param in model.named_parameters():
         for moment in OPTIMIZER_MOMENTS:
-            piece = _piece(reader, f"optim.{moment}/{name}", param).to(param.device)
-            if _uses_deepspeed_fragments(param):
-                from deepspeed.utils import safe_set_full_optimizer_state
+            set_full_moment(param, engine.optimizer, moment,
+                            _piece(reader, f"optim.{moment}/{name}", param))
 
-                safe_set_full_optimizer_state(param, piece, moment)
-            else:
-                optimizer.state[param][moment] = piece.clone().to(param.dtype)
-    for group, saved in zip(optimizer.param_groups, reader.state["optimizer"]["groups"]):
+
+def restore_optimizer_meta(optimizer: torch.optim.Optimizer,
+                           scheduler: Optional[torch.optim.lr_scheduler.LRScheduler],
+                           meta: dict, schedule: Optional[dict]) -> None:
+    """What `optimizer_meta` saved (each param group's hyper-parameters) and the scheduler's
+    state, with the rate the scheduler gives the next step put into the param groups (loading a
+    scheduler's state does not touch them)."""
+    for group, saved in zip(optimizer.param_groups, meta["groups"]):
         group.update(saved)
+    if scheduler is not None and schedule is not None:
+        scheduler.load_state_dict(schedule)
+        for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = lr
 
 
 def optimizer_meta(optimizer: torch.optim.Optimizer) -> dict:

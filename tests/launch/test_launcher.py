@@ -4,7 +4,8 @@ A config error fails at once, a deterministic start-up error after two attempts,
 message naming the rank and exit code. Each fault (kill -9 of a rank at a random step, a rank
 that hangs, SIGUSR1 then a truncated newest checkpoint) ends at the final step with weights, EMA
 and optimizer moments bit-identical to the uninterrupted run, and a committed checkpoint is never
-lost. The launcher's own promises: its exit code follows from the disk (a hang with no restart
+lost; a ZeRO-2 run killed with -9 resumes to its uninterrupted run's final tensors too. The
+launcher's own promises: its exit code follows from the disk (a hang with no restart
 left fails, a stop before any commit is no requeue), a slow sampling or evaluation pass is not a
 hang, `kill -9` of the launcher leaves no worker behind, and a single-node launch listens on
 127.0.0.1 only. The disk filling up during a save is `tests/train/test_checkpoint.py`'s
@@ -182,6 +183,29 @@ def test_kill_9_of_a_rank_at_a_random_step_resumes_bit_identical(tmp_path, unint
     resumed = next(e for e in log if e["event"] == "resumed")
     assert 4 <= resumed["step"] <= hb["step"] + 1
     assert_bit_identical(tmp_path, uninterrupted)
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_zero2_rank_resumes_to_the_uninterrupted_weights(tmp_path):
+    """ZeRO-2, the common sharded layout: its optimizer state exists only after DeepSpeed's first
+    step, so a resume must create it before writing the saved moments in (issue 26)."""
+    steps = 12
+    command = TRAIN + [a for kv in ("parallel.zero_stage=2", f"train.steps={steps}")
+                       for a in ("--set", kv)]  # later --set wins
+    finish(start(tmp_path / "uninterrupted", command=command))
+    killed = tmp_path / "killed"
+    step = random.Random().randint(5, 9)
+    proc = start(killed, "--max-restarts", "2", command=command)
+    hb = wait_until_step(proc, killed, 1, step)
+    os.kill(hb["pid"], signal.SIGKILL)
+    out = finish(proc)
+    assert "launch succeeded after 2 attempt(s); 1 failure(s)" in out, (step, out[-3000:])
+    resumed = next(e for e in events(killed) if e["event"] == "resumed")
+    assert resumed["step"] >= 4
+    got, want = final_state(killed, steps), final_state(tmp_path / "uninterrupted", steps)
+    assert got.keys() == want.keys()
+    differ = [k for k in got if not got[k].equal(want[k])]
+    assert not differ, f"{len(differ)} tensors differ from the uninterrupted run, e.g. {differ[:3]}"
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from megagoku.config import TrainingConfig
 from megagoku.optim import Update, warmup_cosine
 from megagoku.train.checkpoint import CheckpointReader, ModelDirReader
 from megagoku.train.components.model import TrainedModel
-from megagoku.train.train_state import optimizer_meta, restore_optimizer
+from megagoku.train.train_state import optimizer_meta, restore_optimizer, restore_optimizer_meta
 
 
 class Optimization:
@@ -27,14 +27,18 @@ class Optimization:
         self.scheduler = self.update.scheduler
 
     def load_moments(self, reader: CheckpointReader | ModelDirReader) -> None:
-        """AdamW's moments, step count and hyper-parameters from a checkpoint (each rank writes
-        its own fragment under ZeRO)."""
-        restore_optimizer(self.model, self.optimizer, reader)
+        """AdamW's moments and step count from a checkpoint (each rank writes its own fragment
+        under ZeRO): all a new stage takes (`checkpoint.init_optimizer`; it keeps its own
+        learning rate and schedule), and the tensor half of a resume."""
+        restore_optimizer(self.model, self.update.engine, reader)
 
     def state_dict(self) -> dict:
         return {"scheduler": self.scheduler.state_dict(),
                 "optimizer": optimizer_meta(self.optimizer)}
 
     def load_state_dict(self, state: dict) -> None:
-        """The schedule's position (the optimizer's JSON state comes back with its moments)."""
-        self.scheduler.load_state_dict(state["scheduler"])
+        """A resumed run's hyper-parameters, schedule position and learning rate, and
+        DeepSpeed's step count (the moments come back with `load_moments`)."""
+        restore_optimizer_meta(self.optimizer, self.scheduler, state["optimizer"],
+                               state["scheduler"])
+        self.update.engine.restore_progress(int(state["step"]))
