@@ -1,7 +1,10 @@
 """`megagoku convert --input CKPT_OR_RUN_DIR --output OUT [--weights ema|model] [--dtype D]`:
 consolidate a training checkpoint (any TP / Ulysses / DP / ZeRO layout; a run dir means its newest
 valid checkpoint) into one model directory (model.safetensors + config.json) that `megagoku
-sample` and `checkpoint.init_from` take; streamed, with progress.
+sample` and `checkpoint.init_from` take; streamed, with progress. A model directory as --input is
+re-cast to --dtype. Casting to a narrower float reports how many nonzero values became 0 and how
+many became inf. OUT must be a new or empty directory; one holding only the `.partial` file of an
+interrupted convert is replaced.
 
 `megagoku convert --format goku-official --input CKPT_OR_DIR --output OUT.safetensors`: the blocks
 under the names and shapes of Goku's released `Block` (megagoku/models/official.py), our other
@@ -32,10 +35,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("convert", help="consolidate a checkpoint into a model directory, "
                               "or --inspect one", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", help="checkpoint directory or run directory")
+    p.add_argument("--input", help="checkpoint directory, run directory, or model directory "
+                                   "(to re-cast its dtype)")
     p.add_argument("--output", help="new model directory")
-    p.add_argument("--weights", choices=("ema", "model"), default="ema",
-                   help="the EMA (default) or the raw training weights")
+    p.add_argument("--weights", choices=("ema", "model"),
+                   help="the EMA (default) or the raw training weights; a model directory "
+                        "holds one kind")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                    help="cast floating-point tensors (default: as stored, float32)")
     p.add_argument("--format", choices=("megagoku", "goku-official"), default="megagoku",
@@ -79,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
     meta = json.loads((out / "config.json").read_text())
     print(f"wrote {out}/model.safetensors: {meta['tensors']} tensors, {meta['bytes'] / 1e6:.1f} "
           f"MB ({meta['weights']} weights of step {meta['step']}, {meta['dtype']})")
+    if "cast" in meta:
+        cast = meta["cast"]
+        print(f"cast {cast['values']} values to {cast['dtype']}: {cast['underflow']} nonzero "
+              f"became 0 (underflow), {cast['overflow']} became inf (overflow)")
     return 0
 
 

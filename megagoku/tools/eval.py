@@ -53,7 +53,9 @@ def register(subparsers) -> None:
     p.add_argument("--cfg", type=float, help="CFG scale (default: the run's sample.cfg_scale)")
     p.add_argument("--seed", type=int, help="first noise seed (default: the run's sample.seed)")
     p.add_argument("--batch", type=int, default=16, help="clips generated at once")
-    p.add_argument("--weights", choices=("ema", "model"), default="ema")
+    p.add_argument("--weights", choices=("ema", "model"),
+                   help="a checkpoint's EMA (default) or raw weights; a model directory holds "
+                        "one kind")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--out", help="where eval.json goes (default: <run/model dir>/eval)")
     p.add_argument("--export", nargs=2, metavar=("vbench|geneval", "DIR"),
@@ -110,10 +112,14 @@ def run(args: argparse.Namespace) -> int:
 
     _checked_args(args)
     from megagoku.inference import load_generator
-    from megagoku.train.checkpoint import load_checkpoint
+    from megagoku.train.checkpoint import load_checkpoint, weights_kind
 
     source = args.run_dir or args.model or args.checkpoint
-    config_dict, state, ckpt = load_checkpoint(source, args.weights)
+    try:
+        config_dict, state, ckpt = load_checkpoint(source, args.weights)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    args.weights = weights_kind(ckpt, args.weights)  # what was used, for the report
     try:
         generator = load_generator(config_dict, state, f"{ckpt}/config.yaml", args.device)
     except ValueError as e:

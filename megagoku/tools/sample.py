@@ -47,7 +47,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--fps", type=int)
     p.add_argument("--upscale", type=int, help="nearest-neighbour upscaling of the written file")
-    p.add_argument("--weights", choices=("ema", "model"), default="ema")
+    p.add_argument("--weights", choices=("ema", "model"),
+                   help="a checkpoint's EMA (default) or raw weights; a model directory holds "
+                        "one kind (asking for the other is an error)")
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="load weights that hold NaN or inf (refused otherwise)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -161,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     from megagoku.config import ConfigError
     from megagoku.data.video_io import check_output_path
     from megagoku.inference import load_generator
-    from megagoku.train.checkpoint import load_checkpoint
+    from megagoku.train.checkpoint import load_checkpoint, weights_kind
 
     for name in ("frames", "height", "width", "steps", "fps", "upscale", "seeds", "batch",
                  "tensor_parallel", "ulysses"):
@@ -193,8 +195,12 @@ def run(args: argparse.Namespace) -> int:
     from megagoku.parallel.weights import WeightsMismatch
     from megagoku.train.checkpoint import CheckpointError
 
-    config_dict, state, ckpt = load_checkpoint(args.checkpoint, args.weights,
-                                               args.allow_nonfinite)
+    try:
+        config_dict, state, ckpt = load_checkpoint(args.checkpoint, args.weights,
+                                                   args.allow_nonfinite)
+    except ValueError as e:  # a --weights kind the model directory does not hold
+        raise ConfigError(str(e)) from None
+    weights = weights_kind(ckpt, args.weights)
     try:
         gen = load_generator(config_dict, state, f"{ckpt}/config.yaml", args.device,
                              args.tensor_parallel, args.ulysses)
@@ -208,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     owns_group = collectives.world_size() > 1  # load_generator started it for a split model
     failed = True
     try:
-        status = write_samples(args, gen, prompts, suffix, ckpt)
+        status = write_samples(args, gen, prompts, suffix, ckpt, weights)
         failed = False
         return status
     finally:  # without the barrier after a failure: the other ranks may be gone
@@ -216,8 +222,10 @@ def run(args: argparse.Namespace) -> int:
             shutdown(barrier=not failed)
 
 
-def write_samples(args: argparse.Namespace, gen, prompts: list[str], suffix: str, ckpt) -> int:
-    """Every rank computes (collective under TP / Ulysses); the first one writes."""
+def write_samples(args: argparse.Namespace, gen, prompts: list[str], suffix: str, ckpt,
+                  weights: str) -> int:
+    """Every rank computes (collective under TP / Ulysses); the first one writes, and says which
+    `weights` (ema or model) it sampled."""
     from megagoku.config import ConfigError
     from megagoku.data.video_io import write_video
     from megagoku.parallel import collectives
@@ -263,5 +271,6 @@ def write_samples(args: argparse.Namespace, gen, prompts: list[str], suffix: str
         size = f"{videos[0].shape[2]}x{videos[0].shape[3]}"
         where = written[0] if len(written) == 1 else \
             f"{len(written)} files in {Path(written[0]).parent}"
-        print(f"wrote {where} ({frames} frame(s) of {size} from {ckpt})")
+        print(f"wrote {where} ({frames} frame(s) of {size} from {ckpt}, "
+              f"{'EMA' if weights == 'ema' else 'raw (non-EMA)'} weights)")
     return 0

@@ -569,16 +569,37 @@ def open_weights(path: str | Path, allow_nonfinite: bool = False
     return CheckpointReader(path, verified=True, allow_nonfinite=allow_nonfinite)
 
 
-def load_checkpoint(path: str | Path, weights: str = "ema", allow_nonfinite: bool = False
-                    ) -> tuple[dict, dict[str, torch.Tensor], Path]:
+def weights_kind(found: str | Path, weights: Optional[str] = None) -> str:
+    """Which weights `load_checkpoint(found, weights)` gives: `weights` (ema or model), by
+    default a checkpoint's EMA, or the one kind a model directory or official-layout file holds
+    (read from its description, nothing verified again). ValueError for a kind it does not
+    hold."""
+    from megagoku.train.official import is_official_file
+
+    if weights is not None and weights not in WEIGHT_KINDS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_KINDS)}, got {weights!r}")
+    if is_model_dir(found):
+        held = json.loads((Path(found) / MODEL_CONFIG).read_text())["weights"]
+    elif is_official_file(found):
+        with safe_open(str(found), framework="pt") as f:
+            held = (f.metadata() or {}).get("weights", "ema")
+    else:
+        return weights or "ema"
+    if weights is not None and weights != held:
+        raise ValueError(f"--weights {weights}: {found} holds {held} weights only (convert its "
+                         f"checkpoint with --weights {weights}, or drop --weights)")
+    return held
+
+
+def load_checkpoint(path: str | Path, weights: Optional[str] = None,
+                    allow_nonfinite: bool = False) -> tuple[dict, dict[str, torch.Tensor], Path]:
     """(config dict, whole state dict of the chosen weights, where they came from), for sampling.
-    `path` is a checkpoint, a run directory (its newest valid checkpoint) or a model directory
-    written by `megagoku convert` (its one kind of weights, whatever `weights` says). Every
-    tensor is checked (`checked_values`)."""
-    if weights not in WEIGHT_KINDS:
+    `path` is a checkpoint, a run directory (its newest valid checkpoint), a model directory or
+    an official-layout file written by `megagoku convert`; `weights` as `weights_kind` resolves
+    it. Every tensor is checked (`checked_values`)."""
+    if weights is not None and weights not in WEIGHT_KINDS:
         raise ValueError(f"weights must be one of {', '.join(WEIGHT_KINDS)}, got {weights!r}")
     found = find_weights(path)
+    kind = weights_kind(found, weights)
     reader = open_weights(found, allow_nonfinite)
-    if isinstance(reader, ModelDirReader):
-        weights = reader.meta["weights"]
-    return reader.config, reader.tensors(weights), found
+    return reader.config, reader.tensors(kind), found

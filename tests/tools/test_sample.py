@@ -106,3 +106,18 @@ def test_a_line_per_step_and_a_warning_when_the_work_is_large(run_dir, tmp_path,
     assert warning.startswith("warning: 1 sample(s) of 8x512x512 are 131072 tokens each, ")
     assert "TFLOP per Euler step on the CPU" in warning
     assert work_warning(generator, 1, 8, 512, 512, True, "cuda") is None
+
+
+def test_sample_says_which_weights_and_refuses_ones_a_model_dir_lacks(run_dir, tmp_path,
+                                                                      capsys):
+    from megagoku.train.export import consolidate
+
+    raw = consolidate(run_dir, tmp_path / "raw", weights="model", progress=False)
+    args = ["sample", "--prompt", "a red circle moving left", "--steps", "1", "--upscale", "1"]
+    assert main([*args, "--checkpoint", str(raw), "--out", str(tmp_path / "a.gif")]) == 0
+    assert "raw (non-EMA) weights" in capsys.readouterr().out
+    assert main([*args, "--checkpoint", str(raw), "--out", str(tmp_path / "b.gif"),
+                 "--weights", "ema"]) == 2
+    assert "--weights ema: " in capsys.readouterr().err and not (tmp_path / "b.gif").exists()
+    assert main([*args, "--checkpoint", str(run_dir), "--out", str(tmp_path / "c.gif")]) == 0
+    assert ", EMA weights)" in capsys.readouterr().out

@@ -122,3 +122,84 @@ def test_conversion_maps_each_file_only_while_it_reads_from_it(run_dir, tmp_path
     first = sorted(reader.keys("ema"))[0]
     assert torch.equal(load_file(out / "model.safetensors")[first], reader.read_once(f"ema/{first}"))
     assert not opened and not reader._files
+
+
+def test_bad_outputs_and_inputs_get_one_line(run_dir, tmp_path, capsys):
+    def refused(*args) -> str:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, err
+        return err
+
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in refused("convert", "--input", str(run_dir), "--output",
+                                  str(tmp_path / "file"))
+    err = refused("convert", "--input", str(run_dir), "--output", str(tmp_path / "m.safetensors"))
+    assert "writes a model directory" in err and f"--output {tmp_path / 'm'}" in err
+    assert not (tmp_path / "m.safetensors").exists()
+    assert "no such file or directory" in refused("convert", "--input", str(tmp_path / "nope"),
+                                                  "--output", str(tmp_path / "o"))
+    assert "no such file or directory" in refused("convert", "--inspect", str(tmp_path / "no"))
+
+
+def test_a_rerun_replaces_its_own_partial_output(run_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "m"
+
+    def interrupted(path, *args, **kwargs):
+        (path.with_name(path.name + ".partial")).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr("megagoku.train.export.write_safetensors", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            consolidate(run_dir, out, progress=False)
+    assert [p.name for p in out.iterdir()] == ["model.safetensors.partial"]
+    with pytest.raises(CheckpointError, match="interrupted convert"):
+        inspect(out)
+    assert main(["convert", "--input", str(run_dir), "--output", str(out)]) == 0
+    assert "replacing" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    inspect(out)
+    (out / "extra").write_text("not ours")
+    with pytest.raises(FileExistsError, match="not empty"):
+        consolidate(run_dir, out, progress=False)
+
+
+def model_dir(path, tensors: dict, weights: str = "ema"):
+    """A model directory holding `tensors` (as `convert` writes one)."""
+    path.mkdir()
+    digest = write_safetensors(path / "model.safetensors",
+                               [TensorSource(k, list(v.shape), v.dtype, lambda v=v: v)
+                                for k, v in tensors.items()],
+                               {"format": "megagoku-model", "weights": weights})
+    (path / "config.json").write_text(json.dumps({
+        "format": "megagoku-model", "version": 1, "config": {}, "weights": weights,
+        "dtype": "float32", "step": 3, "source": "a test", "sha256": digest,
+        "bytes": (path / "model.safetensors").stat().st_size, "tensors": len(tensors)}))
+    return path
+
+
+def test_casting_counts_values_that_under_or_overflow(run_dir, tmp_path, capsys):
+    """float16 flushes |x| < 2**-25 to 0 and rounds |x| >= 65520 to inf; both are counted, for a
+    checkpoint and for a model directory re-cast (a non-finite value is neither)."""
+    ema = CheckpointReader(find_checkpoint(run_dir)).tensors("ema")
+    values = torch.cat([t.flatten() for t in ema.values() if t.is_floating_point()])
+    underflow = int(((values != 0) & (values.to(torch.float16) == 0)).sum())
+    assert main(["convert", "--input", str(run_dir), "--output", str(tmp_path / "h"), "--dtype",
+                 "float16"]) == 0
+    assert f"cast {values.numel()} values to float16: {underflow} nonzero became 0 (underflow), " \
+           "0 became inf (overflow)" in capsys.readouterr().out
+
+    source = model_dir(tmp_path / "m", {"w": torch.tensor([1e-9, -1e-30, 1e6, 0.5, 0.0,
+                                                            float("inf")]),
+                                        "b": torch.tensor([-7e4, 2.0])})
+    out = consolidate(source, tmp_path / "half", dtype="float16", progress=False)
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["cast"] == {"dtype": "float16", "values": 8, "underflow": 2, "overflow": 2}
+    assert meta["weights"] == "ema" and meta["step"] == 3 and meta["dtype"] == "float16"
+    half = load_file(out / "model.safetensors")
+    assert torch.equal(half["w"], torch.tensor([1e-9, -1e-30, 1e6, 0.5, 0.0, float("inf")],
+                                               dtype=torch.float16))
+    assert inspect(out)["kind"] == "model"
+    with pytest.raises(ValueError, match="--weights model: .* ema weights only"):
+        consolidate(source, tmp_path / "raw", weights="model", progress=False)
