@@ -191,8 +191,8 @@ def consolidate(path: str | Path, out: str | Path, weights: Optional[str] = None
             sources.append(s)
             continue
         target = DTYPES[dtype]
-        sources.append(TensorSource(s.name, s.shape, target,
-                                    lambda read=s.read, target=target: counts.cast(read(), target)))
+        cast = lambda read=s.read, target=target: counts.cast(read(), target)  # noqa: E731
+        sources.append(TensorSource(s.name, s.shape, target, cast))
     total = sum(s.nbytes for s in sources)
     meter = Progress(total, f"consolidating {source.path.name}") if progress else None
     digest = write_safetensors(out / MODEL_FILE, sources, {"format": MODEL_FORMAT,

@@ -18,7 +18,8 @@ from megagoku.config import load_training_config
 from megagoku.data.packing import PackingLoader
 from megagoku.models import build_latent_space
 from megagoku.train.checkpoint import CheckpointReader
-from megagoku.train.trainer import build_dataset, train
+from megagoku.train.preflight import build_dataset
+from megagoku.train.trainer import train
 from tests.distributed import resume_matrix as mx
 from tests.distributed.launch import ROOT, run_ranks
 
