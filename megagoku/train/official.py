@@ -24,7 +24,7 @@ from megagoku.models.official import (OFFICIAL_FORMAT, LayoutError, check_releas
                                       from_official, official_tensors, our_sources, to_official)
 from megagoku.train.checkpoint import (MODEL_FILE, WEIGHT_KINDS, CheckpointError,
                                        CheckpointReader, ModelDirReader, checked_header,
-                                       checked_values, find_weights, open_weights)
+                                       checked_values, find_weights, open_weights, weights_kind)
 from megagoku.train.export import (DTYPES, SAFETENSORS_DTYPES, Progress, TensorSource,
                                    write_safetensors)
 
@@ -97,10 +97,12 @@ def _stored(reader, key: str) -> tuple[list[int], torch.dtype]:
         return list(piece.get_shape()), SAFETENSORS_DTYPES[piece.get_dtype()]
 
 
-def write_official(path: str | Path, out: str | Path, weights: str = "ema",
+def write_official(path: str | Path, out: str | Path, weights: Optional[str] = None,
                    dtype: Optional[str] = None, progress: bool = True) -> Path:
-    """A checkpoint, run dir or model directory -> one official-layout file (`out`)."""
-    if weights not in WEIGHT_KINDS:
+    """A checkpoint, run dir or model directory -> one official-layout file (`out`). `weights`:
+    as `weights_kind` resolves it (a checkpoint's EMA by default, a model directory's one kind;
+    ValueError for a kind the model directory lacks)."""
+    if weights is not None and weights not in WEIGHT_KINDS:
         raise ValueError(f"--weights must be one of {', '.join(WEIGHT_KINDS)}, got {weights!r}")
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -113,8 +115,7 @@ def write_official(path: str | Path, out: str | Path, weights: str = "ema",
     reader = open_weights(found)
     if isinstance(reader, OfficialFileReader):
         raise ValueError(f"--input {path}: already in the official layout")
-    if isinstance(reader, ModelDirReader):
-        weights = reader.meta["weights"]
+    weights = weights_kind(found, weights)
     cfg = saved_training_config(reader.config, f"{found}: config").model
     ours = {name: _stored(reader, f"{weights}/{name}") for name in reader.keys(weights)}
     read = getattr(reader, "read_once", reader.tensor)

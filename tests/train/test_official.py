@@ -15,7 +15,7 @@ from megagoku.config import ConfigError
 from megagoku.config.schema import LEGACY_BLOCK
 from megagoku.inference import load_generator
 from megagoku.train.checkpoint import (CheckpointError, CheckpointReader, find_checkpoint,
-                                       load_checkpoint, open_weights)
+                                       load_checkpoint, open_weights, weights_kind)
 from megagoku.train.export import consolidate
 from megagoku.train.official import OfficialFileReader, write_official
 from megagoku.train.trainer import train
@@ -60,6 +60,15 @@ def test_the_file_has_the_released_names_and_maps_back_to_the_same_bits(run_dir,
                      open_weights(model_dir).tensors("model"))
     with pytest.raises(FileExistsError):
         write_official(run_dir, half, progress=False)
+    # The file says which weights it holds, and a kind it lacks is refused, not substituted.
+    assert weights_kind(half) == "model"
+    with pytest.raises(ValueError, match="holds model weights only"):
+        weights_kind(half, "ema")
+    with pytest.raises(ValueError, match="holds model weights only"):
+        write_official(model_dir, tmp_path / "as_ema.safetensors", weights="ema", progress=False)
+    # The file is no input for a model directory: one line that says where it is read instead.
+    with pytest.raises(ValueError, match="a file; convert reads .* read an official-layout"):
+        consolidate(half, tmp_path / "again", progress=False)
 
 
 def test_the_file_samples_and_initialises_as_the_checkpoint(run_dir, tmp_path):
