@@ -174,7 +174,7 @@ def model_dir(path, tensors: dict, weights: str = "ema"):
                                {"format": "megagoku-model", "weights": weights})
     (path / "config.json").write_text(json.dumps({
         "format": "megagoku-model", "version": 1, "config": {}, "weights": weights,
-        "dtype": "float32", "step": 3, "source": "a test", "sha256": digest,
+        "dtype": "float32", "step": 3, "source": "a test", "xxh3_128": digest,
         "bytes": (path / "model.safetensors").stat().st_size, "tensors": len(tensors)}))
     return path
 
@@ -193,7 +193,10 @@ def test_casting_counts_values_that_under_or_overflow(run_dir, tmp_path, capsys)
     source = model_dir(tmp_path / "m", {"w": torch.tensor([1e-9, -1e-30, 1e6, 0.5, 0.0,
                                                             float("inf")]),
                                         "b": torch.tensor([-7e4, 2.0])})
-    out = consolidate(source, tmp_path / "half", dtype="float16", progress=False)
+    with pytest.raises(CheckpointError, match="tensor w holds 1 non-finite value"):
+        consolidate(source, tmp_path / "refused", dtype="float16", progress=False)
+    out = consolidate(source, tmp_path / "half", dtype="float16", progress=False,
+                      allow_nonfinite=True)
     meta = json.loads((out / "config.json").read_text())
     assert meta["cast"] == {"dtype": "float16", "values": 8, "underflow": 2, "overflow": 2}
     assert meta["weights"] == "ema" and meta["step"] == 3 and meta["dtype"] == "float16"
