@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 
 from megagoku.config import ModelConfig
-from megagoku.tools import bench_checkpoint, bench_memory, bench_step
+from megagoku.tools import bench_checkpoint, bench_data, bench_memory, bench_step
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TARGET_SPEEDUP = 2.0
@@ -77,13 +77,7 @@ def register(subparsers) -> None:
                    help="keep glibc's mmap threshold (outputs page-fault on every call)")
     k.add_argument("--json", help="also write the results to this file")
     k.set_defaults(func=run_kernels)
-    d = which.add_parser("data", help="video decode throughput per backend and codec",
-                         description=run_data.__doc__)
-    d.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
-    d.add_argument("--frames", type=int, default=33, help="frames per clip (default 33 = 4k+1)")
-    d.add_argument("--clips", type=int, default=4, help="clips per codec (default 4)")
-    d.add_argument("--device", default="cpu", help="cpu or cuda (DALI on the GPU)")
-    d.set_defaults(func=run_data)
+    bench_data.register(which)
     pk = which.add_parser("packing", help="Patch n' Pack padding against size bucketing",
                           description=run_packing.__doc__)
     pk.add_argument("--samples", type=int, default=3000, help="samples in the mix (default 3000)")
@@ -329,52 +323,6 @@ def run_kernels(args: argparse.Namespace) -> int:
             json.dump({"device": where, "copy_gbps_measured": [c / 1e9 for c in copies],
                        "tokens": args.tokens,
                        "results": [asdict(r) for r in results]}, f, indent=2)
-    return 0
-
-
-def run_data(args: argparse.Namespace) -> int:
-    """`megagoku bench data`: frames per second decoding the same clips with each backend that can
-    decode them (DALI: VP9 on a CPU, everything on a GPU; PyAV: everything), VP9 WebM and H.264
-    MP4 clips of moving shapes written for the run, one process, full decode to RGB."""
-    import tempfile
-    from pathlib import Path
-
-    import numpy as np
-
-    from megagoku.data.decode import DaliDecoder, choose_backend, dali_missing, decode_pyav
-    from megagoku.data.shapes import render
-    from megagoku.data.video_io import encode_video, to_uint8_frames
-
-    h, w = args.size
-    if args.clips < 1 or args.frames < 1 or h < 2 or w < 2:
-        print("error: --clips, --frames and --size must be positive (size at least 2)",
-              file=sys.stderr)
-        return 2
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        t = np.linspace(0.2, 0.8, args.frames)
-        centres = np.stack([np.full_like(t, h / 2), t * w], 1)
-        frames = to_uint8_frames(render("red", "circle", centres, h, w))
-        backends = {"pyav": decode_pyav}
-        if dali_missing() is None:
-            backends["dali"] = DaliDecoder(args.device)
-        for suffix, codec in ((".webm", "vp9"), (".mp4", "h264")):
-            paths = [Path(tmp) / f"clip{i}{suffix}" for i in range(args.clips)]
-            for path in paths:
-                encode_video(path, frames, 24)
-            for name, decode in backends.items():
-                if name == "dali" and choose_backend(codec, args.device) != "dali":
-                    rows.append((codec, name, None))
-                    continue
-                decode(paths[0])  # warm-up (DALI builds its decoder state)
-                start = time.perf_counter()
-                decoded = sum(decode(p).shape[0] for p in paths)
-                rows.append((codec, name, decoded / (time.perf_counter() - start)))
-    print(f"{args.clips} clips of {args.frames} frames at {h}x{w} per codec, device {args.device}")
-    print(f"{'codec':<8}{'backend':<9}{'frames/s':>10}")
-    for codec, name, rate in rows:
-        shown = f"{rate:>10.0f}" if rate is not None else f"{'n/a':>10}  (DALI's CPU decoder: VP9, VP8, MJPEG)"
-        print(f"{codec:<8}{name:<9}{shown}")
     return 0
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import pytest
+
 from megagoku.cli import main
 from megagoku.ops import fused, use_fused
 
@@ -43,11 +45,43 @@ def test_bench_without_the_kernels_says_why(monkeypatch, capsys):
     assert "error: fused kernels cannot run on cpu: megagoku.ops._C is not importable" in err
 
 
-def test_bench_data_reports_each_backend_per_codec(capsys):
-    assert main(["bench", "data", "--size", "32", "32", "--frames", "5", "--clips", "1"]) == 0
-    rows = {tuple(line.split()[:2]): line for line in capsys.readouterr().out.splitlines()[2:]}
-    assert set(rows) == {("vp9", "pyav"), ("vp9", "dali"), ("h264", "pyav"), ("h264", "dali")}
-    assert float(rows[("vp9", "dali")].split()[2]) > 0 and "n/a" in rows[("h264", "dali")]
+def test_bench_data_decodes_each_clip_by_each_backend_against_the_reference(tmp_path, capsys):
+    out = tmp_path / "data.json"
+    assert main(["bench", "data", "--only", "decode", "--clips-dir", str(tmp_path / "clips"),
+                 "--source", "96x64@8:1", "--target", "16x16x4:small", "--repeats", "1",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "generating" in printed and "h264_96x64_8fps_1s.mp4" in printed
+    rows = {(r["clip"].split("_")[0], r["backend"]): r
+            for r in json.loads(out.read_text())["decode"]}
+    assert set(rows) == {(c, b) for c in ("h264", "vp9") for b in ("reference", "pyav", "dali")}
+    assert "n/a: DALI's CPU decoder" in rows[("h264", "dali")]["note"]
+    for key, row in rows.items():
+        if key != ("h264", "dali"):
+            assert row["frames_per_s"] > 0 and row["peak_mb"] >= 0, (key, row)
+            assert row["target"] == "small" and not row["note"]
+    for key in (("h264", "pyav"), ("vp9", "pyav"), ("vp9", "dali")):
+        assert rows[key]["speedup"] == pytest.approx(
+            rows[(key[0], "reference")]["seconds_per_sample"] / rows[key]["seconds_per_sample"])
+    # The clips are generated once: a second run finds them.
+    assert main(["bench", "data", "--only", "decode", "--clips-dir", str(tmp_path / "clips"),
+                 "--source", "96x64@8:1", "--target", "16x16x4", "--repeats", "1"]) == 0
+    assert "generating" not in capsys.readouterr().out
+    assert main(["bench", "data", "--source", "96x64"]) == 2
+
+
+@pytest.mark.slow
+def test_bench_data_runs_the_loader_with_each_worker_count(tmp_path, capsys):
+    out = tmp_path / "data.json"
+    assert main(["bench", "data", "--only", "loader", "--clips-dir", str(tmp_path / "clips"),
+                 "--loader-source", "96x64@8:2", "--loader-size", "16x16x8", "--tokens", "512",
+                 "--steps", "2", "--workers", "0", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["loader"]
+    assert [(r["data"], r["workers"]) for r in rows] == [
+        ("built-in shapes", None), ("h264_96x64_8fps_2s.mp4", 0), ("h264_96x64_8fps_2s.mp4", 2)]
+    for r in rows:
+        assert not r["note"] and len(r["wait_per_step"]) == 2 and r["main_peak_mb"] > 0
+    assert rows[2]["worker_peak_mb"] > 0
 
 
 def test_bench_packing_compares_windows_and_bucketing(capsys):
