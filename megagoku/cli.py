@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     # inert word (megagoku/launch/argv.py).
     argv = launch_argv.decode(argv)
     args = build_parser().parse_args(argv)
+    from megagoku.data.errors import DataError
     from megagoku.train.checkpoint import CheckpointError
 
     try:
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DataError as e:  # the data as a whole cannot feed the run (its files, its workers)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C outside training's own handling (which saves first)
         print("interrupted", file=sys.stderr)
         return 130

@@ -256,6 +256,13 @@ class DataConfig:
     tokens_per_step: int = 2048  # Patch n' Pack budget: samples are packed up to this many tokens
     # Read-ahead samples each pack is filled from, first-fit-decreasing (1: greedy, stream order).
     pack_window: int = 1
+    # Samples are decoded in this many worker processes (0: in the training process), each with
+    # prefetch_factor requests of read_batch samples in flight (DALI decodes a request's files
+    # as one batch); a worker that hands over nothing for worker_timeout_s stops the run.
+    num_workers: int = 0
+    prefetch_factor: int = 2
+    read_batch: int = 4
+    worker_timeout_s: float = 300.0
 
     def targets(self, kind: str) -> list[tuple[int, int, int, float]]:
         """(frames, height, width, weight) of every target size for samples of `kind`."""
@@ -263,9 +270,12 @@ class DataConfig:
         return tiers or [(1 if kind == "image" else self.frames, self.height, self.width, 1.0)]
 
     def problems(self) -> Iterator[Problem]:
-        for name in ("height", "width", "frames", "tokens_per_step", "pack_window"):
+        for name in ("height", "width", "frames", "tokens_per_step", "pack_window",
+                     "prefetch_factor", "read_batch", "worker_timeout_s"):
             if getattr(self, name) <= 0:
                 yield name, f"must be positive, got {getattr(self, name)}"
+        if self.num_workers < 0:
+            yield "num_workers", f"must be >= 0, got {self.num_workers}"
         if self.image_fraction is not None and not 0.0 <= self.image_fraction <= 1.0:
             yield "image_fraction", f"must be in [0, 1], got {self.image_fraction}"
         if self.tiers and self.kind != "manifest":

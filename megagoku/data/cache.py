@@ -341,6 +341,9 @@ class LatentCache:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def __getstate__(self) -> dict:  # a data worker opens its own shard files
+        return {**self.__dict__, "_open": {}}
+
     @property
     def kinds(self) -> list[str]:
         return [e["kind"] for e in self.entries]

@@ -36,7 +36,8 @@ class ManifestDataset:
 
     def __init__(self, cfg: DataConfig, device: str = "cpu"):
         self.cfg = cfg
-        self.reader = MediaReader(device, cfg.decode_backend)  # refuses a missing DALI first
+        # Refuses a missing DALI first. DALI decodes the files of one read request together.
+        self.reader = MediaReader(device, cfg.decode_backend, dali_batch=cfg.read_batch)
         self.records = load_manifest(cfg.manifest)
         self.order = SampleOrder([r.kind for r in self.records], cfg.image_fraction, cfg.seed,
                                  str(cfg.manifest))
@@ -61,5 +62,17 @@ class ManifestDataset:
     def record(self, index: int) -> MediaRecord:
         return self.records[self.order.position(index)]
 
+    def describe(self, index: int) -> str:
+        return str(self.record(index).path)
+
     def __getitem__(self, index: int) -> Optional[FileSample]:
         return self.load(self.order.position(index))
+
+    def get_many(self, indices: list[int]) -> list[Optional[FileSample]]:
+        """`[self[i] for i in indices]`, the files DALI decodes read as one batch."""
+        positions = [self.order.position(i) for i in indices]
+        records = [self.records[p] for p in positions]
+        pixels = self.reader.read_many([(r.path, r.kind, self.target(p))
+                                        for r, p in zip(records, positions)])
+        return [None if x is None else FileSample(x, caption_of(r), r.kind)
+                for x, r in zip(pixels, records)]

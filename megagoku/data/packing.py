@@ -13,6 +13,9 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
 
+from megagoku.data.decode import DecodeStats
+from megagoku.data.errors import DataError
+from megagoku.data.workers import ReadOptions, SampleReads, StreamDataset
 from megagoku.launch import heartbeat
 
 
@@ -126,7 +129,8 @@ MAX_CONSECUTIVE_SKIPS = 100
 
 
 class ConsecutiveSkips:
-    """Counts unreadable samples in a row and stops the reader at MAX_CONSECUTIVE_SKIPS."""
+    """Counts unreadable samples in a row and stops the reader at MAX_CONSECUTIVE_SKIPS with one
+    line (a DataError) that says why they were skipped."""
 
     def __init__(self):
         self.run = 0
@@ -134,11 +138,16 @@ class ConsecutiveSkips:
     def read(self) -> None:
         self.run = 0
 
-    def skipped(self, index: int) -> None:
+    def skipped(self, index: int, stats: Optional[DecodeStats] = None) -> None:
         self.run += 1
         if self.run >= MAX_CONSECUTIVE_SKIPS:
-            raise RuntimeError(f"{self.run} samples in a row could not be read (up to index "
-                               f"{index}): the data is broken, not a few files")
+            why = ""
+            if stats is not None and stats.skipped:
+                why = " (skipped so far: " + ", ".join(
+                    f"{n} {reason}" for reason, n in stats.skipped.most_common()) + ")"
+            raise DataError(f"data: {self.run} samples in a row could not be read (up to index "
+                            f"{index}){why}: the data is broken, not a few files; the warnings "
+                            "above name each file")
 
 
 def first_fit_decreasing(sizes: Sequence[int], room: int) -> list[int]:
@@ -172,15 +181,22 @@ class PackingLoader:
     sample larger than the budget is an error, not a silent drop; an index whose sample cannot be
     read (the dataset gives None) is skipped and counted in `skipped`.
 
+    Samples are read through `data/workers.py` (`reading`: worker processes, or this process);
+    the packer and the encoder stay here. What the readers counted (files per decoder, skips
+    per reason) is summed in `decode_stats`.
+
     `replica = (r, n)`: data-parallel replica r of n reads samples r, r + n, r + 2n, ... (its own
     stream; indices count in it). State (`state_dict`) is the next unread index and the indices
     in the window; a loader loaded with it yields exactly the packs the original would have (the
-    window's samples are read and encoded again: the dataset and the encoder are deterministic).
+    window's samples are read and encoded again: the dataset and the encoder are deterministic;
+    samples the workers had read beyond the window are read again too).
     """
 
     def __init__(self, dataset: IndexedDataset, encode: Callable[[torch.Tensor], torch.Tensor],
                  patch: Sequence[int], tokens_per_pack: int, start_index: int = 0,
-                 replica: tuple[int, int] = (0, 1), window: int = 1):
+                 replica: tuple[int, int] = (0, 1), window: int = 1,
+                 reading: Optional[ReadOptions] = None,
+                 progress: Optional[Callable[[str], None]] = None):
         if not 0 <= replica[0] < replica[1]:
             raise ValueError(f"replica {replica[0]} of {replica[1]} does not exist")
         if window < 1:
@@ -193,20 +209,38 @@ class PackingLoader:
         self.window = window
         self.next_index = start_index  # the next index of the stream not read yet
         self.skipped = 0  # indices whose sample could not be read, in this process
+        self.decode_stats = DecodeStats()  # what the readers counted, wherever they ran
         self._buffer: list[_Entry] = []  # read and encoded, not packed yet (stream order)
+        self._rereads: list[int] = []  # a loaded window, to be read again before new indices
+        self._reads = SampleReads(StreamDataset(dataset, replica), reading or ReadOptions(),
+                                  progress)
+        self._reads.restart([], start_index)
+
+    @property
+    def progress(self) -> Optional[Callable[[str], None]]:
+        """Called with "data" while a wait for the data workers lasts (a launcher's heartbeat)."""
+        return self._reads.progress
+
+    @progress.setter
+    def progress(self, report: Optional[Callable[[str], None]]) -> None:
+        self._reads.progress = report
 
     def state_dict(self) -> dict:
-        return {"next_index": self.next_index, "window": [e.index for e in self._buffer]}
+        return {"next_index": self.next_index,
+                "window": [*self._rereads, *(e.index for e in self._buffer)]}
 
     def load_state_dict(self, state: dict) -> None:
         self.next_index = int(state["next_index"])
-        self._buffer = [e for e in (self._read(int(i)) for i in state.get("window", []))
-                        if e is not None]
+        self._buffer = []
+        self._rereads = [int(i) for i in state.get("window", [])]
+        self._reads.restart(self._rereads, self.next_index)
 
-    def _read(self, index: int) -> Optional[_Entry]:
-        sample = self.dataset[index * self.replica[1] + self.replica[0]]
-        heartbeat.progress("data")  # a sample read (or skipped): the loader is not stuck
-        if sample is None:  # a file that could not be decoded (the dataset said so and counted)
+    def close(self) -> None:
+        """Stop the data workers."""
+        self._reads.close()
+
+    def _entry(self, index: int, sample: Optional[Sample]) -> Optional[_Entry]:
+        if sample is None:  # a file that could not be decoded (the reader said so and counted)
             return None
         latent = getattr(sample, "latent", None)
         if latent is None:
@@ -219,15 +253,22 @@ class PackingLoader:
 
     def _fill(self) -> None:
         skips = ConsecutiveSkips()
-        while len(self._buffer) < self.window:
-            entry = self._read(self.next_index)
-            self.next_index += 1
+        while self._rereads or len(self._buffer) < self.window:
+            fetched = self._reads.next()
+            heartbeat.progress("data")  # a sample read (or skipped): the loader is not stuck
+            if fetched.stats is not None:
+                self.decode_stats.add(fetched.stats)
+            if self._rereads:  # the saved window first (it was readable when it was saved)
+                self._rereads.pop(0)
+            else:
+                self.next_index += 1
+            entry = self._entry(fetched.index, fetched.sample)
             if entry is not None:
                 self._buffer.append(entry)
                 skips.read()
                 continue
             self.skipped += 1
-            skips.skipped(self.next_index - 1)
+            skips.skipped(fetched.index, self.decode_stats)
 
     def next_pack(self) -> PackedBatch:
         chosen: list[_Entry] = []

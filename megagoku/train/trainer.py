@@ -272,6 +272,7 @@ class Trainer:
         try:
             if self.stop is not None:
                 self.stop.restore()
+            self.data.close()
             self.checkpoints.close()
             self.metrics.close()
         finally:

@@ -66,3 +66,21 @@ def test_train_then_sample_every_format(tmp_path):
     proc = megagoku("sample", "--checkpoint", str(tmp_path / "nothing"), "--prompt", "x",
                     "--out", str(tmp_path / "x.gif"), check=False)
     assert proc.returncode == 2 and "no checkpoint here" in proc.stderr
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_on_files_that_are_all_unreadable_ends_in_one_line(tmp_path, workers):
+    # Issue 22, case 7: was a RuntimeError traceback.
+    rows = [{"path": f"gone{i}.mp4", "caption": "a red circle moving up", "kind": "video",
+             "width": 16, "height": 16, "frames": 8, "fps": 8} for i in range(3)]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = megagoku("train", "--config", "configs/tiny.yaml", "--set", "data.kind=manifest",
+                    "--set", f"data.manifest={manifest}", "--set", "data.image_fraction=null",
+                    "--set", f"data.num_workers={workers}", "--set", "train.steps=2",
+                    "--run-dir", str(tmp_path / "run"), check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: data: 100 samples in a row could not be read (up to index 99) (skipped so far: "
+        "100 missing): the data is broken, not a few files; the warnings above name each file")

@@ -14,6 +14,8 @@ import torch
 from megagoku.config import TrainingConfig
 from megagoku.data import PackingLoader
 from megagoku.data.packing import PackedBatch, first_frame_tokens, reshard_loader_states
+from megagoku.data.prefetch import PackFeed
+from megagoku.data.workers import ReadOptions
 from megagoku.models import TextEncoder
 from megagoku.parallel import collectives, data_parallel_size
 from megagoku.train.preflight import Inputs
@@ -33,11 +35,12 @@ def caption_features(encoder: TextEncoder, batch, dropped: list[bool]
     return torch.cat(feats), lengths.cumsum(0).to(torch.int32).to(encoder.device)
 
 
-def decode_counts(dataset) -> dict[str, int]:
+def decode_counts(loader: PackFeed) -> dict[str, int]:
     """This rank's files decoded per backend and skipped per reason (`data/decoded_dali`,
-    `data/skipped_too_short`, ...), for the metrics; nothing for data that is not decoded."""
-    reader = getattr(dataset, "reader", None)
-    return reader.stats.as_metrics() if reader is not None else {}
+    `data/skipped_too_short`, ...), counted by its data workers, for the metrics; nothing for
+    data that is not decoded."""
+    stats = loader.decode_stats
+    return stats.as_metrics() if stats.decoded or stats.skipped else {}
 
 
 @dataclass
@@ -59,9 +62,13 @@ class TrainData:
         self.dataset = inputs.dataset
         self.replica, self.replicas = replica, replicas
         self.text_encoder = TextEncoder(config.text.encoder, config.text.max_length, device)
-        self.loader = PackingLoader(inputs.dataset, inputs.encode, config.model.patch_size,
-                                    config.data.tokens_per_step, replica=(replica, replicas),
-                                    window=config.data.pack_window)
+        # Samples decoded in data workers; on a GPU the next pack is built and copied meanwhile.
+        self.loader = PackFeed(
+            PackingLoader(inputs.dataset, inputs.encode, config.model.patch_size,
+                          config.data.tokens_per_step, replica=(replica, replicas),
+                          window=config.data.pack_window,
+                          reading=ReadOptions.from_config(config.data, device.type)),
+            device)
 
     def next(self, generator: torch.Generator) -> StepInputs:
         """The next pack and its conditioning; the draws (caption dropout, then first-frame
@@ -88,7 +95,11 @@ class TrainData:
         return float(count.item())
 
     def decode_counts(self) -> dict[str, int]:
-        return decode_counts(self.dataset)
+        return decode_counts(self.loader)
+
+    def close(self) -> None:
+        """Stop the data workers (and the pack thread on a GPU)."""
+        self.loader.close()
 
     def state_dict(self) -> dict:
         """Every replica's loader state (collective: the TP and Ulysses ranks of a replica hold
