@@ -134,6 +134,11 @@ def _as_list(batch: list) -> list:
 
 
 def _worker_init(worker_id: int) -> None:
+    # Ctrl-C at a terminal reaches the whole process group; the training process alone answers
+    # it (it saves at the end of the step, then stops its workers). A worker that took it would
+    # end its loop quietly and the save would fail on "a data worker died". (Ignored from birth
+    # too: `SampleReads._start` spawns them with SIGINT ignored, which a spawned child keeps.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A spawned worker has no logging set up: its skip warnings look like the trainer's.
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
@@ -181,10 +186,14 @@ class SampleReads:
             return iter(self.loader)
         # torch installs a SIGCHLD handler that raises from wherever the main thread happens to
         # be when a worker dies; worker deaths are found (and said in one line) where we wait.
+        # The workers are spawned with SIGINT ignored (they keep it through their imports, before
+        # `_worker_init` runs); the training process's own handler is put back at once.
         previous = signal.getsignal(signal.SIGCHLD)
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             return iter(self.loader)
         finally:
+            signal.signal(signal.SIGINT, interrupt)
             signal.signal(signal.SIGCHLD, previous)
 
     def next(self) -> Fetched:

@@ -68,6 +68,22 @@ def test_packs_with_0_and_2_workers_are_identical(manifest):
         workers.close()
 
 
+def test_ctrl_c_reaching_the_workers_leaves_them_reading(manifest):
+    # A terminal's Ctrl-C goes to the whole process group; the training process saves at the
+    # end of its step (issue 22, case 2), which needs the workers it reads from still there.
+    inline, workers = make_loader(manifest, 0), make_loader(manifest, 2)
+    try:
+        same_packs(inline.next_pack(), workers.next_pack())
+        for process in workers._reads._iterator._workers:
+            os.kill(process.pid, signal.SIGINT)
+        time.sleep(0.5)
+        for _ in range(4):
+            same_packs(inline.next_pack(), workers.next_pack())
+        assert all(p.is_alive() for p in workers._reads._iterator._workers)
+    finally:
+        workers.close()
+
+
 def test_a_resume_with_workers_yields_the_packs_of_the_uninterrupted_run(manifest):
     straight = make_loader(manifest, 2)
     first = PackFeed(make_loader(manifest, 2), "cpu", ahead=1)  # packs built ahead in a thread
