@@ -218,7 +218,8 @@ class PackingLoader:
 
     @property
     def progress(self) -> Optional[Callable[[str], None]]:
-        """Called with "data" while a wait for the data workers lasts (a launcher's heartbeat)."""
+        """Called with "data" while a wait for the data workers lasts (not set by the trainer:
+        a launcher's heartbeat is a sample arriving, in `_fill`)."""
         return self._reads.progress
 
     @progress.setter

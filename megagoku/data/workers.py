@@ -149,7 +149,9 @@ class SampleReads:
     """Fetched samples of a StreamDataset in stream order, read by `options.workers` processes
     (or in this process when 0). `restart(first, start)` sets where reading begins; `next()`
     returns the next one. `progress(phase)`, when given, is called while a wait for the workers
-    lasts (every WAIT_SLICE_S), so that a launcher's hang detection sees a live rank."""
+    lasts (every WAIT_SLICE_S). The trainer gives none: under `megagoku launch` a rank beats when
+    a sample arrives (`PackingLoader._fill`), never on a timer, so a rank whose workers hang goes
+    quiet to the launcher, and `data.worker_timeout_s` names the stuck sample."""
 
     def __init__(self, dataset: StreamDataset, options: ReadOptions,
                  progress: Optional[Callable[[str], None]] = None):
