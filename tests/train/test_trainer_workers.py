@@ -44,3 +44,36 @@ def test_a_resumed_run_with_workers_equals_an_uninterrupted_one_without(tmp_path
                          for name in ("inline", "workers"))
     for key in ("scheduler", "optimizer", "loader", "ema_updates", "rng"):
         assert resumed[key] == straight[key], key
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_a_terminal_saves_with_data_workers_running(tmp_path):
+    # A terminal's Ctrl-C is SIGINT to the whole process group: the data workers get it too. The
+    # run must still save at the end of the step and exit 75 (issue 22 case 2), not die on "a
+    # data worker died".
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.train.test_interrupt import LONG, finish, wait_for_step
+
+    base = load_training_config(ROOT / "configs/tiny.yaml")
+    manifest = write_shapes_files(tmp_path / "data", base.data, 12)
+    args = [sys.executable, "-m", "megagoku.cli", "train", "--config", "configs/tiny.yaml",
+            "--run-dir", str(tmp_path / "run")]
+    for s in LONG + ["data.kind=manifest", f"data.manifest={manifest}", "data.num_workers=2"]:
+        args += ["--set", s]
+    owner = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True,  # its own group, as a shell's job
+                             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    try:
+        wait_for_step(owner, 2)
+        os.killpg(owner.pid, signal.SIGINT)
+        code, out, err = finish(owner)
+    finally:
+        owner.kill()
+    assert code == 75, err[-3000:]
+    assert "Traceback" not in err and "data worker died" not in err
+    saved = find_checkpoint(tmp_path / "run")
+    assert f"checkpoint: {saved}" in out
