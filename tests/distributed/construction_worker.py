@@ -4,7 +4,6 @@ from its random weights (written into the shards with `write_whole`). Rank 0 wri
 every rank writes the bytes it owned after construction."""
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -18,11 +17,12 @@ from megagoku.models import build_model  # noqa: E402
 from megagoku.models.construct import build_initialised  # noqa: E402
 from megagoku.parallel import current_shard, data_parallel_rank, gradient_group  # noqa: E402
 from megagoku.parallel import initialize_groups  # noqa: E402
-from megagoku.parallel.distributed import init_distributed, shutdown  # noqa: E402
+from megagoku.parallel.distributed import init_distributed  # noqa: E402
 from megagoku.parallel.engine import TrainEngine  # noqa: E402
 from megagoku.parallel.shards import meta_owned_bytes, owned_bytes, write_whole  # noqa: E402
 from megagoku.parallel.weights import full_weights  # noqa: E402
 from megagoku.train.step import mean_over, pack_total  # noqa: E402
+from tests.distributed.launch import end_worker  # noqa: E402
 from tests.distributed import scenario  # noqa: E402
 
 SEED = 11
@@ -66,10 +66,7 @@ def main() -> None:
         if rank == 0:
             save_file({k: v.contiguous() for k, v in result.items()},
                       out_dir / f"run{i}.safetensors")
-    shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    end_worker()
 
 
 if __name__ == "__main__":

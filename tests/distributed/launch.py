@@ -12,6 +12,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def end_worker() -> None:
+    """The end of a worker process: its process group closed and its output flushed, then
+    os._exit(0), which skips the interpreter's teardown (gloo can abort in it:
+    ../shared/docs/cpu-facts.md)."""
+    from megagoku.parallel.distributed import shutdown
+
+    shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

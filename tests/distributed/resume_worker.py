@@ -13,7 +13,6 @@ rounds differently (~1e-7 after two steps), so every run after one under ZeRO-3 
 back (a ZeRO-3 run patches it again itself)."""
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -23,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 
 from megagoku.config import load_training_config  # noqa: E402
-from megagoku.parallel.distributed import init_distributed, shutdown  # noqa: E402
+from megagoku.parallel.distributed import init_distributed  # noqa: E402
 from megagoku.train.trainer import train  # noqa: E402
+from tests.distributed.launch import end_worker  # noqa: E402
 from tests.distributed import resume_matrix  # noqa: E402
 from tests.distributed.launch import ROOT  # noqa: E402
 
@@ -62,10 +62,7 @@ def main() -> None:
         train_as_launched(load_training_config(ROOT / "configs/tiny.yaml",
                                                resume_matrix.init_overrides(root, layout)),
                           resume_matrix.init_dir(root, layout))
-    shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    end_worker()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 the layout given as JSON, run the scenario, rank 0 writes the results (safetensors)."""
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -13,7 +12,8 @@ from safetensors.torch import save_file  # noqa: E402
 
 from megagoku.config import ParallelConfig  # noqa: E402
 from megagoku.parallel import initialize_groups  # noqa: E402
-from megagoku.parallel.distributed import init_distributed, shutdown  # noqa: E402
+from megagoku.parallel.distributed import init_distributed  # noqa: E402
+from tests.distributed.launch import end_worker  # noqa: E402
 from tests.distributed import scenario  # noqa: E402
 
 
@@ -29,10 +29,7 @@ def main() -> None:
         result = scenario.run(ParallelConfig(**run_spec), block=block)
         if torch.distributed.get_rank() == 0:
             save_file({k: v.contiguous() for k, v in result.items()}, out_dir / f"run{i}.safetensors")
-    shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    end_worker()
 
 
 if __name__ == "__main__":
