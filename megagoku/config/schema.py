@@ -230,6 +230,10 @@ class DataConfig:
     # kind: manifest: a .jsonl or .parquet manifest (megagoku/data/manifest.py); every sample is
     # decoded to height x width, videos to `frames` frames at `fps` (None: the file's rate).
     manifest: Optional[str] = None
+    # kind: manifest: a folder every media file must lie inside, links followed; a record whose
+    # file is outside it (../, a symlink out, an absolute path elsewhere) is skipped and counted
+    # (data_skipped_outside_root). None reads wherever the manifest points.
+    root: Optional[str] = None
     # kind: cache: a folder written by `megagoku cache` (latents and caption features of a
     # manifest's records, at the sizes they were cached at).
     cache: Optional[str] = None
@@ -278,6 +282,8 @@ class DataConfig:
             yield "num_workers", f"must be >= 0, got {self.num_workers}"
         if self.image_fraction is not None and not 0.0 <= self.image_fraction <= 1.0:
             yield "image_fraction", f"must be in [0, 1], got {self.image_fraction}"
+        if self.root is not None and self.kind != "manifest":
+            yield "root", "confines the files of a manifest (kind: manifest)"
         if self.tiers and self.kind != "manifest":
             yield "tiers", ("resolution tiers apply to manifest data (kind: manifest; a cache "
                             "holds the sizes it was written at)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,11 +295,17 @@ class MediaReader:
     one warning each, and a count) the files that cannot be decoded. `read_many` hands the files
     DALI takes to its pipeline as one batch."""
 
-    def __init__(self, device: str = "cpu", backend: Backend = "auto", dali_batch: int = 4):
+    def __init__(self, device: str = "cpu", backend: Backend = "auto", dali_batch: int = 4,
+                 root: Optional[str | Path] = None):
         # Asked for by name, DALI must be there: refused before any work, not per file.
         if backend == "dali" and dali_missing() is not None:
             raise ValueError(f"data.decode_backend: dali, but NVIDIA DALI is not installed "
                              f"({dali_missing()}); use auto or pyav")
+        # data.root: every file read must lie inside it once links are followed (a manifest
+        # from elsewhere cannot make training read ../ or a symlink out of the data).
+        self.root = None if root is None else Path(os.path.realpath(root))
+        if self.root is not None and not self.root.is_dir():
+            raise ValueError(f"data.root: {root}: not a folder")
         self.device = device
         self.backend = backend
         self.dali_batch = dali_batch
@@ -384,6 +391,10 @@ class MediaReader:
         dali: list[_Clip] = []
         for slot, (path, kind, target) in enumerate(requests):
             path = Path(path)
+            if self.root is not None and not Path(os.path.realpath(path)).is_relative_to(self.root):
+                self._skip(DecodeError(path, "outside_root",
+                                       f"outside data.root {self.root} (links followed)"))
+                continue
             if kind == "image":
                 results[slot] = self._guarded(path, lambda: self._image(path, target))
                 continue

@@ -37,7 +37,8 @@ class ManifestDataset:
     def __init__(self, cfg: DataConfig, device: str = "cpu"):
         self.cfg = cfg
         # Refuses a missing DALI first. DALI decodes the files of one read request together.
-        self.reader = MediaReader(device, cfg.decode_backend, dali_batch=cfg.read_batch)
+        self.reader = MediaReader(device, cfg.decode_backend, dali_batch=cfg.read_batch,
+                                  root=cfg.root)
         self.records = load_manifest(cfg.manifest)
         self.order = SampleOrder([r.kind for r in self.records], cfg.image_fraction, cfg.seed,
                                  str(cfg.manifest))

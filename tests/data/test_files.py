@@ -77,3 +77,38 @@ def test_pyav_decodes_only_the_frames_a_sample_needs(manifest):
     assert decode_pyav(clip).shape[0] == 9
     assert frames_needed(8.0, Target(8, 8, 5, 4.0)) == 9  # every other frame of an 8 fps clip
     assert frames_needed(8.0, Target(8, 8, 5, None)) == 5
+
+
+def test_files_outside_data_root_are_skipped_and_counted(manifest, tmp_path):
+    """data.root confines what a manifest can make training read: a path out of it by ../, a
+    symlink out of it, and an absolute path elsewhere are counted skips; the same records
+    without a root are read (and /dev/zero, a device, is a counted skip either way)."""
+    import os
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(manifest.parent, root)
+    inside = [json.loads(line) for line in (root / manifest.name).read_text().splitlines()][0]
+    outside = tmp_path / ("outside" + os.path.splitext(inside["path"])[1])
+    shutil.copy(root / inside["path"], outside)
+    os.symlink(outside, root / ("link" + outside.suffix))
+    rows = [inside, {**inside, "path": f"../{outside.name}"}, {**inside, "path": outside.name.replace(
+        "outside", "link")}, {**inside, "path": str(outside)}, {**inside, "path": "/dev/zero"}]
+    (root / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def read_all(**extra):
+        ds = ManifestDataset(DataConfig(kind="manifest", manifest=str(root / "m.jsonl"),
+                                        frames=5, **extra))
+        return [ds.load(i) is not None for i in range(len(ds))], ds.reader.stats.skipped
+
+    read, skipped = read_all(root=str(root))
+    assert read == [True, False, False, False, False]
+    assert skipped["outside_root"] == 4 and sum(skipped.values()) == 4  # /dev/zero is outside too
+    read, skipped = read_all()
+    assert read == [True, True, True, True, False] and sum(skipped.values()) == 1
+
+
+def test_data_root_must_be_a_folder(manifest, tmp_path):
+    with pytest.raises(ValueError, match="data.root: .*: not a folder"):
+        ManifestDataset(DataConfig(kind="manifest", manifest=str(manifest),
+                                   root=str(tmp_path / "nowhere")))
