@@ -13,6 +13,11 @@ size (64x64, 16 frames) and to the demo's (16x16, 8 frames), by each backend tha
 Each (clip, target, backend) runs in a fresh process: seconds per sample (median of --repeats,
 after one warm-up), frames/s, and the process's peak RSS above its RSS after the imports.
 
+Manifest: how long a training run takes to open a large manifest (--manifest-rows, 200,000 by
+default, written here): `ManifestDataset` (parse, validate every record, resolve its path, build
+the epoch order, read the first sample) against the floor of reading the same file with
+`json.loads` line by line, as a ratio, with rows/s and MB/s.
+
 Loader: short training runs of issue 24's measurement (`configs/tiny.yaml`, a manifest of 8 rows
 of the 1920x1080 H.264 clip, data 64x64x16, 8192 tokens a step, 6 steps, a log line a step) with
 0, 1 and 2 data workers, and the built-in shapes at the same sizes as the reference: per step
@@ -340,13 +345,49 @@ def format_loader_row(r: LoaderRow) -> str:
             f"{statistics.mean(later):>10.2f}{r.wall_s:>8.0f}  {waits}")
 
 
+def run_manifest(folder: Path, rows: int) -> dict:
+    """Seconds to open a manifest of `rows` records (the JSONL floor, then ManifestDataset up to
+    its first sample), in this process."""
+    from megagoku.config.schema import DataConfig
+    from megagoku.data.files import ManifestDataset
+    from megagoku.data.shapes_files import write_shapes_files
+
+    data = folder / f"manifest-{rows}"
+    manifest = data / "big.jsonl"
+    if not manifest.is_file():
+        small = write_shapes_files(data / "clips", DataConfig(image_fraction=0.3), 8)
+        lines = small.read_text().splitlines()
+        with open(manifest, "w") as f:
+            for i in range(rows):
+                row = json.loads(lines[i % len(lines)])
+                row["path"] = f"clips/{row['path']}"
+                row["caption"] = f"{row['caption']} #{i}"  # distinct records
+                f.write(json.dumps(row) + "\n")
+    size_mb = manifest.stat().st_size / 1e6
+    start = time.perf_counter()
+    with open(manifest) as f:
+        parsed = sum(1 for line in f if json.loads(line))
+    floor = time.perf_counter() - start
+    start = time.perf_counter()
+    dataset = ManifestDataset(DataConfig(kind="manifest", manifest=str(manifest)))
+    opened = time.perf_counter() - start
+    first = dataset[0]
+    ours = time.perf_counter() - start
+    assert parsed == len(dataset) == rows and first is not None
+    return {"rows": rows, "mb": round(size_mb, 3), "json_floor_s": round(floor, 3),
+            "open_s": round(opened, 3), "first_sample_s": round(ours, 3)}
+
+
 def register(which) -> None:
     d = which.add_parser("data", help="the data path at realistic sizes: decoders, loader",
                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--clips-dir", default=os.path.join(tempfile.gettempdir(),
                                                        "megagoku-bench-clips"),
                    help="where the generated clips are kept between runs")
-    d.add_argument("--only", choices=("decode", "loader"), help="one part (default: both)")
+    d.add_argument("--only", choices=("decode", "loader", "manifest"),
+                   help="one part (default: decode and loader)")
+    d.add_argument("--manifest-rows", type=int, default=200_000,
+                   help="records of the manifest part's generated manifest")
     d.add_argument("--source", action="append", metavar="WxH@FPS:SECONDS",
                    help=f"clips to decode (repeatable; default {' '.join(DEFAULT_SOURCES)})")
     d.add_argument("--target", action="append", metavar="HxWxFRAMES[:name]",
@@ -377,7 +418,8 @@ def run(args: argparse.Namespace) -> int:
               "at least 0", file=sys.stderr)
         return 2
     folder = Path(args.clips_dir)
-    print(f"machine: {os.cpu_count()} CPUs; every row in a fresh process; clips in {folder}")
+    fresh = "; every row in a fresh process" if args.only != "manifest" else ""
+    print(f"machine: {os.cpu_count()} CPUs{fresh}; clips in {folder}")
     report: dict = {"cpus": os.cpu_count()}
     if args.only in (None, "decode"):
         print(f"{'clip':<30}{'Mb/s':>6}  {'target':<12}{'backend':<10}{'s/sample':>9}"
@@ -394,6 +436,18 @@ def run(args: argparse.Namespace) -> int:
         rows = run_loader(folder, loader_source, loader_size, args.tokens, args.steps,
                           args.workers, root)
         report["loader"] = [asdict(r) for r in rows]
+    if args.only == "manifest":
+        if args.manifest_rows < 1:
+            print("error: --manifest-rows must be positive", file=sys.stderr)
+            return 2
+        r = run_manifest(folder, args.manifest_rows)
+        print(f"manifest of {r['rows']:,} rows ({r['mb']} MB): json.loads floor "
+              f"{r['json_floor_s']:.3f} s ({r['rows'] / r['json_floor_s']:,.0f} rows/s, "
+              f"{r['mb'] / r['json_floor_s']:.1f} MB/s); ManifestDataset open "
+              f"{r['open_s']:.3f} s ({r['open_s'] / r['json_floor_s']:.1f}x the floor, "
+              f"{r['rows'] / r['open_s']:,.0f} rows/s), first sample read at "
+              f"{r['first_sample_s']:.3f} s")
+        report["manifest"] = r
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0

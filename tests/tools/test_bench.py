@@ -2,9 +2,8 @@
 asserted: performance claims live in BENCHMARKS.md, not in tests)."""
 
 import json
+import re
 from pathlib import Path
-
-import pytest
 
 import pytest
 
@@ -82,6 +81,19 @@ def test_bench_data_runs_the_loader_with_each_worker_count(tmp_path, capsys):
     for r in rows:
         assert not r["note"] and len(r["wait_per_step"]) == 2 and r["main_peak_mb"] > 0
     assert rows[2]["worker_peak_mb"] > 0
+
+
+def test_bench_data_opens_a_large_manifest_against_the_json_floor(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    args = ["bench", "data", "--only", "manifest", "--clips-dir", str(tmp_path / "clips"),
+            "--manifest-rows", "300"]
+    assert main(args + ["--json", str(out)]) == 0
+    r = json.loads(out.read_text())["manifest"]
+    assert r["rows"] == 300 and r["mb"] > 0 and 0 < r["open_s"] <= r["first_sample_s"]
+    printed = capsys.readouterr().out
+    ratio = float(re.search(r"ManifestDataset open [0-9.]+ s \(([0-9.]+)x the floor", printed)[1])
+    assert ratio == pytest.approx(r["open_s"] / r["json_floor_s"], rel=0.05, abs=0.1)
+    assert main(args[:-2] + ["--manifest-rows", "0"]) == 2
 
 
 def test_bench_packing_compares_windows_and_bucketing(capsys):
