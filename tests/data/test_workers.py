@@ -150,17 +150,18 @@ def test_a_worker_that_dies_is_one_clear_line():
 def test_a_stalled_worker_is_one_clear_line_after_the_timeout():
     calls = []
     loader = PackingLoader(StallsAt(DataConfig(), 4), lambda x: x, PATCH, 256,
-                           reading=ReadOptions(workers=1, batch=1, prefetch=1, timeout_s=3),
+                           reading=ReadOptions(workers=1, batch=1, prefetch=1, timeout_s=8),
                            progress=calls.append)
     start = time.perf_counter()
     with pytest.raises(DataError) as e:
         for _ in range(10):
             loader.next_pack()
     message = str(e.value)
-    assert "\n" not in message and time.perf_counter() - start < 60
-    assert message.startswith("data: the 1 data workers handed over nothing for 3 s while "
-                              "reading sample 4: a worker is stuck (limit: "
-                              "data.worker_timeout_s = 3)"), message
+    assert "\n" not in message and time.perf_counter() - start < 90
+    # 8 s: a spawned worker's start (importing torch) on a loaded 2-core machine is not a stall
+    assert re.match(r"data: the 1 data workers handed over nothing for \d+ s while reading "
+                    r"sample 4: a worker is stuck \(limit: data.worker_timeout_s = 8\)",
+                    message), message
     assert calls and set(calls) == {"data"}  # the wait reported progress
 
 
