@@ -109,8 +109,8 @@ def test_a_resume_with_workers_yields_the_packs_of_the_uninterrupted_run(manifes
         resumed.close()
 
 
-class DiesAt(ShapesDataset):
-    """Built-in shapes; reading sample `index` kills the worker process."""
+class MisbehavesAt(ShapesDataset):
+    """Built-in shapes; reading sample `index` calls `misbehave()` first."""
 
     def __init__(self, cfg, index):
         super().__init__(cfg)
@@ -118,19 +118,22 @@ class DiesAt(ShapesDataset):
 
     def __getitem__(self, index):
         if index == self.index:
-            os.kill(os.getpid(), signal.SIGKILL)
+            self.misbehave()
         return super().__getitem__(index)
 
 
-class StallsAt(ShapesDataset):
-    def __init__(self, cfg, index):
-        super().__init__(cfg)
-        self.index = index
+class DiesAt(MisbehavesAt):
+    """Reading sample `index` kills the worker process."""
 
-    def __getitem__(self, index):
-        if index == self.index:
-            time.sleep(120)
-        return super().__getitem__(index)
+    def misbehave(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StallsAt(MisbehavesAt):
+    """Reading sample `index` stalls the worker for two minutes."""
+
+    def misbehave(self):
+        time.sleep(120)
 
 
 def test_a_worker_that_dies_is_one_clear_line():
