@@ -7,8 +7,8 @@ and optimizer moments bit-identical to the uninterrupted run, and a committed ch
 lost; a ZeRO-2 run killed with -9 resumes to its uninterrupted run's final tensors too. The
 launcher's own promises: its exit code follows from the disk (a hang with no restart
 left fails, a stop before any commit is no requeue), a slow sampling or evaluation pass is not a
-hang, `kill -9` of the launcher leaves no worker behind, and a single-node launch listens on
-127.0.0.1 only. The disk filling up during a save is `tests/train/test_checkpoint.py`'s
+hang, a rank killed inside a save stops its peer at once, `kill -9` of the launcher leaves no
+worker behind, and a single-node launch listens on 127.0.0.1 only. The disk filling up during a save is `tests/train/test_checkpoint.py`'s
 `test_a_full_disk_loses_that_save_only` (no process needed to fill a disk)."""
 
 import json
@@ -183,6 +183,60 @@ def test_kill_9_of_a_rank_at_a_random_step_resumes_bit_identical(tmp_path, unint
     resumed = next(e for e in log if e["event"] == "resumed")
     assert 4 <= resumed["step"] <= hb["step"] + 1
     assert_bit_identical(tmp_path, uninterrupted)
+
+
+# Rank 1 of the first attempt stops inside its second save (step 8), its tensor file written and
+# its marker not: a test-only hook loaded through PYTHONPATH, so no production code carries it.
+SAVE_HOOK = """
+import os, sys
+if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+    import time
+    sys.path.insert(0, {root!r})
+    from megagoku.launch import heartbeat
+    real, saves = heartbeat.progress, []
+
+    def progress(what="", step=None):
+        real(what, step)
+        if what == "save":
+            saves.append(1)
+            if len(saves) == 2:
+                open({mark!r}, "w").write(str(os.getpid()))
+                time.sleep(600)
+
+    heartbeat.progress = progress
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_rank_inside_a_save_stops_the_survivor_at_once(tmp_path, uninterrupted):
+    """Issue 25, item 5: a rank killed while a checkpoint is being written. Its peer, waiting in
+    the commit for the dead rank's part, is stopped at once (it cost 30 s before: SIGTERM, its own
+    stop-signal save, a wait for the missing peer until torch's SIGKILL); the half-written save is
+    never taken, and the run resumes from the last committed one to the uninterrupted weights."""
+    hook, mark = tmp_path / "hook", tmp_path / "in-save.pid"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SAVE_HOOK.format(root=str(ROOT), mark=str(mark)))
+    run_dir = tmp_path / "run"
+    proc = start(run_dir, "--max-restarts", "2", env={"PYTHONPATH": str(hook)})
+    deadline = time.time() + 300
+    while not mark.exists() or not mark.read_text():
+        assert time.time() < deadline and proc.poll() is None, "rank 1 never reached its save"
+        time.sleep(0.02)
+    survivor = beat(run_dir, 0)["pid"]
+    killed_at = time.monotonic()
+    os.kill(int(mark.read_text()), signal.SIGKILL)
+    while alive(survivor):
+        assert time.monotonic() - killed_at < 60, "the survivor outlived the dead rank by 60 s"
+        time.sleep(0.01)
+    stopped_in = time.monotonic() - killed_at
+    print(f"survivor stopped {stopped_in:.2f} s after its peer was killed inside a save")
+    out = finish(proc)
+    assert stopped_in < 10, stopped_in  # 30 s before the fix; ~1 s on an idle machine
+    assert "received: checkpointing" not in out  # no stop-signal save with a missing peer
+    assert "launch succeeded after 2 attempt(s): trained to step 24 of 24" in out, out[-3000:]
+    resumed = next(e for e in events(run_dir) if e["event"] == "resumed")
+    assert resumed["step"] == 4  # step 8 was never committed: rank 1's marker never came
+    assert_bit_identical(run_dir, uninterrupted)
 
 
 @pytest.mark.slow
