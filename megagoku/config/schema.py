@@ -484,8 +484,9 @@ class SampleConfig:
     upscale: int = 8  # nearest-neighbour upscaling of written files, so tiny videos are visible
     fps: int = 8
     # During training: every this many steps (0: never) rank 0 samples `prompts` with the EMA
-    # weights at the data's size, into TensorBoard and <run_dir>/samples/step_N/. Empty prompts:
-    # the built-in shapes data's held-out and seen ones.
+    # weights at the data's size, into TensorBoard and <run_dir>/train_samples/step_N/, under
+    # every layout (train/samples.py). Empty prompts: the built-in shapes data's held-out and
+    # seen ones.
     every: int = 0
     prompts: list[str] = field(default_factory=list)
 

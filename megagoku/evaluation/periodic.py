@@ -7,9 +7,10 @@ the full report in `<run_dir>/eval/step_N/eval.json`.
 Like the sampler, it works on a copy of the model (built on first use, loaded with the EMA weights
 each time: `inference.periodic.PeriodicGeneration`, their common base), draws its noise from its
 own seeded generators, and builds or trains the classifier with the global random state saved and
-restored, so a run with evaluation ends bit-identical to one without. The classifier is trained on the first evaluation when it is not cached yet (a
-minute or two, said in the log). It needs the whole model on one rank (tensor_parallel = ulysses
-= 1); other layouts evaluate their checkpoints with `megagoku eval`.
+restored, so a run with evaluation ends bit-identical to one without. The classifier is trained
+on the first evaluation when it is not cached yet (a minute or two, said in the log; the other
+ranks wait for rank 0 in their next collective). Every layout evaluates: under TP, Ulysses or
+ZeRO-3 every rank takes part in gathering the EMA, one tensor at a time, into rank 0's copy.
 """
 
 from __future__ import annotations
@@ -44,11 +45,7 @@ class PeriodicEvaluator(PeriodicGeneration):
                  cache_dir: Optional[Path] = None):
         """`log_scalars(step, scalars)`: the trainer's MetricsLogger.log (metrics.jsonl and
         TensorBoard)."""
-        super().__init__(config, run_dir, text_encoder, device, config.eval.every,
-                         "eval.every: evaluation during training needs the whole model on one "
-                         "rank (tensor_parallel = ulysses = 1, no ZeRO-3 over several ranks); "
-                         "evaluate the checkpoints with "
-                         "`megagoku eval` instead")
+        super().__init__(config, run_dir, text_encoder, device, config.eval.every)
         self.log_scalars, self.cache_dir = log_scalars, cache_dir
         self.settings = settings_from_config(config)
         self.classifier: Optional[ShapesClassifier] = None

@@ -5,10 +5,13 @@ groups, which cannot be deep-copied), sharded like the parameters: one tensor pe
 shaped as what this rank owns of it (`parallel.shards.owned`): its tensor-parallel piece, and
 under ZeRO-3 its partition of that piece. Each update is elementwise between the rank's own
 pieces, so nothing is gathered to update; the whole tensors are gathered one at a time only to
-be written (`whole`, `state_dict`; collective where the parameters are split).
+be written or sampled with (`whole`, `wholes`, `state_dict`; collective where the parameters are
+split).
 """
 
 from __future__ import annotations
+
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -46,8 +49,15 @@ class EMA:
         """Set the average of parameter `name` to the parameter's current value."""
         self.shadow[name].copy_(owned(self.params[name]))
 
+    def wholes(self, weights: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, whole tensor) for each of `weights` (the model's tensors), the averaged
+        parameters in place of the live ones, gathered one at a time as the caller asks for the
+        next: a rank that drops each never holds more than one whole tensor. Collective where
+        the parameters are split: every rank iterates to the end, in the same order."""
+        for name, value in weights.items():
+            yield name, self.whole(name) if name in self.shadow else value
+
     def state_dict(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """`weights` (the whole model's tensors) with the averaged parameters, whole, in place
         of the live ones (collective where the parameters are split)."""
-        return {name: self.whole(name) if name in self.shadow else value
-                for name, value in weights.items()}
+        return dict(self.wholes(weights))

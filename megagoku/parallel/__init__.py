@@ -10,7 +10,7 @@ from megagoku.parallel.layers import (ColumnParallelLinear, RowParallelLinear, g
                                       sum_over_tp)
 from megagoku.parallel.sequence import (SequenceShard, current_shard, gather_shards, heads_to_seq,
                                         seq_to_heads)
-from megagoku.parallel.state import (ParallelLayout, data_parallel_rank, data_parallel_size,
+from megagoku.parallel.state import (ParallelLayout, alone, data_parallel_rank, data_parallel_size,
                                      ensure_single_process_groups, gradient_group,
                                      initialize_groups, layout, resolve_device,
                                      tensor_parallel_group, tensor_parallel_rank,
@@ -21,6 +21,7 @@ __all__ = [
     "ParallelLayout",
     "RowParallelLinear",
     "SequenceShard",
+    "alone",
     "current_shard",
     "data_parallel_rank",
     "data_parallel_size",

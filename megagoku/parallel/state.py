@@ -9,8 +9,11 @@ world-size-1 gloo group over an in-memory store needs no port and no launcher.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import warnings
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -67,6 +70,47 @@ def ensure_single_process_groups() -> None:
 
 def layout() -> ParallelLayout:
     return _layout
+
+
+_one_rank_group = None
+
+
+def _group_of_one():
+    """A process group of this process alone, made here without any other rank (its own store):
+    megatron's mappings return their input over a group of size 1 before any communication, so
+    nothing is ever sent over it."""
+    global _one_rank_group
+    if _one_rank_group is None:
+        _one_rank_group = dist.ProcessGroupGloo(dist.HashStore(), 0, 1,
+                                                datetime.timedelta(minutes=30))
+    return _one_rank_group
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """For the duration, this process sees the grid of a one-process run, whatever grid it is
+    in: TP = Ulysses = 1, and megatron's tensor-parallel group is one of this process alone. A
+    model built inside has whole (unsplit) layers, which keep that group for good, and one run
+    inside makes no collective call: what rank 0 does with its copy of the model (samples and
+    evaluations during training) while the other ranks go on training.
+
+    Only the main thread reads the grid (the pack prefetcher and the checkpoint writer's threads
+    never do), and the training model keeps the groups it was built with, so the grid is back,
+    unchanged, on exit."""
+    global _layout
+    saved = (_layout, parallel_state._TENSOR_MODEL_PARALLEL_GROUP,
+             parallel_state._MPU_TENSOR_MODEL_PARALLEL_WORLD_SIZE,
+             parallel_state._MPU_TENSOR_MODEL_PARALLEL_RANK)
+    _layout = ParallelLayout()
+    parallel_state._TENSOR_MODEL_PARALLEL_GROUP = _group_of_one()
+    parallel_state._MPU_TENSOR_MODEL_PARALLEL_WORLD_SIZE = None
+    parallel_state._MPU_TENSOR_MODEL_PARALLEL_RANK = None
+    try:
+        yield
+    finally:
+        (_layout, parallel_state._TENSOR_MODEL_PARALLEL_GROUP,
+         parallel_state._MPU_TENSOR_MODEL_PARALLEL_WORLD_SIZE,
+         parallel_state._MPU_TENSOR_MODEL_PARALLEL_RANK) = saved
 
 
 def tensor_parallel_size() -> int:

@@ -2,11 +2,11 @@
 at the data's size, logs one grid to TensorBoard (a row per prompt, frames left to right) and
 writes it with one GIF per prompt to `<run_dir>/train_samples/step_N/`.
 
-The sampling model is a separate copy built on first use, loaded with the EMA weights each time
-(`inference.periodic.PeriodicGeneration`, shared with the evaluation during training), so the
-training model, its optimizer and every random stream are left as they were: a run with samples
-ends bit-identical to one without. It needs the whole model on one rank (tensor_parallel =
-ulysses = 1); other layouts sample their checkpoints with `megagoku sample` instead.
+The sampling model is a separate one-process copy built on first use, loaded with the EMA weights
+each time (`inference.periodic.PeriodicGeneration`, shared with the evaluation during training),
+so the training model, its optimizer and every random stream are left as they were: a run with
+samples ends bit-identical to one without. Every layout samples: under TP, Ulysses or ZeRO-3
+every rank takes part in gathering the EMA, one tensor at a time, into rank 0's copy.
 """
 
 from __future__ import annotations
@@ -50,11 +50,7 @@ class PeriodicSampler(PeriodicGeneration):
     def __init__(self, config: TrainingConfig, run_dir: Path, text_encoder: TextEncoder,
                  device: torch.device, tensorboard=None):
         """`tensorboard`: the trainer's MetricsLogger (its `add_image`), or None."""
-        super().__init__(config, run_dir, text_encoder, device, config.sample.every,
-                         "sample.every: samples during training need the whole model on one "
-                         "rank (tensor_parallel = ulysses = 1, no ZeRO-3 over several ranks); "
-                         "sample the checkpoints with "
-                         "`megagoku sample` instead")
+        super().__init__(config, run_dir, text_encoder, device, config.sample.every)
         self.tensorboard = tensorboard
         self.prompts = sample_prompts(config)
 

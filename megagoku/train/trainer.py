@@ -33,6 +33,7 @@ import torch
 
 from megagoku.config import ConfigError, TrainingConfig, to_dict
 from megagoku.evaluation.periodic import PeriodicEvaluator
+from megagoku.inference.periodic import generation_due
 from megagoku.models.flops import pack_train_flops
 from megagoku.ops import describe
 from megagoku.optim import lr_lambda  # noqa: F401 (the schedule's formula, tested from here)
@@ -151,7 +152,8 @@ class Trainer:
         self.writes = RunWrites(ccfg.max_write_failures, deferred=True)
         self.metrics = TrainMetrics(self.run_dir, tcfg, device, self.world, self.start_step,
                                     rank0, self.writes)
-        # Rank 0 samples and evaluates with the EMA weights, on copies of the model.
+        # Rank 0 samples and evaluates with the EMA weights, on copies of the model (every rank
+        # takes part in gathering them: `generate`).
         self.periodic = []
         if rank0 and config.sample.every:
             self.periodic.append(PeriodicSampler(config, self.run_dir, self.data.text_encoder,
@@ -247,11 +249,8 @@ class Trainer:
                     "checkpoint_blocked_s": self.checkpoints.last_blocked_s,
                     "anomalies": self.anomalies.count, "write_failures": self.writes.total,
                     **self.data.decode_counts()})
-            for periodic in self.periodic:  # copies of the model: training is untouched
-                if periodic.due(step):
-                    self.writes.attempt(
-                        "samples" if isinstance(periodic, PeriodicSampler) else "evaluation",
-                        lambda: periodic(step, self.trained.ema_weights()))
+            if generation_due(self.config, step):  # the same answer on every rank
+                self.generate(step)
             if stop is not None and stop.reason == "write_failures":
                 # The last committed checkpoint is valid; a save now would meet the same disk.
                 raise RunWriteError(stop.why)
@@ -267,6 +266,31 @@ class Trainer:
         if checkpoint is None and self.reader is not None and self.rank == 0:
             checkpoint = self.reader.path  # nothing left to train: the resumed checkpoint
         return TrainResult(self.run_dir, checkpoint, step, self.metrics.last_loss, stop_reason)
+
+    def generate(self, step: int) -> None:
+        """The samples and evaluations due at `step` (collective: every rank calls it). Every rank
+        takes part in gathering the EMA, one whole tensor at a time; rank 0 copies each into its
+        copies of the model, the others drop each at once. Then rank 0 generates on those
+        copies while the others go on to the next step.
+
+        No deadlock: the gather is the only collective here, entered by every rank at the same
+        step in the same order; rank 0's generation then runs under `parallel.state.alone`
+        (one-process layers over a group of rank 0 alone), so it enters no collective at all,
+        and the others block in their next step's first collective until rank 0 joins it, as
+        they do for a slow rank (so one generation must end within the process group's timeout,
+        30 minutes: `init_distributed`). Training is untouched: copies of the model, their own
+        RNGs."""
+        due = [periodic for periodic in self.periodic if periodic.due(step)]  # rank 0's
+        for periodic in due:
+            periodic.copy()  # built on first use, from this run's model config: every tensor fits
+        for name, whole in self.trained.ema_tensors():
+            for periodic in due:
+                periodic.take(name, whole)
+            del whole  # one whole tensor at a time (dropped at once where nothing is due)
+        for periodic in due:
+            self.writes.attempt(
+                "samples" if isinstance(periodic, PeriodicSampler) else "evaluation",
+                lambda: periodic(step))
 
     def close(self) -> None:
         try:

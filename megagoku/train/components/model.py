@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -73,11 +73,13 @@ class TrainedModel:
         """Parameters of the whole model (TP pieces and ZeRO-3 partitions counted whole)."""
         return sum(math.prod(whole_shape(p)) for p in self.model.parameters())
 
-    def ema_weights(self) -> dict[str, torch.Tensor]:
-        """The whole model's tensors with the EMA in place of the parameters, what samples and
-        evaluations during training use: on rank 0 alone, so only where no rank holds a part
-        of the model (TP = Ulysses = 1, no ZeRO-3 over several ranks: PeriodicGeneration)."""
-        return self.ema.state_dict(self.model.weights())
+    def ema_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, whole tensor) of the whole model with the EMA in place of the parameters, one
+        logical tensor at a time: what samples and evaluations during training use. Collective
+        (TP pieces and ZeRO-3 partitions gathered): every rank iterates to the end; rank 0 keeps
+        them in its copy of the model, the others drop each at once (under Ulysses and plain DP
+        the EMA is whole on every rank and nothing is gathered or copied)."""
+        return self.ema.wholes(self.model.weights())
 
     def state_dict(self) -> dict:
         return {"ema_updates": self.ema.updates}
