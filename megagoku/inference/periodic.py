@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -39,8 +39,8 @@ def generation_due(config: TrainingConfig, step: int) -> bool:
 
 
 class PeriodicGeneration(ABC):
-    """`due(step)`; then each tensor of the whole model's EMA state, `take(name, tensor)` (or
-    all at once: `self(step, weights)`), then `self(step)` generates with them."""
+    """`due(step)`; then each tensor of the whole model's EMA state, `take(name, tensor)`, then
+    `self(step)` generates with them."""
 
     def __init__(self, config: TrainingConfig, run_dir: Path, text_encoder: TextEncoder,
                  device: torch.device, every: int):
@@ -77,11 +77,9 @@ class PeriodicGeneration(ABC):
         target.copy_(whole)
         self.taken.add(name)
 
-    def __call__(self, step: int, weights: Optional[Mapping[str, torch.Tensor]] = None) -> Any:
-        """Generate for `step` with the tensors taken since the last time (and `weights`, the
-        whole model's tensors, when given): every tensor of the model, none missing."""
-        for name, tensor in (weights or {}).items():
-            self.take(name, tensor)
+    def __call__(self, step: int) -> Any:
+        """Generate for `step` with the tensors taken since the last time: every tensor of the
+        model, none missing."""
         generator = self.copy()
         missing = sorted(set(self.tensors) - self.taken)
         self.taken = set()

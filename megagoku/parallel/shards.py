@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from megagoku.parallel import state
-from megagoku.parallel.weights import gather_tp, is_tp_split, tp_piece
+from megagoku.parallel.weights import gather_tp, tp_piece, whole_shape
 
 # (name, whole shape) -> the whole initial value (float32, on the rank's device).
 InitialValue = Callable[[str, list[int]], torch.Tensor]
@@ -43,14 +43,6 @@ InitialValue = Callable[[str, list[int]], torch.Tensor]
 
 def is_zero3(param: torch.Tensor) -> bool:
     return hasattr(param, "ds_tensor")
-
-
-def whole_shape(param: torch.Tensor) -> list[int]:
-    """The logical shape of a parameter or buffer, from this rank's piece."""
-    shape = list(getattr(param, "ds_shape", param.shape))  # ZeRO-3 keeps the TP-local shape
-    if is_tp_split(param):
-        shape[param.partition_dim] *= state.tensor_parallel_size()
-    return shape
 
 
 def _partition(param: torch.Tensor) -> tuple[int, int, int]:

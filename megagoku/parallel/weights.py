@@ -10,7 +10,7 @@ Everything here is collective: every rank calls it for the same tensors in the s
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable
+from typing import Collection, Iterable, Optional
 
 import torch
 import torch.distributed as dist
@@ -71,34 +71,95 @@ def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class WeightsMismatch(ValueError):
-    """Whole tensors that do not fit a model: one line naming the first tensor that differs."""
+    """Whole tensors that do not fit a model: one line naming the tensors that differ."""
 
 
-def whole_shape_of(tensor: torch.Tensor) -> list[int]:
-    """The whole (TP-gathered) shape of a rank's parameter or buffer."""
-    shape = list(getattr(tensor, "ds_shape", tensor.shape))
-    if is_tp_split(tensor):
-        shape[tensor.partition_dim] *= state.tensor_parallel_size()
+def whole_shape(param: torch.Tensor) -> list[int]:
+    """The logical shape of a parameter or buffer, from this rank's piece."""
+    shape = list(getattr(param, "ds_shape", param.shape))  # ZeRO-3 keeps the TP-local shape
+    if is_tp_split(param):
+        shape[param.partition_dim] *= state.tensor_parallel_size()
     return shape
+
+
+def whole_misfit(whole: torch.Tensor, like: torch.Tensor) -> Optional[tuple[str, str]]:
+    """How a whole tensor differs from the model's tensor `like` (a rank's piece of it), as
+    (what differs, "theirs vs the model's"): its whole shape, or floating point or not (the
+    reader checked the values); None where it fits."""
+    need = whole_shape(like)
+    if list(whole.shape) != need:
+        return "shapes", f"{list(whole.shape)} vs {need}"
+    if whole.is_floating_point() != like.is_floating_point():
+        return "dtypes", f"{whole.dtype} vs {like.dtype}"
+    return None
+
+
+def summarise_names(names: Collection[str], limit: int = 6) -> str:
+    """Tensor names for one line: a block's tensors as `blocks.N.*`, at most `limit` items."""
+    groups: list[str] = []
+    for name in sorted(names, key=lambda n: [int(p) if p.isdigit() else p
+                                             for p in n.split(".")]):
+        parts = name.split(".")
+        item = f"{parts[0]}.{parts[1]}.*" if parts[0] == "blocks" and len(parts) > 2 else name
+        if item not in groups:
+            groups.append(item)
+    more = f", ... ({len(names)} tensors)" if len(groups) > limit else ""
+    return ", ".join(groups[:limit]) + more
+
+
+class WeightsFit:
+    """Whole tensors by name held against a model's logical tensors, both ways: the one check
+    of the weights a sample is generated with (`check_fits`) and of a checkpoint restored for
+    training (`train.train_state.restore_weights`, which hands it the stored tensors one at a
+    time, so that no more than one is read at once). Every misfit is collected, then told in one
+    line (`problems`): tensors of the weights the model has no place for, tensors of the model
+    the weights lack (but those in `fresh`, which keep their initial values), shapes and
+    dtypes that differ."""
+
+    def __init__(self, model: nn.Module, stored: Iterable[str], fresh: Collection[str] = ()):
+        params = dict(model.named_parameters())
+        self.wanted = {name: params.get(name, t) for name, t in model.weights().items()}
+        stored = set(stored)
+        self.unused = sorted(stored - set(self.wanted))
+        self.missing = sorted(n for n in self.wanted if n not in stored and n not in fresh)
+        self.differ: dict[str, dict[str, str]] = {"shapes": {}, "dtypes": {}}
+
+    def check(self, name: str, whole: torch.Tensor) -> bool:
+        """Whether `whole` fits the model's tensor `name`; a misfit is recorded."""
+        misfit = whole_misfit(whole, self.wanted[name])
+        if misfit is not None:
+            self.differ[misfit[0]][name] = f"{name} {misfit[1]}"
+        return misfit is None
+
+    @property
+    def skipped(self) -> set[str]:
+        """The model's tensors that keep their values: missing, or of another shape or dtype."""
+        return set(self.missing).union(*self.differ.values())
+
+    def problems(self) -> str:
+        """The misfits in one line ("" when everything fits)."""
+        parts = [self.unused and f"{len(self.unused)} tensors of the checkpoint have no place "
+                                 f"in this model ({summarise_names(self.unused)})",
+                 self.missing and f"{len(self.missing)} tensors of the model are not in the "
+                                  f"checkpoint ({summarise_names(self.missing)})"]
+        for what, found in self.differ.items():
+            shown = list(found.values())
+            parts.append(found and f"{len(found)} {what} differ (checkpoint vs model: "
+                                   f"{', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''})")
+        return "; ".join(part for part in parts if part)
 
 
 def check_fits(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """WeightsMismatch unless `weights` has every tensor of `model`, no other, each of the whole
-    shape and of the same kind of dtype (floating point or not)."""
-    params = dict(model.named_parameters())
-    wanted = {name: params.get(name, t) for name, t in model.weights().items()}
-    missing, unknown = sorted(set(wanted) - set(weights)), sorted(set(weights) - set(wanted))
-    if missing or unknown:
-        raise WeightsMismatch(f"weights do not fit this model: {len(missing)} missing "
-                              f"{missing[:3]}, {len(unknown)} unknown {unknown[:3]}")
-    for name, like in wanted.items():
-        got, need = list(weights[name].shape), whole_shape_of(like)
-        if got != need:
-            raise WeightsMismatch(f"{name} is {got} but this model needs {need} (weights of "
-                                  "another model config?)")
-        if weights[name].is_floating_point() != like.is_floating_point():
-            raise WeightsMismatch(f"{name} is {weights[name].dtype} but this model holds "
-                                  f"{like.dtype}")
+    shape and of the same kind of dtype (floating point or not): `WeightsFit`'s line."""
+    fit = WeightsFit(model, weights)
+    for name in fit.wanted:
+        if name in weights:
+            fit.check(name, weights[name])
+    problems = fit.problems()
+    if problems:
+        raise WeightsMismatch(f"does not fit this model: {problems} (weights of another model "
+                              "config?)")
 
 
 def load_full_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:

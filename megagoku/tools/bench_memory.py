@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import resource
-import socket
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -93,40 +91,19 @@ def rank_main(spec: dict) -> dict:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(args: argparse.Namespace, work: Path) -> list[dict]:
-    port = _free_port()
-    procs = []
-    for rank in range(args.nproc):
-        spec = {"config": args.config, "overrides": [*args.overrides,
-                                                     f"train.steps={args.steps}",
-                                                     "train.max_minutes=0",
-                                                     f"train.run_dir={work / 'run'}"],
-                "meta": args.meta, "run_dir": str(work / "run"),
-                "out": str(work / f"rank{rank}.json")}
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(args.nproc),
-               "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        procs.append(subprocess.Popen([sys.executable, "-m", "megagoku.tools.bench_memory",
-                                       json.dumps(spec)], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    outputs = []
+    from megagoku.parallel.local_ranks import RankFailed, run_ranks
+
+    overrides = [*args.overrides, f"train.steps={args.steps}", "train.max_minutes=0",
+                 f"train.run_dir={work / 'run'}"]
+    spec = {"config": args.config, "overrides": overrides, "meta": args.meta,
+            "run_dir": str(work / "run"), "out_dir": str(work)}
     try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=args.timeout)[0])
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for rank, (proc, text) in enumerate(zip(procs, outputs)):
-        if proc.returncode != 0:
-            raise SystemExit(f"bench memory: rank {rank} exited {proc.returncode}:\n"
-                             f"{text[-3000:]}")
+        run_ranks(args.nproc, ["-m", "megagoku.tools.bench_memory", json.dumps(spec)],
+                  timeout=args.timeout,
+                  extra_env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    except RankFailed as failed:
+        raise SystemExit(f"bench memory: {failed}")
     return [json.loads((work / f"rank{r}.json").read_text()) for r in range(args.nproc)]
 
 
@@ -186,6 +163,6 @@ def run_memory(args: argparse.Namespace) -> int:
 if __name__ == "__main__":  # one rank, started by `_launch`
     spec = json.loads(sys.argv[1])
     result = rank_main(spec)
-    Path(spec["out"]).write_text(json.dumps(result))
+    Path(spec["out_dir"], f"rank{os.environ['RANK']}.json").write_text(json.dumps(result))
     sys.stdout.flush()
     os._exit(0)

@@ -33,8 +33,9 @@ from torch import nn
 
 from megagoku.parallel.engine import TrainEngine
 from megagoku.parallel.optimizer_state import ADAM_MOMENTS, full_moment, set_full_moment
-from megagoku.parallel.shards import whole_shape, write_whole
-from megagoku.parallel.weights import gather_tp, gathered, tp_piece
+from megagoku.parallel.shards import write_whole
+from megagoku.parallel.weights import (WeightsFit, gather_tp, gathered, tp_piece, whole_misfit,
+                                      whole_shape)
 from megagoku.train.checkpoint import CheckpointError, CheckpointReader, assign_writers
 from megagoku.optim import EMA
 
@@ -97,31 +98,15 @@ def snapshot_tensors(model: nn.Module, ema: EMA, optimizer: torch.optim.Optimize
 
 def _whole(reader: CheckpointReader, key: str, like: torch.Tensor) -> torch.Tensor:
     whole = reader.tensor(key)  # floating point and finite (or allowed): checked by the reader
-    expected = whole_shape(like)
-    if list(whole.shape) != expected:
-        raise CheckpointError(f"{reader.path}: {key} is {list(whole.shape)} but this model "
-                              f"needs {expected} (a checkpoint of another model config?)")
-    if whole.is_floating_point() != like.is_floating_point():
-        raise CheckpointError(f"{reader.path}: {key} is {whole.dtype} but this model holds "
-                              f"{like.dtype}")
+    misfit = whole_misfit(whole, like)
+    if misfit is not None:
+        raise CheckpointError(f"{reader.path}: does not fit this model: {key} {misfit[1]} "
+                              "(checkpoint vs model: a checkpoint of another model config?)")
     return whole
 
 
 def _piece(reader: CheckpointReader, key: str, like: torch.Tensor) -> torch.Tensor:
     return tp_piece(_whole(reader, key, like), like)
-
-
-def summarise_names(names: Collection[str], limit: int = 6) -> str:
-    """Tensor names for one line: a block's tensors as `blocks.N.*`, at most `limit` items."""
-    groups: list[str] = []
-    for name in sorted(names, key=lambda n: [int(p) if p.isdigit() else p
-                                             for p in n.split(".")]):
-        parts = name.split(".")
-        item = f"{parts[0]}.{parts[1]}.*" if parts[0] == "blocks" and len(parts) > 2 else name
-        if item not in groups:
-            groups.append(item)
-    more = f", ... ({len(names)} tensors)" if len(groups) > limit else ""
-    return ", ".join(groups[:limit]) + more
 
 
 def restore_weights(model: nn.Module, ema: EMA, reader: CheckpointReader,
@@ -132,26 +117,23 @@ def restore_weights(model: nn.Module, ema: EMA, reader: CheckpointReader,
     (its ZeRO-1/2 partitions are built from these). Names in `fresh` that the reader lacks
     keep their initial values (an I2V model's new input weights, from a T2V checkpoint).
 
-    Strict both ways: a tensor of the checkpoint that the model has no place for, a tensor of
-    the model the checkpoint lacks, and a shape that differs are one CheckpointError naming
-    them all (`hint` says what to do). `partial`: a deliberate partial load instead, which
-    loads what fits, logs what is dropped and what keeps its initial value."""
+    Strict both ways (`parallel.weights.WeightsFit`, the sample tool's check too): a tensor of
+    the checkpoint that the model has no place for, a tensor of the model the checkpoint lacks,
+    and a shape or dtype that differs are one CheckpointError naming them all (`hint` says what
+    to do). `partial`: a deliberate partial load instead, which loads what fits, logs what is
+    dropped and what keeps its initial value."""
     params = dict(model.named_parameters())
-    ours = model.weights()
     stored = set(reader.keys("model"))
-    unused = sorted(stored - set(ours))
-    missing = sorted(n for n in ours if n not in stored and n not in fresh)
-    wrong: dict[str, str] = {}
-    for name, tensor in ours.items():  # written as read: on a misfit the model is dropped
-        like = params.get(name, tensor)
+    fit = WeightsFit(model, stored, fresh)
+    # Written as read, one tensor at a time: on a misfit the model is dropped.
+    for name, tensor in model.weights().items():
         if name not in stored:
             if name in fresh:
                 log.info("%s: %s is not in it: starts at its initial value (zero)",
                          reader.path, name)
             continue
         whole = reader.tensor(f"model/{name}")
-        if list(whole.shape) != whole_shape(like):
-            wrong[name] = f"{name} {list(whole.shape)} vs {whole_shape(like)}"
+        if not fit.check(name, whole):
             continue
         if name in params:
             write_whole(params[name], whole)
@@ -159,21 +141,14 @@ def restore_weights(model: nn.Module, ema: EMA, reader: CheckpointReader,
             with torch.no_grad():
                 tensor.copy_(whole)
         del whole
-    if unused or missing or wrong:
-        what = "; ".join(part for part in (
-            unused and f"{len(unused)} tensors of the checkpoint have no place in this model "
-                       f"({summarise_names(unused)})",
-            missing and f"{len(missing)} tensors of the model are not in the checkpoint "
-                        f"({summarise_names(missing)})",
-            wrong and f"{len(wrong)} shapes differ (checkpoint vs model: "
-                      f"{', '.join(list(wrong.values())[:3])}{', ...' if len(wrong) > 3 else ''})"
-        ) if part)
+    what = fit.problems()
+    if what:
         if not partial:
             raise CheckpointError(f"{reader.path}: does not fit this model: {what} ({hint})")
         log.warning("%s: partial load (checkpoint.partial_weights): %s; dropped: the checkpoint's "
                     "tensors without a place, kept at their initial values: the model's others",
                     reader.path, what)
-    skipped = set(missing) | set(wrong) | {n for n in fresh if n not in stored}
+    skipped = fit.skipped | {n for n in fresh if n not in stored}
     for name in ema.shadow:
         if name in skipped:
             ema.reset(name)

@@ -1,13 +1,18 @@
 """Start N ranks of a worker script on this machine the way torchrun does (RANK, WORLD_SIZE,
-LOCAL_RANK, MASTER_ADDR, MASTER_PORT), wait for all, fail with their output if any fails."""
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT), wait for all, fail with their output if any fails
+(`megagoku.parallel.local_ranks`, from the repository root); or under torchrun itself
+(`torchrun_train`); and end a worker."""
 
 from __future__ import annotations
 
+import functools
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from megagoku.parallel import local_ranks
+from megagoku.parallel.local_ranks import free_port  # noqa: F401 (the tests' import)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,43 +29,8 @@ def end_worker() -> None:
     os._exit(0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_ranks(n: int, args: list[str], timeout: float = 300, extra_env: dict | None = None,
-              rank_env=None) -> list[str]:
-    """Run `python args...` as n ranks; returns each rank's stdout. `rank_env(rank, port)` may
-    give the rank's launcher variables instead of torchrun's."""
-    port = free_port()
-    procs = []
-    for rank in range(n):
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-        env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-        if rank_env is None:
-            env.update(RANK=str(rank), WORLD_SIZE=str(n), LOCAL_RANK=str(rank),
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        else:
-            env.update(rank_env(rank, port))
-        env.update(extra_env or {})
-        procs.append(subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = []
-    try:
-        for proc in procs:
-            out, _ = proc.communicate(timeout=timeout)
-            outputs.append(out)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for rank, (proc, out) in enumerate(zip(procs, outputs)):
-        if proc.returncode != 0:
-            raise AssertionError(f"rank {rank} exited {proc.returncode}:\n{out[-4000:]}")
-    return outputs
+# The repository's scripts (tests/distributed/*_worker.py) are named relative to its root.
+run_ranks = functools.partial(local_ranks.run_ranks, cwd=ROOT)
 
 
 def torchrun_train(run_dir: Path, overrides: list[str], extra: list[str] = (),

@@ -1,6 +1,6 @@
 """Generation during training (the base of the trainer's samples and evaluations): the copy of
-the model carries the weights it is given (all at once, or one tensor at a time as the trainer
-gathers them), and the training process's random state is where it was, however often it runs.
+the model carries the weights it is given (one tensor at a time, as the trainer gathers them),
+and the training process's random state is where it was, however often it runs.
 Every layout samples: tests/train/test_samples_layouts.py runs TP=2 and ZeRO-3 on two
 ranks."""
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from megagoku.config import training_config_from_dict
+from megagoku.inference.generate import Generator
 from megagoku.inference.periodic import PeriodicGeneration, generation_due
 from megagoku.models import TextEncoder, build_model
 from megagoku.parallel import ParallelLayout, alone, layout
@@ -16,10 +17,20 @@ from tests.conftest import randomize
 from tests.inference.test_generate import CONFIG
 
 
+def generate(generator, step):
+    return generator.generate(["a red circle moving left"], 4, 8, 8, steps=2, cfg_scale=2.0,
+                              seed=step)
+
+
 class Generate(PeriodicGeneration):
     def run(self, step, generator):
-        return generator.generate(["a red circle moving left"], 4, 8, 8, steps=2, cfg_scale=2.0,
-                                  seed=step)
+        return generate(generator, step)
+
+
+def give(periodic, weights):
+    """What the trainer does: each whole tensor in turn, the caller dropping its own."""
+    for name, tensor in weights.items():
+        periodic.take(name, tensor.clone())
 
 
 def test_periodic_generation_uses_the_given_weights_and_leaves_training_rng_alone(tmp_path):
@@ -30,8 +41,10 @@ def test_periodic_generation_uses_the_given_weights_and_leaves_training_rng_alon
     assert [s for s in range(1, 7) if periodic.due(s)] == [2, 4, 6]
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    first = periodic(2, weights)
-    again = periodic(2, weights)  # the copy is built once; the same weights, the same video
+    give(periodic, weights)
+    first = periodic(2)
+    give(periodic, weights)
+    again = periodic(2)  # the copy is built once; the same weights, the same video
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.equal(first[0], again[0])
     copy = periodic.generator.model.weights()
@@ -41,12 +54,12 @@ def test_periodic_generation_uses_the_given_weights_and_leaves_training_rng_alon
 def test_tensors_taken_one_at_a_time_are_the_weights_generated_with(tmp_path):
     cfg = training_config_from_dict(CONFIG, "<test>")
     encoder = TextEncoder(cfg.text.encoder, cfg.text.max_length)
-    weights = randomize(build_model(cfg.model)).weights()
-    at_once = Generate(cfg, tmp_path, encoder, torch.device("cpu"), every=2)
+    model = randomize(build_model(cfg.model))
+    weights = model.weights()
     streamed = Generate(cfg, tmp_path, encoder, torch.device("cpu"), every=2)
-    for name, tensor in weights.items():
-        streamed.take(name, tensor.clone())  # the caller drops its copy
-    assert torch.equal(streamed(2)[0], at_once(2, weights)[0])
+    give(streamed, weights)
+    # the copy generates what the model it was given generates
+    assert torch.equal(streamed(2)[0], generate(Generator(cfg, model.eval(), encoder), 2)[0])
     copy = streamed.generator.model.weights()
     assert all(torch.equal(copy[k], v) for k, v in weights.items())
     name = next(iter(weights))

@@ -206,11 +206,16 @@ def test_weights_of_another_shape_are_one_line(ckpt, tmp_path, capsys):
     (ckpt / "config.yaml").write_text(yaml.safe_dump(cfg))
     resign(ckpt)
     assert sample(ckpt, tmp_path) == 2
-    one_error_line(capsys, str(ckpt), "but this model needs")
-    # Training from it under another model config: the strict weights check's line, naming them.
-    with pytest.raises(CheckpointError, match=f"{ckpt}: does not fit this model: .* shapes differ"):
+    line = one_error_line(capsys, f"{ckpt}: does not fit this model: ",
+                          "shapes differ (checkpoint vs model: ")
+    # Training from it under that model config: the same check (parallel.weights.WeightsFit),
+    # the same tensors named.
+    with pytest.raises(CheckpointError, match=f"{ckpt}: does not fit this model: .* shapes differ"
+                       ) as error:
         train(config(f"checkpoint.init_from={ckpt}", f"model.hidden_size={cfg['model']['hidden_size']}",
                      f"model.num_heads={cfg['model']['num_heads']}"), tmp_path / "i")
+    problems = str(error.value).split("does not fit this model: ")[1].rsplit(" (", 1)[0]
+    assert f"does not fit this model: {problems} (" in line, (problems, line)
 
 
 def test_python_tags_in_a_checkpoint_config_are_refused(ckpt):

@@ -14,7 +14,7 @@ from megagoku.config.schema import LEGACY_BLOCK
 from megagoku.models.construct import build_initialised
 from megagoku.optim import EMA
 from megagoku.parallel.activation_checkpoint import apply_activation_checkpointing
-from megagoku.parallel.shards import whole_shape
+from megagoku.parallel.weights import whole_shape
 from megagoku.train.checkpoint import CheckpointReader, ModelDirReader
 from megagoku.train.train_state import restore_weights
 
