@@ -57,6 +57,7 @@ from megagoku.train.run_dir import RUN_OUTPUTS, open_run, prepare_run_dir  # noq
 from megagoku.train.run_writes import RunWrites, RunWriteError
 from megagoku.train.samples import PeriodicSampler
 from megagoku.train.step import mean_over, pack_total, step_loss
+from megagoku.train.host_allocator import return_freed_memory
 from megagoku.train.train_state import logical_sizes
 
 log = logging.getLogger(__name__)
@@ -307,6 +308,8 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
           overwrite: bool = False, resume: Optional[str] = None) -> TrainResult:
     """Train `config` in `run_dir` (every rank of a launch calls this)."""
     inputs = preflight(config, source)  # before the grid: a bad config fails at once
+    if inputs.device.type == "cpu":
+        return_freed_memory()  # resident memory follows what training holds (host_allocator)
     owns_group = start_grid(config, source)
     failed = True
     try:
