@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from megagoku.optim.ema import EMA
-from megagoku.parallel.engine import TrainEngine
+from megagoku.parallel.engine import DEFAULT_BUCKET_ELEMENTS, TrainEngine
 
 
 class Update:
@@ -23,11 +23,13 @@ class Update:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
                  schedule: Optional[Callable[[int], float]] = None, ema: Optional[EMA] = None,
-                 zero_stage: int = 0, use_deepspeed: Optional[bool] = None):
+                 zero_stage: int = 0, use_deepspeed: Optional[bool] = None,
+                 bucket_elements: int = DEFAULT_BUCKET_ELEMENTS):
         self.model, self.optimizer, self.ema = model, optimizer, ema
         self.scheduler = None if schedule is None else \
             torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        self.engine = TrainEngine(model, optimizer, zero_stage, grad_clip, use_deepspeed)
+        self.engine = TrainEngine(model, optimizer, zero_stage, grad_clip, use_deepspeed,
+                                  bucket_elements)
 
     @property
     def lr(self) -> float:

@@ -18,11 +18,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from megagoku.config.schema import ParallelConfig
 from megagoku.parallel import state
 from megagoku.parallel.optimizer_state import create_adam_state
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR",
                       str(Path.home() / ".cache" / "megagoku" / "torch_extensions"))
+
+
+DEFAULT_BUCKET_ELEMENTS = ParallelConfig.zero_bucket_elements
 
 
 class MegatronMPU:
@@ -51,12 +55,20 @@ class MegatronMPU:
     get_tensor_model_parallel_rank = get_model_parallel_rank
 
 
-def deepspeed_config(zero_stage: int, grad_clip: float) -> dict:
+def deepspeed_config(zero_stage: int, grad_clip: float, bucket_elements: int) -> dict:
+    """`bucket_elements` (parallel.zero_bucket_elements) bounds every buffer DeepSpeed sizes by
+    a count of elements: the gradient bucket, the all-gather bucket, and under ZeRO-3 the
+    parameters prefetched, kept live, or kept gathered for reuse (what the memory plan counts)."""
+    buckets = {"reduce_bucket_size": bucket_elements, "allgather_bucket_size": bucket_elements}
+    if zero_stage == 3:
+        buckets.update(stage3_prefetch_bucket_size=bucket_elements,
+                       stage3_max_live_parameters=bucket_elements,
+                       stage3_max_reuse_distance=bucket_elements)
     return {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": grad_clip,
-        "zero_optimization": {"stage": zero_stage},
+        "zero_optimization": {"stage": zero_stage, **buckets},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,  # our metrics log progress
         "wall_clock_breakdown": False,
@@ -71,7 +83,8 @@ class TrainEngine:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, zero_stage: int,
-                 grad_clip: float, use_deepspeed: bool | None = None):
+                 grad_clip: float, use_deepspeed: bool | None = None,
+                 bucket_elements: int = DEFAULT_BUCKET_ELEMENTS):
         self.optimizer = optimizer
         self.grad_clip = grad_clip
         self.zero_stage = zero_stage
@@ -83,7 +96,8 @@ class TrainEngine:
             import deepspeed  # imported here: one-process runs never pay for it
             self.deepspeed, _, _, _ = deepspeed.initialize(
                 model=model, optimizer=optimizer, mpu=MegatronMPU(),
-                config=deepspeed_config(zero_stage, grad_clip), dist_init_required=False)
+                config=deepspeed_config(zero_stage, grad_clip, bucket_elements),
+                dist_init_required=False)
         self.model = model
         self.applied_non_finite_update = False
 

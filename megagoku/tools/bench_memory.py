@@ -130,7 +130,8 @@ def run_memory(args: argparse.Namespace) -> int:
     expected = plan(config.model, args.nproc, par.tensor_parallel, par.ulysses, par.zero_stage,
                     config.data.tokens_per_step, par.activation_checkpointing,
                     par.activation_checkpoint_every, par.sequence_parallel,
-                    2 if precision == "bf16" else 4, device="cuda" if gpu else "cpu")
+                    2 if precision == "bf16" else 4, device="cuda" if gpu else "cpu",
+                    bucket_elements=par.zero_bucket_elements)
     layout = (f"{args.nproc} ranks, TP={par.tensor_parallel} x Ulysses={par.ulysses} x "
               f"DP={expected.data_parallel}, ZeRO-{par.zero_stage}")
     print(f"{config.model.name}: {layout}")

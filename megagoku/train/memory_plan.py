@@ -2,9 +2,11 @@
 keep the plan honest.
 
 Bytes per parameter, as this trainer keeps them (fp32 weights; bf16 autocast makes transient
-copies): weights 4, gradients 4, AdamW moments 8; under ZeRO-1/2 DeepSpeed also keeps an fp32
-master partition (4), under ZeRO-3 the fp32 weight partition is the master. ZeRO-1 shards master +
-moments over the gradient group (DP x Ulysses), ZeRO-2 also the gradients, ZeRO-3 also the weights. Tensor-parallel weights (megatron's `tensor_model_parallel`)
+copies): weights 4, gradients 4, AdamW moments 8; under ZeRO 1-3 DeepSpeed also keeps an fp32
+master partition (4). (ZeRO-3 means to update an fp32 weight partition in place, but its test
+compares a torch.device with a device-name string, never equal: it copies the partition, as
+measured at full width.) ZeRO-1 shards master + moments over the gradient group (DP x Ulysses),
+ZeRO-2 also the gradients, ZeRO-3 also the weights. Tensor-parallel weights (megatron's `tensor_model_parallel`)
 are split over TP; the rest is replicated.
 
 Activations kept for backward, per token of the rank's Ulysses slice and per block, in elements
@@ -23,15 +25,26 @@ Around that steady state (what a step keeps), the plan counts what makes the pea
   ZeRO-3: the partitions, plus their fp32 copy);
 - the optimizer's working memory during the step: AdamW's foreach temporary (one tensor the size
   of the optimizer's partition), and under ZeRO-1/2 the fp32 gradient partition DeepSpeed builds
-  for it;
+  for it; under ZeRO-3 the gradient partition handed to the optimizer and the gradient norm,
+  which DeepSpeed takes in float64 over the whole flat partition (8 bytes per element);
+- DeepSpeed's buckets under ZeRO (`parallel.zero_bucket_elements`, B elements; DeepSpeed's own
+  defaults would be 2-4 GB in fp32): the gradient bucket, kept once filled (min(B, the rank's
+  parameters), 4 bytes each), and under ZeRO-3 the gathered parameters it keeps live or
+  prefetched during forward and backward (at most B, plus the module being computed: the
+  largest tensor). Without ZeRO, the gradients flattened for the all-reduce after backward are
+  one transient copy, no larger than the optimizer's temporary;
 - the checkpoint snapshot: this rank's share of the logical tensors (weights, EMA, two moments:
   16 bytes per parameter, spread evenly over the ranks) copied to host memory for the background
-  writer (host memory: in the peak of a CPU run only), plus the largest logical tensor gathered
-  whole (twice: the pieces and their concatenation) while the snapshot is taken;
-- the allocator's fragmentation allowance, a fraction of the peak (`fragmentation`).
+  writer, plus the largest logical tensor gathered whole (twice: the pieces and their
+  concatenation) while the snapshot is taken. The host copies are kept from one save to the next
+  (`Checkpointer.to_host`): on a CPU run they are part of every step's memory after the first
+  save; on a GPU they are pinned host memory, outside the device's plan;
+- the allocator's fragmentation allowance, a fraction of the peak (`fragmentation`; on the CPU
+  freed tensors above 1 MB go back to the OS: train/host_allocator.py).
 `peak_bytes` is the larger of the start-up and training peaks, with that allowance;
-`steady_bytes` what a step keeps. This is an estimate (communication buffers and the CUDA context
-are not in it); `megagoku bench memory` holds it against measured runs.
+`steady_bytes` what a step keeps. This is an estimate (the CUDA context and the collectives'
+own buffers are not in it); `megagoku bench memory` holds it against measured runs
+(BENCHMARKS.md, "Full width").
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from megagoku.config import ConfigError, ModelConfig, TrainingConfig
+from megagoku.parallel.engine import DEFAULT_BUCKET_ELEMENTS
 
 GIB = 1024 ** 3
 
@@ -67,6 +81,8 @@ class MemoryPlan:
     optimizer_working_bytes: int = 0  # during the optimizer step
     snapshot_bytes: int = 0  # host copies of this rank's share of a checkpoint
     snapshot_gather_bytes: int = 0  # one logical tensor gathered whole, while snapshotting
+    bucket_bytes: int = 0  # DeepSpeed's gradient bucket, kept once filled
+    gathered_bytes: int = 0  # ZeRO-3: parameters gathered during forward and backward
     fragmentation: float = 0.10
     device: str = "cuda"  # "cpu": the snapshot's host copies are in the device's memory
 
@@ -82,13 +98,14 @@ class MemoryPlan:
 
     @property
     def training_peak_bytes(self) -> int:
-        """The steady state, plus the activations, the optimizer step's working memory or a
-        snapshot being taken, whichever is largest (they do not meet: the activations are freed
-        by the step, a save starts after it)."""
+        """The steady state with DeepSpeed's bucket and (on the CPU, after the first save) the
+        snapshot's host copies, plus the activations with ZeRO-3's gathered parameters, the
+        optimizer step's working memory or a snapshot's gather, whichever is largest (they do
+        not meet: the activations are freed by the step, a save starts after it)."""
         host = self.snapshot_bytes if self.device == "cpu" else 0
-        return self.steady_bytes - self.activations_bytes + max(
-            self.activations_bytes, self.optimizer_working_bytes,
-            host + self.snapshot_gather_bytes)
+        return self.steady_bytes - self.activations_bytes + self.bucket_bytes + host + max(
+            self.activations_bytes + self.gathered_bytes, self.optimizer_working_bytes,
+            self.snapshot_gather_bytes)
 
     @property
     def peak_bytes(self) -> int:
@@ -128,20 +145,26 @@ def largest_tensor_numel(cfg: ModelConfig) -> int:
 
 
 def transient_bytes(local: int, shards: int, zero_stage: int, total: int, world: int,
-                    largest: int) -> dict[str, float]:
-    """Start-up, optimizer-step and snapshot memory per device beyond the steady state, for
-    `local` parameters per TP rank, `total` in the model, `world` ranks (see the module doc)."""
+                    largest: int, bucket: int = DEFAULT_BUCKET_ELEMENTS) -> dict[str, float]:
+    """Start-up, optimizer-step, DeepSpeed bucket and snapshot memory per device beyond the
+    steady state, for `local` parameters per TP rank, `total` in the model, `world` ranks and
+    `bucket` elements per DeepSpeed bucket (see the module doc)."""
     weights, _, _ = state_bytes(local, shards, zero_stage)
     ema = weights  # sharded as the weights are
     in_optimizer = local / shards if zero_stage >= 1 else local  # the optimizer's partition
     flatten = {0: 0, 1: 4 * local + 4 * in_optimizer, 2: 4 * local + 4 * in_optimizer,
-               3: 4 * in_optimizer}[zero_stage]
+               3: 8 * in_optimizer}[zero_stage]
     return {
         "ema": ema,
         "startup_peak": weights + ema + max(4 * largest, flatten),
-        "optimizer_working": 4 * in_optimizer * (2 if zero_stage in (1, 2) else 1),
+        # ZeRO-1/2: the fp32 gradient partition and AdamW's temporary; ZeRO-3: the gradient
+        # partition handed to the optimizer and its norm, taken in float64 over the whole flat
+        # partition (a copy of 8 bytes per element)
+        "optimizer_working": 4 * in_optimizer * {0: 1, 1: 2, 2: 2, 3: 3}[zero_stage],
         "snapshot": 16 * total / world,
         "snapshot_gather": 8 * largest,
+        "bucket": 4 * min(bucket, local) if zero_stage else 0,
+        "gathered": 4 * (min(bucket, local) + largest) if zero_stage == 3 else 0,
     }
 
 
@@ -150,8 +173,7 @@ def state_bytes(local: int, shards: int, zero_stage: int) -> tuple[float, float,
     ZeRO-sharded over `shards` ranks (see the module doc)."""
     weights = 4 * local / (shards if zero_stage >= 3 else 1)
     grads = 4 * local / (shards if zero_stage >= 2 else 1)
-    optimizer = {0: 8 * local, 1: 12 * local / shards, 2: 12 * local / shards,
-                 3: 8 * local / shards}[zero_stage]
+    optimizer = 8 * local if zero_stage == 0 else 12 * local / shards
     return weights, grads, optimizer
 
 
@@ -210,7 +232,8 @@ def activation_elements_per_token(cfg: ModelConfig, tp: int, megatron_sp: bool,
 def plan(cfg: ModelConfig, gpus: int, tp: int = 1, ulysses: int = 1, zero_stage: int = 0,
          seq_len: int = 4096, checkpointing: str = "none", activation_checkpoint_every: int = 1,
          megatron_sp: bool = False, activation_bytes: int = 2,
-         fragmentation: float = 0.10, device: str = "cuda") -> MemoryPlan:
+         fragmentation: float = 0.10, device: str = "cuda",
+         bucket_elements: int = DEFAULT_BUCKET_ELEMENTS) -> MemoryPlan:
     if gpus % (tp * ulysses):
         raise ValueError(f"--gpus {gpus} is not divisible by --tp {tp} x --sp {ulysses}")
     if cfg.num_heads % (tp * ulysses):
@@ -228,12 +251,13 @@ def plan(cfg: ModelConfig, gpus: int, tp: int = 1, ulysses: int = 1, zero_stage:
     if checkpointing == "full":  # one block is rebuilt at a time during backward
         elements += tokens * per_token["plain"]
     extra = transient_bytes(local, shards, zero_stage, split + replicated, gpus,
-                            largest_tensor_numel(cfg))
+                            largest_tensor_numel(cfg), bucket_elements)
     return MemoryPlan(gpus, tp, ulysses, dp, zero_stage, seq_len, checkpointing, local,
                       int(weights), int(grads), int(optimizer), int(elements * activation_bytes),
                       int(extra["ema"]), int(extra["startup_peak"]),
                       int(extra["optimizer_working"]), int(extra["snapshot"]),
-                      int(extra["snapshot_gather"]), fragmentation, device)
+                      int(extra["snapshot_gather"]), int(extra["bucket"]),
+                      int(extra["gathered"]), fragmentation, device)
 
 
 def saved_activation_bytes(fn, exclude=()) -> tuple[object, int]:

@@ -86,15 +86,16 @@ def full_grads(model, engine) -> dict[str, torch.Tensor]:
 
 def measured_bytes(model, optimizer, zero_stage: int) -> dict[str, int]:
     """What this rank holds: its weights, and its optimizer state (AdamW moments, plus the
-    fp32 master partition DeepSpeed keeps under ZeRO-1/2; ZeRO-3 updates the weight partition
-    itself when the model is fp32)."""
-    weights = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
-                  for p in model.parameters()) * 4
+    fp32 master partition DeepSpeed keeps under ZeRO 1-3: the tensors the optimizer updates,
+    when they are not the weights' own storage)."""
+    held = [p.ds_tensor if hasattr(p, "ds_tensor") else p for p in model.parameters()]
+    weights = sum(t.numel() for t in held) * 4
     moments = sum(t.numel() * t.element_size() for st in optimizer.state.values()
                   for k, t in st.items() if k != "step")
-    master = 0
-    if zero_stage in (1, 2):  # the fp32 partitions DeepSpeed points the param groups at
-        master = sum(p.numel() * 4 for g in optimizer.param_groups for p in g["params"])
+    own = {t.untyped_storage().data_ptr() for t in held}
+    master = sum(p.numel() * p.element_size() for g in optimizer.param_groups for p in g["params"]
+                 if p.untyped_storage().data_ptr() not in own)
+    assert (master > 0) == (zero_stage > 0), (zero_stage, master)
     return {"weights_bytes": weights, "optimizer_bytes": moments + master}
 
 

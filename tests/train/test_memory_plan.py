@@ -26,7 +26,7 @@ def test_a_huge_model_is_one_config_error_before_any_allocation(tmp_path):
 
 def test_state_bytes_shard_as_zero_does():
     assert sum(state_bytes(100, 1, 0)) == 1600  # fp32 weights 4 + grads 4 + AdamW 8
-    assert state_bytes(100, 4, 3) == (100.0, 100.0, 200.0)
+    assert state_bytes(100, 4, 3) == (100.0, 100.0, 300.0)  # + DeepSpeed's fp32 master copy
     assert device_memory_bytes(__import__("torch").device("cpu")) > 2 ** 30
 
 
@@ -36,8 +36,9 @@ def test_the_plan_counts_the_peak_beyond_the_steady_state():
 
     cfg = ModelConfig(name="p", depth=4, hidden_size=256, num_heads=4, text_dim=64,
                       rope_split=(16, 24, 24))
-    zero0 = plan(cfg, 4, zero_stage=0, seq_len=64, device="cpu")
-    zero3 = plan(cfg, 4, zero_stage=3, seq_len=64, device="cpu")
+    bucket = 10_000  # DeepSpeed's buckets, far smaller than the model, as at full size
+    zero0 = plan(cfg, 4, zero_stage=0, seq_len=64, device="cpu", bucket_elements=bucket)
+    zero3 = plan(cfg, 4, zero_stage=3, seq_len=64, device="cpu", bucket_elements=bucket)
     # the EMA is sharded as the weights are
     assert zero0.ema_bytes == zero0.weights_bytes and zero3.ema_bytes == zero3.weights_bytes
     assert zero3.ema_bytes * 4 == zero0.ema_bytes
@@ -47,6 +48,14 @@ def test_the_plan_counts_the_peak_beyond_the_steady_state():
         assert p.peak_bytes >= p.startup_peak_bytes
     assert zero3.peak_bytes < zero0.peak_bytes / 2
     # the snapshot's host copies are in a CPU run's peak, not in a GPU's
-    gpu = plan(cfg, 4, zero_stage=3, seq_len=64, device="cuda")
+    gpu = plan(cfg, 4, zero_stage=3, seq_len=64, device="cuda", bucket_elements=bucket)
     assert zero3.snapshot_bytes == gpu.snapshot_bytes > 0
-    assert gpu.training_peak_bytes < zero3.training_peak_bytes
+    assert zero3.training_peak_bytes - gpu.training_peak_bytes == zero3.snapshot_bytes
+    # DeepSpeed's buckets under ZeRO: the gradient bucket, and under ZeRO-3 the gathered
+    # parameters (the bucket plus the largest tensor)
+    assert zero3.bucket_bytes == 4 * bucket
+    assert zero0.bucket_bytes == zero0.gathered_bytes == 0
+    assert zero3.gathered_bytes == 4 * bucket + zero3.snapshot_gather_bytes // 2
+    whole = plan(cfg, 4, zero_stage=3, seq_len=64, device="cpu")  # the default bucket: 5e7
+    assert whole.gathered_bytes >= 4 * whole.params_per_gpu  # the model is gathered whole
+    assert whole.peak_bytes > zero3.peak_bytes

@@ -23,7 +23,8 @@ class Optimization:
                                            weight_decay=tcfg.weight_decay)
         self.update = Update(self.model, self.optimizer, tcfg.grad_clip,
                              warmup_cosine(tcfg.warmup_steps, tcfg.steps, tcfg.min_lr_ratio),
-                             trained.ema, config.parallel.zero_stage)
+                             trained.ema, config.parallel.zero_stage,
+                             bucket_elements=config.parallel.zero_bucket_elements)
         self.scheduler = self.update.scheduler
 
     def load_moments(self, reader: CheckpointReader | ModelDirReader) -> None:
