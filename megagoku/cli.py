@@ -11,7 +11,7 @@ from megagoku.config import ConfigError
 from megagoku.launch import argv as launch_argv
 from megagoku.parallel.distributed import strip_local_rank
 from megagoku.tools import (ablate, bench, cache, convert, curate, data, demo, info, launch,
-                            sample, stages, train, train_vae)
+                            sample, stages, stand_ins, train, train_vae)
 from megagoku.tools import eval as eval_tool  # (not `eval`: that would hide the builtin here)
 
 
@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megagoku", description="Goku-style flow models.")
     sub = parser.add_subparsers(dest="command", required=True)
     for tool in (train, launch, stages, train_vae, sample, convert, curate, info, demo, bench,
-                 data, cache, eval_tool, ablate):
+                 data, cache, stand_ins, eval_tool, ablate):
         tool.register(sub)
     return parser
 
