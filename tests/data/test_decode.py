@@ -105,22 +105,25 @@ def test_partial_decode_stops_at_the_last_frame_it_needs(clips, monkeypatch):
     assert len(seen) == 3
 
 
-def test_a_sample_opens_its_file_once(clips, tmp_path, monkeypatch):
+def test_a_sample_opens_its_file_once(clips, monkeypatch):
     """The probe's open container is the decode's (one `avformat_find_stream_info` a sample),
     for PyAV and for DALI (its display matrix), and it is closed, also when the file is refused."""
     import av
 
     opened = []
     real_open = av.open
-    monkeypatch.setattr(av, "open", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])
+
+    def counting_open(*args, **kwargs):
+        opened.append(real_open(*args, **kwargs))
+        return opened[-1]
+
     target = Target(32, 48, 6)
     mp4, webm = clips[".mp4"], clips[".webm"]
+    expected = to_unit_range(decode_clip(mp4, range(6), 32, 48))
+    monkeypatch.setattr(av, "open", counting_open)
     reader = MediaReader(backend="pyav")
-    pixels = reader.read(mp4, "video", target)
+    torch.testing.assert_close(reader.read(mp4, "video", target), expected)
     assert len(opened) == 1
-    monkeypatch.setattr(av, "open", real_open)
-    torch.testing.assert_close(pixels, to_unit_range(decode_clip(mp4, range(6), 32, 48)))
-    monkeypatch.setattr(av, "open", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])
     assert MediaReader().read(webm, "video", target) is not None  # auto: DALI for VP9
     assert reader.read(mp4, "video", Target(32, 48, 13)) is None  # 12 frames: too short
     assert len(opened) == 3 and reader.stats.skipped == {"too_short": 1}
@@ -170,16 +173,16 @@ def test_skipped_deblocking_changes_only_frames_no_frame_references(coarse, monk
 
 def test_skipped_deblocking_is_within_tolerance_of_to_pixels(coarse, monkeypatch):
     """4x smaller each side (the rule's edge), frames to the 46th of one long GOP."""
-    clip = coarse
     asked = []
     real = pyav_clip.decoder_options
-    monkeypatch.setattr(pyav_clip, "decoder_options", lambda *a: asked.append(real(*a)) or asked[-1])
+    monkeypatch.setattr(pyav_clip, "decoder_options",
+                        lambda *a: asked.append(real(*a)) or asked[-1])
     target = Target(64, 64, 16, fps=8.0 / 3)  # frames 0, 3, ..., 45
-    pixels = MediaReader(backend="pyav").read(clip, "video", target)
+    pixels = MediaReader(backend="pyav").read(coarse, "video", target)
     assert asked == [{"skip_loop_filter": "noref"}]
-    indices = frame_indices(clip, 48, 8.0, target)
+    indices = frame_indices(coarse, 48, 8.0, target)
     assert indices[-1] == 45
-    reference = to_pixels(decode_pyav(clip)[indices], target)
+    reference = to_pixels(decode_pyav(coarse)[indices], target)
     mean, p99 = levels(pixels, reference)
     assert mean < MEAN_LEVELS and p99 < P99_LEVELS, (mean, p99)
 
