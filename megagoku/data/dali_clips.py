@@ -14,7 +14,7 @@ one at a time to find the bad one, whose reason is DALI's own line.
 
 The crop is turned upright (a display matrix) outside the pipeline, on target-size frames: DALI
 does not read display matrices, so the plan comes from the first frame PyAV decodes
-(`decode.probe(..., rotation=True)`).
+(`decode.describe(..., rotation=True)`, on the container the reader opened to probe the file).
 """
 
 from __future__ import annotations

@@ -105,6 +105,88 @@ def test_partial_decode_stops_at_the_last_frame_it_needs(clips, monkeypatch):
     assert len(seen) == 3
 
 
+def test_a_sample_opens_its_file_once(clips, monkeypatch):
+    """The probe's open container is the decode's (one `avformat_find_stream_info` a sample),
+    for PyAV and for DALI (its display matrix), and it is closed, also when the file is refused."""
+    import av
+
+    opened = []
+    real_open = av.open
+
+    def counting_open(*args, **kwargs):
+        opened.append(real_open(*args, **kwargs))
+        return opened[-1]
+
+    target = Target(32, 48, 6)
+    mp4, webm = clips[".mp4"], clips[".webm"]
+    expected = to_unit_range(decode_clip(mp4, range(6), 32, 48))
+    monkeypatch.setattr(av, "open", counting_open)
+    reader = MediaReader(backend="pyav")
+    torch.testing.assert_close(reader.read(mp4, "video", target), expected)
+    assert len(opened) == 1
+    assert MediaReader().read(webm, "video", target) is not None  # auto: DALI for VP9
+    assert reader.read(mp4, "video", Target(32, 48, 13)) is None  # 12 frames: too short
+    assert len(opened) == 3 and reader.stats.skipped == {"too_short": 1}
+    assert all(len(container.streams) == 0 for container in opened)  # closed
+
+
+def test_nonreference_deblocking_is_skipped_only_when_the_shrink_hides_it(clips, monkeypatch):
+    assert pyav_clip.SKIP_NONREF_DEBLOCK_FACTOR == 4.0
+    assert pyav_clip.decoder_options(1080, 1920, 64, 64) == {"skip_loop_filter": "noref"}
+    assert pyav_clip.decoder_options(256, 448, 64, 64) == {"skip_loop_filter": "noref"}  # 4x
+    assert pyav_clip.decoder_options(255, 448, 64, 64) == {}
+    assert pyav_clip.decoder_options(96, 160, 32, 32) == {}  # 3x
+    # A display matrix could turn the frame: the less-shrunk side either way up decides.
+    assert pyav_clip.decoder_options(1080, 1920, 64, 400) == {}
+    assert pyav_clip.decoder_options(1920, 1080, 400, 64) == {}
+    # The decoder asks with the stream's stored size and the target.
+    asked = []
+    real = pyav_clip.decoder_options
+    monkeypatch.setattr(pyav_clip, "decoder_options", lambda *a: asked.append(a) or real(*a))
+    decode_clip(clips[".mp4"], [0, 1], 24, 40)
+    assert asked == [(96, 160, 24, 40)]
+
+
+@pytest.fixture(scope="module")
+def coarse(tmp_path_factory) -> Path:
+    """48 frames of 256x448 H.264 in one GOP with B-frames, at a quantiser that deblocks (at
+    the other clips' crf 12 the filter is off)."""
+    out = tmp_path_factory.mktemp("coarse")
+    return write_clip(out / "coarse.mp4", textured(48, 256, 448, seed=1), quality="30")
+
+
+def test_skipped_deblocking_changes_only_frames_no_frame_references(coarse, monkeypatch):
+    """At source size (the rule forced on), B-frames differ from the full decode; the I- and
+    P-frames that the rest are predicted from do not: the error cannot drift through a GOP."""
+    import av
+
+    full = decode_clip(coarse, range(48), 256, 448)
+    monkeypatch.setattr(pyav_clip, "SKIP_NONREF_DEBLOCK_FACTOR", 0.0)
+    skipped = decode_clip(coarse, range(48), 256, 448)
+    with av.open(str(coarse)) as container:
+        # AVPictureType: 1 I, 2 P, 3 B.
+        kinds = ["-IPB"[int(frame.pict_type)] for frame in container.decode(video=0)]
+    changed = [i for i in range(48) if not np.array_equal(full[i], skipped[i])]
+    assert changed and all(kinds[i] == "B" for i in changed), (kinds, changed)
+    assert kinds.count("P") > 4 and changed[-1] > 40
+
+
+def test_skipped_deblocking_is_within_tolerance_of_to_pixels(coarse, monkeypatch):
+    """4x smaller each side (the rule's edge), frames to the 46th of one long GOP."""
+    asked = []
+    real = pyav_clip.decoder_options
+    monkeypatch.setattr(pyav_clip, "decoder_options",
+                        lambda *a: asked.append(real(*a)) or asked[-1])
+    target = Target(64, 64, 16, fps=8.0 / 3)  # frames 0, 3, ..., 45
+    pixels = MediaReader(backend="pyav").read(coarse, "video", target)
+    assert asked == [{"skip_loop_filter": "noref"}]
+    indices = frame_indices(coarse, 48, 8.0, target)
+    assert indices[-1] == 45
+    reference = to_pixels(decode_pyav(coarse)[indices], target)
+    mean, p99 = levels(pixels, reference)
+    assert mean < MEAN_LEVELS and p99 < P99_LEVELS, (mean, p99)
+
+
 @pytest.mark.parametrize("target", [Target(32, 32, 8), Target(24, 40, 4, fps=4.0),
                                     Target(64, 64, 6), Target(128, 200, 3)])
 def test_decoder_side_resize_is_within_tolerance_of_to_pixels(clips, target):
