@@ -15,6 +15,7 @@ import json
 from collections import defaultdict
 
 from megagoku.config import ConfigError, ModelConfig, load_model_config
+from megagoku.config.schema import ParallelConfig
 from megagoku.models.flops import flops_per_token
 
 
@@ -57,6 +58,13 @@ def register(subparsers) -> None:
     plan.add_argument("--fragmentation", type=float, default=0.10,
                       help="the allocator's fragmentation allowance, a fraction of the peak "
                            "(default 0.10)")
+    plan.add_argument("--bucket-elements", type=int,
+                      default=ParallelConfig.zero_bucket_elements,
+                      help="parallel.zero_bucket_elements: DeepSpeed's buckets (default "
+                           f"{ParallelConfig.zero_bucket_elements:.0e})")
+    plan.add_argument("--rank0-copies", type=int, default=0, choices=(0, 1, 2),
+                      help="whole copies of the model rank 0 keeps for samples (sample.every) "
+                           "and evaluations (eval.every) during training")
     plan.add_argument("--activation-bytes", type=int, default=2,
                       help="bytes per activation element (2: bf16 autocast, 4: fp32)")
     p.set_defaults(func=run)
@@ -64,7 +72,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     for name, least in (("seq_len", 1), ("text_len", 0), ("gpus", 1), ("tp", 1), ("sp", 1),
-                        ("activation_checkpoint_every", 1), ("activation_bytes", 1)):
+                        ("activation_checkpoint_every", 1), ("activation_bytes", 1),
+                        ("bucket_elements", 1)):
         if getattr(args, name) < least:
             raise ConfigError(f"--{name.replace('_', '-')}: must be at least {least}, got "
                               f"{getattr(args, name)}")
@@ -93,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
             report["memory_plan_per_gpu"] = plan(
                 cfg, args.gpus, args.tp, args.sp, args.zero, args.seq_len, args.checkpointing,
                 args.activation_checkpoint_every, args.megatron_sp, args.activation_bytes,
-                args.fragmentation).as_dict()
+                args.fragmentation, bucket_elements=args.bucket_elements,
+                rank0_copies=args.rank0_copies).as_dict()
         except ValueError as e:
             raise ConfigError(f"{args.config}: {e}") from None
     print(json.dumps(report, indent=2))

@@ -39,6 +39,9 @@ Around that steady state (what a step keeps), the plan counts what makes the pea
   concatenation) while the snapshot is taken. The host copies are kept from one save to the next
   (`Checkpointer.to_host`): on a CPU run they are part of every step's memory after the first
   save; on a GPU they are pinned host memory, outside the device's plan;
+- rank 0's copies of the whole model for samples and evaluations during training
+  (`inference/periodic.py`: one per sampler and evaluator, built at the first one and kept; 4
+  bytes per parameter of the whole model), in rank 0's peak, which is the plan's peak;
 - the allocator's fragmentation allowance, a fraction of the peak (`fragmentation`; on the CPU
   freed tensors above 1 MB go back to the OS: train/host_allocator.py).
 `peak_bytes` is the larger of the start-up and training peaks, with that allowance;
@@ -83,6 +86,7 @@ class MemoryPlan:
     snapshot_gather_bytes: int = 0  # one logical tensor gathered whole, while snapshotting
     bucket_bytes: int = 0  # DeepSpeed's gradient bucket, kept once filled
     gathered_bytes: int = 0  # ZeRO-3: parameters gathered during forward and backward
+    rank0_copies_bytes: int = 0  # rank 0: whole copies of the model for samples / evaluations
     fragmentation: float = 0.10
     device: str = "cuda"  # "cpu": the snapshot's host copies are in the device's memory
 
@@ -103,7 +107,8 @@ class MemoryPlan:
         optimizer step's working memory or a snapshot's gather, whichever is largest (they do
         not meet: the activations are freed by the step, a save starts after it)."""
         host = self.snapshot_bytes if self.device == "cpu" else 0
-        return self.steady_bytes - self.activations_bytes + self.bucket_bytes + host + max(
+        return self.steady_bytes - self.activations_bytes + self.bucket_bytes + host + \
+            self.rank0_copies_bytes + max(
             self.activations_bytes + self.gathered_bytes, self.optimizer_working_bytes,
             self.snapshot_gather_bytes)
 
@@ -233,7 +238,9 @@ def plan(cfg: ModelConfig, gpus: int, tp: int = 1, ulysses: int = 1, zero_stage:
          seq_len: int = 4096, checkpointing: str = "none", activation_checkpoint_every: int = 1,
          megatron_sp: bool = False, activation_bytes: int = 2,
          fragmentation: float = 0.10, device: str = "cuda",
-         bucket_elements: int = DEFAULT_BUCKET_ELEMENTS) -> MemoryPlan:
+         bucket_elements: int = DEFAULT_BUCKET_ELEMENTS, rank0_copies: int = 0) -> MemoryPlan:
+    """The memory of one device of `gpus` under the layout; `rank0_copies`: the whole copies of
+    the model rank 0 keeps for samples and evaluations during training (0, 1 or 2)."""
     if gpus % (tp * ulysses):
         raise ValueError(f"--gpus {gpus} is not divisible by --tp {tp} x --sp {ulysses}")
     if cfg.num_heads % (tp * ulysses):
@@ -257,7 +264,8 @@ def plan(cfg: ModelConfig, gpus: int, tp: int = 1, ulysses: int = 1, zero_stage:
                       int(extra["ema"]), int(extra["startup_peak"]),
                       int(extra["optimizer_working"]), int(extra["snapshot"]),
                       int(extra["snapshot_gather"]), int(extra["bucket"]),
-                      int(extra["gathered"]), fragmentation, device)
+                      int(extra["gathered"]), 4 * rank0_copies * (split + replicated),
+                      fragmentation, device)
 
 
 def saved_activation_bytes(fn, exclude=()) -> tuple[object, int]:

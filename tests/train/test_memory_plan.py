@@ -56,6 +56,12 @@ def test_the_plan_counts_the_peak_beyond_the_steady_state():
     assert zero3.bucket_bytes == 4 * bucket
     assert zero0.bucket_bytes == zero0.gathered_bytes == 0
     assert zero3.gathered_bytes == 4 * bucket + zero3.snapshot_gather_bytes // 2
+    # rank 0's copies of the whole model for samples and evaluations
+    sampling = plan(cfg, 4, zero_stage=3, seq_len=64, device="cpu", bucket_elements=bucket,
+                    rank0_copies=2)
+    assert sampling.rank0_copies_bytes == 2 * 4 * zero0.params_per_gpu
+    assert sampling.peak_bytes - zero3.peak_bytes == pytest.approx(
+        sampling.rank0_copies_bytes * (1 + sampling.fragmentation), abs=2)
     whole = plan(cfg, 4, zero_stage=3, seq_len=64, device="cpu")  # the default bucket: 5e7
     assert whole.gathered_bytes >= 4 * whole.params_per_gpu  # the model is gathered whole
     assert whole.peak_bytes > zero3.peak_bytes
