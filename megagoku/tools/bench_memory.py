@@ -54,6 +54,28 @@ def _max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+def _measure_saves() -> list[dict]:
+    """Each checkpoint save of this process (phase 1, what training waits for), measured as it
+    runs: the seconds it blocked, resident memory before and after it (the host copies are kept
+    for the next save), the peak before it and after it. The trainer's own `save` does the work;
+    this wraps it for the benchmark only."""
+    from megagoku.train.components.checkpointing import CheckpointSaver
+
+    saves: list[dict] = []
+    save = CheckpointSaver.save
+
+    def measured(self, step: int) -> float:
+        before, peak_before = _rss_bytes(), _max_rss_bytes()
+        blocked = save(self, step)
+        saves.append({"step": step, "blocked_s": blocked, "async": self.checkpointer.async_save,
+                      "rss_before_bytes": before, "rss_after_bytes": _rss_bytes(),
+                      "max_rss_before_bytes": peak_before, "max_rss_after_bytes": _max_rss_bytes()})
+        return blocked
+
+    CheckpointSaver.save = measured
+    return saves
+
+
 def rank_main(spec: dict) -> dict:
     """One rank: train (or build on meta) and measure."""
     import deepspeed  # noqa: F401 (imported before the baseline: not the run's memory)
@@ -82,10 +104,11 @@ def rank_main(spec: dict) -> dict:
 
     baseline = _rss_bytes()
     run_dir = Path(spec["run_dir"])
+    saves = _measure_saves()
     train(config, run_dir, source=spec["config"], overwrite=True)
     out = {"rank": int(os.environ["RANK"]), "baseline_bytes": baseline,
            "max_rss_bytes": _max_rss_bytes(),
-           "measured_bytes": max(0, _max_rss_bytes() - baseline)}
+           "measured_bytes": max(0, _max_rss_bytes() - baseline), "saves": saves}
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:  # trained on it
         out["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
     return out
@@ -105,6 +128,19 @@ def _launch(args: argparse.Namespace, work: Path) -> list[dict]:
     except RankFailed as failed:
         raise SystemExit(f"bench memory: {failed}")
     return [json.loads((work / f"rank{r}.json").read_text()) for r in range(args.nproc)]
+
+
+def _print_saves(ranks: list[dict]) -> None:
+    """Per save: what training waited for, at most over the ranks, and the resident memory it
+    added and the peak it reached on the rank where each is largest."""
+    for i, save in enumerate(ranks[0]["saves"]):
+        each = [r["saves"][i] for r in ranks]
+        added = max(s["rss_after_bytes"] - s["rss_before_bytes"] for s in each)
+        peak = max(s["max_rss_after_bytes"] - r["baseline_bytes"] for s, r in zip(each, ranks))
+        print(f"save at step {save['step']} ({'async' if save['async'] else 'sync'}): training "
+              f"blocked {max(s['blocked_s'] for s in each):.3f} s; resident "
+              f"{added / MIB:+.1f} MiB (host copies, kept for the next save); peak so far "
+              f"{peak / MIB:.1f} MiB")
 
 
 def run_memory(args: argparse.Namespace) -> int:
@@ -127,11 +163,17 @@ def run_memory(args: argparse.Namespace) -> int:
     if precision == "auto":  # as train/step.py resolves it: bf16 autocast on a GPU
         precision = "bf16" if gpu or (config.train.device != "cpu" and
                                       torch.cuda.is_available()) else "fp32"
-    expected = plan(config.model, args.nproc, par.tensor_parallel, par.ulysses, par.zero_stage,
+    def planned(rank0_copies: int):
+        return plan(config.model, args.nproc, par.tensor_parallel, par.ulysses, par.zero_stage,
                     config.data.tokens_per_step, par.activation_checkpointing,
                     par.activation_checkpoint_every, par.sequence_parallel,
                     2 if precision == "bf16" else 4, device="cuda" if gpu else "cpu",
-                    bucket_elements=par.zero_bucket_elements)
+                    bucket_elements=par.zero_bucket_elements, rank0_copies=rank0_copies)
+
+    expected = planned(0)
+    # rank 0 keeps a whole copy of the model per periodic sampler and evaluator
+    copies = int(bool(config.sample.every)) + int(bool(config.eval.every))
+    for_rank = {0: planned(copies)} if copies else {}
     layout = (f"{args.nproc} ranks, TP={par.tensor_parallel} x Ulysses={par.ulysses} x "
               f"DP={expected.data_parallel}, ZeRO-{par.zero_stage}")
     print(f"{config.model.name}: {layout}")
@@ -146,18 +188,22 @@ def run_memory(args: argparse.Namespace) -> int:
               f"{expected.peak_bytes / MIB:.1f} MiB (start-up "
               f"{expected.startup_peak_bytes / MIB:.1f}, training "
               f"{expected.training_peak_bytes / MIB:.1f}, fragmentation "
-              f"{expected.fragmentation:.0%})")
+              f"{expected.fragmentation:.0%})"
+              + (f"; rank 0 {for_rank[0].peak_bytes / MIB:.1f} MiB with its {copies} "
+                 "sampling/evaluation copies of the model" if copies else ""))
         what = "max allocated MiB" if gpu else "measured peak MiB"
         print(f"{'rank':>4} {'baseline MiB':>13} {what:>18} {'plan peak MiB':>14} "
               f"{'measured/plan':>14}")
         for r in ranks:
-            ratio = r["measured_bytes"] / expected.peak_bytes
+            peak = for_rank.get(r["rank"], expected).peak_bytes
             print(f"{r['rank']:>4} {r['baseline_bytes'] / MIB:>13.1f} "
-                  f"{r['measured_bytes'] / MIB:>18.1f} {expected.peak_bytes / MIB:>14.1f} "
-                  f"{ratio:>14.3f}")
+                  f"{r['measured_bytes'] / MIB:>18.1f} {peak / MIB:>14.1f} "
+                  f"{r['measured_bytes'] / peak:>14.3f}")
+        _print_saves(ranks)
     if args.json:
-        Path(args.json).write_text(json.dumps({"layout": layout, "plan": expected.as_dict(),
-                                               "ranks": ranks}, indent=1))
+        Path(args.json).write_text(json.dumps(
+            {"layout": layout, "plan": expected.as_dict(), "ranks": ranks,
+             "rank0_plan": for_rank[0].as_dict() if copies else None}, indent=1))
     return 0
 
 
