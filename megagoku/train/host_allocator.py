@@ -4,8 +4,8 @@ glibc serves an allocation below its mmap threshold from its heap and keeps the 
 is freed, for reuse; the threshold rises by itself, up to 32 MB, each time a larger block is
 freed. A CPU run's tensors of 1-32 MB (weight gradients, DeepSpeed's buckets, optimizer
 temporaries) therefore stay resident after use, and the heap fragments: measured at Goku-2B's
-width on 4 ranks (BENCHMARKS.md, "Full width"), a rank held 24% more than with the threshold
-fixed, and what it held grew from step to step. Fixing the threshold at 1 MB serves those
+width on 4 ranks (BENCHMARKS.md, "Full width"), a rank's peak was 16% higher than with the
+threshold fixed, and what it held grew from step to step. Fixing the threshold at 1 MB serves those
 tensors from their own mappings, returned when freed, so resident memory follows what training
 holds (and what `info --plan` counts). The demo's many small tensors stay in the heap; its step
 rate was unchanged (4.72 against 4.89 steps/s, 300 steps of configs/tiny.yaml). Only the CPU
