@@ -35,7 +35,7 @@ demo-latent: install
 	$(BIN)/megagoku demo --config configs/demo_latent.yaml --run-dir checkpoints/demo-latent
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -461,9 +461,9 @@ class ParallelConfig:
     activation_checkpoint_every: int = 1
     # Distributed backend: auto = NCCL when a GPU is present, else gloo.
     backend: Literal["auto", "nccl", "gloo"] = "auto"
-    # DeepSpeed's buckets, in elements: gradients are reduced and parameters gathered this many
-    # at a time, and ZeRO-3 keeps at most this many gathered parameters live or prefetched. Its
-    # own defaults (a 5e8 reduce bucket, 1e9 live parameters, reuse distance 1e9: the whole model
+    # DeepSpeed's buckets under ZeRO 1-3, in elements: gradients are reduced and parameters
+    # gathered this many at a time, and ZeRO-3 keeps at most this many gathered parameters live
+    # or prefetched. Its own defaults (a 5e8 reduce bucket, 1e9 live parameters, reuse distance 1e9: the whole model
     # stays gathered from forward to backward) cost GBs per rank in fp32; `info --plan` counts
     # what this allows. Larger buckets: fewer, bigger collectives.
     zero_bucket_elements: int = 50_000_000

@@ -56,10 +56,12 @@ class MegatronMPU:
 
 
 def deepspeed_config(zero_stage: int, grad_clip: float, bucket_elements: int) -> dict:
-    """`bucket_elements` (parallel.zero_bucket_elements) bounds every buffer DeepSpeed sizes by
-    a count of elements: the gradient bucket, the all-gather bucket, and under ZeRO-3 the
-    parameters prefetched, kept live, or kept gathered for reuse (what the memory plan counts)."""
-    buckets = {"reduce_bucket_size": bucket_elements, "allgather_bucket_size": bucket_elements}
+    """Under ZeRO 1-3, `bucket_elements` (parallel.zero_bucket_elements) bounds every buffer
+    DeepSpeed sizes by a count of elements: the gradient bucket, the all-gather bucket, and under
+    ZeRO-3 the parameters prefetched, kept live, or kept gathered for reuse (what the memory plan
+    counts). Without ZeRO, DeepSpeed all-reduces in buckets of its own fixed size."""
+    buckets = {"reduce_bucket_size": bucket_elements,
+               "allgather_bucket_size": bucket_elements} if zero_stage else {}
     if zero_stage == 3:
         buckets.update(stage3_prefetch_bucket_size=bucket_elements,
                        stage3_max_live_parameters=bucket_elements,

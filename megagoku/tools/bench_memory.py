@@ -171,8 +171,8 @@ def run_memory(args: argparse.Namespace) -> int:
                     bucket_elements=par.zero_bucket_elements, rank0_copies=rank0_copies)
 
     expected = planned(0)
-    # rank 0 keeps a whole copy of the model per periodic sampler and evaluator
-    copies = int(bool(config.sample.every)) + int(bool(config.eval.every))
+    # rank 0 keeps a whole copy of the model per periodic sampler and evaluator that ran
+    copies = sum(0 < every <= args.steps for every in (config.sample.every, config.eval.every))
     for_rank = {0: planned(copies)} if copies else {}
     layout = (f"{args.nproc} ranks, TP={par.tensor_parallel} x Ulysses={par.ulysses} x "
               f"DP={expected.data_parallel}, ZeRO-{par.zero_stage}")

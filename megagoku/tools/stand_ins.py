@@ -11,6 +11,8 @@ writes, at the paths the config names:
 - `<data.cache>.media`: `--records` built-in shapes samples as files (clips and images) and their
   manifest, at `data.height` x `data.width` x `data.frames`;
 - `data.cache`: those files encoded by the real `megagoku cache` path (decode, VAE, encoder).
+Each folder gets a `stand-in.json` naming what it is; a rerun reuses the stand-ins of the same
+settings, and a folder that holds anything else (a real encoder, VAE or cache) is refused.
 A full-width run then reads latents of 16 channels and caption features 2048 wide through the
 same loader, packer and model as a cluster run (configs/full_width_cpu.yaml).
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 from megagoku.config import ConfigError, load_training_config
 
 TOKENS = ["<pad>", "</s>", "<unk>"]  # T5's pad and end ids (0, 1) first
+MARKER = "stand-in.json"  # in every folder stand-ins write: what it is and its settings
 
 
 def register(subparsers) -> None:
@@ -84,38 +87,78 @@ def write_vae(folder: Path, channels: int, seed: int, probe) -> Path:
     return vae.save(folder, mean.tolist(), std.tolist())
 
 
+def _claim(folder: Path, field: str, source: str, settings: dict) -> bool:
+    """Whether `folder` still has to be written: False when it holds the stand-in of these
+    `settings` already (its MARKER says so). A folder that holds anything else is refused, in one
+    line naming the field: stand-ins never write over a real encoder, VAE or cache."""
+    marker = folder / MARKER
+    if marker.is_file():
+        found = json.loads(marker.read_text())
+        if found != settings:
+            raise ConfigError(f"{source}: {field}: {folder} holds the stand-in of {found}, not "
+                              f"of {settings}; remove it or name another folder")
+        return False
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError(f"{source}: {field}: {folder} is not empty and not a stand-in (no "
+                          f"{MARKER}); stand-ins write only into new folders")
+    return True
+
+
+def _mark(folder: Path, settings: dict) -> None:
+    (folder / MARKER).write_text(json.dumps(settings, indent=1) + "\n")
+
+
 def run(args: argparse.Namespace) -> int:
-    from megagoku.cli import main as cli_main
     from megagoku.data.shapes import ShapesDataset
     from megagoku.data.shapes_files import write_shapes_files
+    from megagoku.models.text_encoder import BUILTIN_ENCODERS
+    from megagoku.tools import cache as cache_tool
 
     config = load_training_config(args.config, args.overrides)
+    source = args.config
     if config.data.kind != "cache" or config.latent.kind != "causal_vae":
-        raise ConfigError(f"{args.config}: stand-ins need data.kind: cache and latent.kind: "
+        raise ConfigError(f"{source}: stand-ins need data.kind: cache and latent.kind: "
                           f"causal_vae, got {config.data.kind} and {config.latent.kind}")
+    if config.text.encoder in BUILTIN_ENCODERS:
+        raise ConfigError(f"{source}: text.encoder: stand-ins write a folder, got the built-in "
+                          f"encoder {config.text.encoder}")
     if args.records < 1:
         raise ConfigError(f"--records: must be at least 1, got {args.records}")
     encoder, vae_dir = Path(config.text.encoder), Path(config.latent.path)
     cache = Path(config.data.cache)
     media = cache.with_name(cache.name + ".media")
-    if not (encoder / "config.json").is_file():
+    data = config.data
+    what = {  # folder -> (field, the settings its stand-in is written with)
+        encoder: ("text.encoder", {"stand_in": "text encoder", "seed": args.seed,
+                                   "width": config.model.text_dim}),
+        media: ("data.cache", {"stand_in": "shapes files", "records": args.records,
+                               "size": [data.frames, data.height, data.width]}),
+        vae_dir: ("latent.path", {"stand_in": "vae", "seed": args.seed,
+                                  "channels": config.latent.channels}),
+        cache: ("data.cache", {"stand_in": "cache", "records": args.records, "seed": args.seed}),
+    }
+    todo = {folder: _claim(folder, field, source, settings)
+            for folder, (field, settings) in what.items()}  # all checked before any is written
+    if todo[encoder]:
         write_text_encoder(encoder, config.model.text_dim, args.seed)
         print(f"stand-ins: text encoder {encoder} (random T5, width {config.model.text_dim})")
-    data = config.data
     manifest = media / "manifest.jsonl"
-    if not manifest.is_file():
+    if todo[media]:
         write_shapes_files(media, data, args.records)
         print(f"stand-ins: {args.records} shapes samples in {media}")
-    if not (vae_dir / "vae.json").is_file():
+    if todo[vae_dir]:
         shapes = ShapesDataset(data)
         probe = [shapes[i].pixels for i in range(min(args.records, 8))]
         write_vae(vae_dir, config.latent.channels, args.seed, probe)
         print(f"stand-ins: VAE {vae_dir} (random, {config.latent.channels} latent channels)")
-    overrides = [*args.overrides, f"data.manifest={manifest}"]
-    argv = ["cache", "--config", args.config, "--out", str(cache), "--dtype", "float32",
-            *[a for o in overrides for a in ("--set", o)]]
-    status = cli_main(argv)
+    for folder in (encoder, media, vae_dir):
+        if todo[folder]:
+            _mark(folder, what[folder][1])
+    status = cache_tool.run(argparse.Namespace(
+        config=args.config, manifest=str(manifest), out=str(cache), shard_size=256,
+        dtype="float32", overwrite=False, overrides=list(args.overrides)))
     if status == 0:
+        _mark(cache, what[cache][1])
         print(json.dumps({"text.encoder": str(encoder), "latent.path": str(vae_dir),
                           "data.cache": str(cache)}))
     return status

@@ -7,9 +7,9 @@ temporaries) therefore stay resident after use, and the heap fragments: measured
 width on 4 ranks (BENCHMARKS.md, "Full width"), a rank's peak was 16% higher than with the
 threshold fixed, and what it held grew from step to step. Fixing the threshold at 1 MB serves those
 tensors from their own mappings, returned when freed, so resident memory follows what training
-holds (and what `info --plan` counts). The demo's many small tensors stay in the heap; its step
-rate was unchanged (4.72 against 4.89 steps/s, 300 steps of configs/tiny.yaml). Only the CPU
-process's own allocator is touched: nothing changes for tensors on a GPU.
+holds (and what `info --plan` counts). The demo's many small tensors stay in the heap. What it
+costs in speed: BENCHMARKS.md, "Full width". Only the CPU process's own allocator is touched:
+nothing changes for tensors on a GPU.
 """
 
 from __future__ import annotations

@@ -25,11 +25,13 @@ Around that steady state (what a step keeps), the plan counts what makes the pea
   ZeRO-3: the partitions, plus their fp32 copy);
 - the optimizer's working memory during the step: AdamW's foreach temporary (one tensor the size
   of the optimizer's partition), and under ZeRO-1/2 the fp32 gradient partition DeepSpeed builds
-  for it; under ZeRO-3 the gradient partition handed to the optimizer and the gradient norm,
-  which DeepSpeed takes in float64 over the whole flat partition (8 bytes per element);
+  for it; under ZeRO-3 the gradient partition handed to the optimizer plus the larger of
+  AdamW's temporary and the gradient norm, which DeepSpeed takes in float64 over the whole flat
+  partition (8 bytes per element) and frees before the update;
 - DeepSpeed's buckets under ZeRO (`parallel.zero_bucket_elements`, B elements; DeepSpeed's own
-  defaults would be 2-4 GB in fp32): the gradient bucket, kept once filled (min(B, the rank's
-  parameters), 4 bytes each), and under ZeRO-3 the gathered parameters it keeps live or
+  defaults would be 2-4 GB in fp32): the gradient bucket, 4 bytes per element (allocated whole
+  on a GPU; on the CPU resident as far as gradients fill it: min(B, the rank's parameters)),
+  and under ZeRO-3 the gathered parameters it keeps live or
   prefetched during forward and backward (at most B, plus the module being computed: the
   largest tensor). Without ZeRO, the gradients flattened for the all-reduce after backward are
   one transient copy, no larger than the optimizer's temporary;
@@ -60,9 +62,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from megagoku.config import ConfigError, ModelConfig, TrainingConfig
-from megagoku.parallel.engine import DEFAULT_BUCKET_ELEMENTS
+from megagoku.config.schema import ParallelConfig
 
 GIB = 1024 ** 3
+DEFAULT_BUCKET_ELEMENTS = ParallelConfig.zero_bucket_elements
 
 
 @dataclass
@@ -150,7 +153,8 @@ def largest_tensor_numel(cfg: ModelConfig) -> int:
 
 
 def transient_bytes(local: int, shards: int, zero_stage: int, total: int, world: int,
-                    largest: int, bucket: int = DEFAULT_BUCKET_ELEMENTS) -> dict[str, float]:
+                    largest: int, bucket: int = DEFAULT_BUCKET_ELEMENTS,
+                    device: str = "cuda") -> dict[str, float]:
     """Start-up, optimizer-step, DeepSpeed bucket and snapshot memory per device beyond the
     steady state, for `local` parameters per TP rank, `total` in the model, `world` ranks and
     `bucket` elements per DeepSpeed bucket (see the module doc)."""
@@ -163,12 +167,14 @@ def transient_bytes(local: int, shards: int, zero_stage: int, total: int, world:
         "ema": ema,
         "startup_peak": weights + ema + max(4 * largest, flatten),
         # ZeRO-1/2: the fp32 gradient partition and AdamW's temporary; ZeRO-3: the gradient
-        # partition handed to the optimizer and its norm, taken in float64 over the whole flat
-        # partition (a copy of 8 bytes per element)
+        # partition handed to the optimizer, and its norm taken in float64 over the whole flat
+        # partition (8 bytes per element), freed before AdamW's temporary exists
         "optimizer_working": 4 * in_optimizer * {0: 1, 1: 2, 2: 2, 3: 3}[zero_stage],
         "snapshot": 16 * total / world,
         "snapshot_gather": 8 * largest,
-        "bucket": 4 * min(bucket, local) if zero_stage else 0,
+        # DeepSpeed allocates the bucket whole (a GPU's allocator counts all of it); host pages
+        # become resident only as gradients fill them
+        "bucket": 4 * (bucket if device == "cuda" else min(bucket, local)) if zero_stage else 0,
         "gathered": 4 * (min(bucket, local) + largest) if zero_stage == 3 else 0,
     }
 
@@ -258,7 +264,7 @@ def plan(cfg: ModelConfig, gpus: int, tp: int = 1, ulysses: int = 1, zero_stage:
     if checkpointing == "full":  # one block is rebuilt at a time during backward
         elements += tokens * per_token["plain"]
     extra = transient_bytes(local, shards, zero_stage, split + replicated, gpus,
-                            largest_tensor_numel(cfg), bucket_elements)
+                            largest_tensor_numel(cfg), bucket_elements, device)
     return MemoryPlan(gpus, tp, ulysses, dp, zero_stage, seq_len, checkpointing, local,
                       int(weights), int(grads), int(optimizer), int(elements * activation_bytes),
                       int(extra["ema"]), int(extra["startup_peak"]),

@@ -93,7 +93,11 @@ def measured_bytes(model, optimizer, zero_stage: int) -> dict[str, int]:
     moments = sum(t.numel() * t.element_size() for st in optimizer.state.values()
                   for k, t in st.items() if k != "step")
     own = {t.untyped_storage().data_ptr() for t in held}
-    master = sum(p.numel() * p.element_size() for g in optimizer.param_groups for p in g["params"]
+    zero3 = next((p._z3_optimizer for p in model.parameters() if hasattr(p, "_z3_optimizer")),
+                 None)  # it puts its fp32 partitions into the param groups only to step
+    stepped = list(zero3.fp32_partitioned_groups_flat) if zero3 is not None else \
+        [p for g in optimizer.param_groups for p in g["params"]]
+    master = sum(p.numel() * p.element_size() for p in stepped
                  if p.untyped_storage().data_ptr() not in own)
     assert (master > 0) == (zero_stage > 0), (zero_stage, master)
     return {"weights_bytes": weights, "optimizer_bytes": moments + master}
