@@ -154,11 +154,13 @@ def run(args: argparse.Namespace) -> int:
     for folder in (encoder, media, vae_dir):
         if todo[folder]:
             _mark(folder, what[folder][1])
+    if todo[cache]:  # claimed before it is written: a cache cut short is continued by a rerun
+        cache.mkdir(parents=True, exist_ok=True)
+        _mark(cache, what[cache][1])
     status = cache_tool.run(argparse.Namespace(
         config=args.config, manifest=str(manifest), out=str(cache), shard_size=256,
         dtype="float32", overwrite=False, overrides=list(args.overrides)))
     if status == 0:
-        _mark(cache, what[cache][1])
         print(json.dumps({"text.encoder": str(encoder), "latent.path": str(vae_dir),
                           "data.cache": str(cache)}))
     return status
