@@ -440,6 +440,9 @@ class CheckpointConfig:
             yield "resume", "must be none, auto or a checkpoint / run dir path"
 
 
+ZERO_BUCKET_ELEMENTS = 50_000_000  # parallel.zero_bucket_elements' default (see there)
+
+
 @dataclass
 class ParallelConfig:
     """How one training step is split over processes. The data-parallel size is what is left:
@@ -466,7 +469,7 @@ class ParallelConfig:
     # or prefetched. Its own defaults (a 5e8 reduce bucket, 1e9 live parameters, reuse distance 1e9: the whole model
     # stays gathered from forward to backward) cost GBs per rank in fp32; `info --plan` counts
     # what this allows. Larger buckets: fewer, bigger collectives.
-    zero_bucket_elements: int = 50_000_000
+    zero_bucket_elements: int = ZERO_BUCKET_ELEMENTS
 
     def problems(self) -> Iterator[Problem]:
         for name in ("tensor_parallel", "ulysses", "activation_checkpoint_every",

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from megagoku.optim.ema import EMA
-from megagoku.parallel.engine import DEFAULT_BUCKET_ELEMENTS, TrainEngine
+from megagoku.config.schema import ZERO_BUCKET_ELEMENTS
+from megagoku.parallel.engine import TrainEngine
 
 
 class Update:
@@ -24,7 +25,7 @@ class Update:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
                  schedule: Optional[Callable[[int], float]] = None, ema: Optional[EMA] = None,
                  zero_stage: int = 0, use_deepspeed: Optional[bool] = None,
-                 bucket_elements: int = DEFAULT_BUCKET_ELEMENTS):
+                 bucket_elements: int = ZERO_BUCKET_ELEMENTS):
         self.model, self.optimizer, self.ema = model, optimizer, ema
         self.scheduler = None if schedule is None else \
             torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

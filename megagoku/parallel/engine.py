@@ -18,15 +18,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from megagoku.config.schema import ParallelConfig
+from megagoku.config.schema import ZERO_BUCKET_ELEMENTS
 from megagoku.parallel import state
 from megagoku.parallel.optimizer_state import create_adam_state
 
 os.environ.setdefault("TORCH_EXTENSIONS_DIR",
                       str(Path.home() / ".cache" / "megagoku" / "torch_extensions"))
-
-
-DEFAULT_BUCKET_ELEMENTS = ParallelConfig.zero_bucket_elements
 
 
 class MegatronMPU:
@@ -86,7 +83,7 @@ class TrainEngine:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, zero_stage: int,
                  grad_clip: float, use_deepspeed: bool | None = None,
-                 bucket_elements: int = DEFAULT_BUCKET_ELEMENTS):
+                 bucket_elements: int = ZERO_BUCKET_ELEMENTS):
         self.optimizer = optimizer
         self.grad_clip = grad_clip
         self.zero_stage = zero_stage

@@ -151,14 +151,15 @@ def zero3_construction(grad_clip: float = 1.0):
     are meaningless (set them with `initialize_partitions`)."""
     import deepspeed
 
-    from megagoku.parallel.engine import DEFAULT_BUCKET_ELEMENTS, MegatronMPU, deepspeed_config
+    from megagoku.config.schema import ZERO_BUCKET_ELEMENTS
+    from megagoku.parallel.engine import MegatronMPU, deepspeed_config
 
     # zero.Init reads the launcher's LOCAL_RANK; a one-process run started without one is rank 0.
     # (It reads no bucket size: the default stands in for the run's parallel.zero_bucket_elements.)
     os.environ.setdefault("LOCAL_RANK", "0")
     with deepspeed.zero.Init(data_parallel_group=state.gradient_group(), mpu=MegatronMPU(),
                              config_dict_or_path=deepspeed_config(3, grad_clip,
-                                                                  DEFAULT_BUCKET_ELEMENTS),
+                                                                  ZERO_BUCKET_ELEMENTS),
                              remote_device=None, dtype=torch.float32,
                              mem_efficient_linear=False):
         yield

@@ -15,7 +15,7 @@ import json
 from collections import defaultdict
 
 from megagoku.config import ConfigError, ModelConfig, load_model_config
-from megagoku.config.schema import ParallelConfig
+from megagoku.config.schema import ZERO_BUCKET_ELEMENTS
 from megagoku.models.flops import flops_per_token
 
 
@@ -59,9 +59,9 @@ def register(subparsers) -> None:
                       help="the allocator's fragmentation allowance, a fraction of the peak "
                            "(default 0.10)")
     plan.add_argument("--bucket-elements", type=int,
-                      default=ParallelConfig.zero_bucket_elements,
+                      default=ZERO_BUCKET_ELEMENTS,
                       help="parallel.zero_bucket_elements: DeepSpeed's buckets (default "
-                           f"{ParallelConfig.zero_bucket_elements:.0e})")
+                           f"{ZERO_BUCKET_ELEMENTS:.0e})")
     plan.add_argument("--rank0-copies", type=int, default=0, choices=(0, 1, 2),
                       help="whole copies of the model rank 0 keeps for samples (sample.every) "
                            "and evaluations (eval.every) during training")

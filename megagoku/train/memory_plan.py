@@ -62,10 +62,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from megagoku.config import ConfigError, ModelConfig, TrainingConfig
-from megagoku.config.schema import ParallelConfig
+from megagoku.config.schema import ZERO_BUCKET_ELEMENTS
 
 GIB = 1024 ** 3
-DEFAULT_BUCKET_ELEMENTS = ParallelConfig.zero_bucket_elements
 
 
 @dataclass
@@ -153,7 +152,7 @@ def largest_tensor_numel(cfg: ModelConfig) -> int:
 
 
 def transient_bytes(local: int, shards: int, zero_stage: int, total: int, world: int,
-                    largest: int, bucket: int = DEFAULT_BUCKET_ELEMENTS,
+                    largest: int, bucket: int = ZERO_BUCKET_ELEMENTS,
                     device: str = "cuda") -> dict[str, float]:
     """Start-up, optimizer-step, DeepSpeed bucket and snapshot memory per device beyond the
     steady state, for `local` parameters per TP rank, `total` in the model, `world` ranks and
@@ -244,7 +243,7 @@ def plan(cfg: ModelConfig, gpus: int, tp: int = 1, ulysses: int = 1, zero_stage:
          seq_len: int = 4096, checkpointing: str = "none", activation_checkpoint_every: int = 1,
          megatron_sp: bool = False, activation_bytes: int = 2,
          fragmentation: float = 0.10, device: str = "cuda",
-         bucket_elements: int = DEFAULT_BUCKET_ELEMENTS, rank0_copies: int = 0) -> MemoryPlan:
+         bucket_elements: int = ZERO_BUCKET_ELEMENTS, rank0_copies: int = 0) -> MemoryPlan:
     """The memory of one device of `gpus` under the layout; `rank0_copies`: the whole copies of
     the model rank 0 keeps for samples and evaluations during training (0, 1 or 2)."""
     if gpus % (tp * ulysses):
