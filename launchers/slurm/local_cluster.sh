@@ -40,6 +40,10 @@ write_config() {
         echo "SelectType=select/cons_tres"
         echo "SelectTypeParameters=CR_CPU"
         echo "SchedulerParameters=sched_interval=2,bf_interval=2"
+        # `sbatch --wait` sleeps 2 s, then x4 (to 32 s) while its sleep < MinJobAge/2: under the
+        # default 300 it sees a 12-s job end at 42 s. 4 keeps every poll at 2 s, and a finished
+        # job's record outlives a poll (slurmctld raises 0, "never purge", to 2).
+        echo "MinJobAge=4"
         echo "AccountingStorageType=accounting_storage/none"
         echo "JobCompType=jobcomp/none"
         echo "JobAcctGatherType=jobacct_gather/none"
