@@ -4,15 +4,12 @@ ZeRO is asked for), a plain torch loop for one.
 DeepSpeed gets megatron's groups through `MegatronMPU`: its "data parallel" group is our gradient
 group (DP x Ulysses), its "model parallel" group is the TP group, so ZeRO shards over DP x Ulysses
 and gradient clipping counts each TP-replicated parameter once. The optimizer is torch's AdamW:
-no DeepSpeed op build on CPU. DeepSpeed's one JIT build on CPU (its shared-memory comm op) is cached
-in TORCH_EXTENSIONS_DIR, by default ~/.cache/megagoku/torch_extensions.
+no DeepSpeed op build on CPU (nor its shared-memory comm op: `deepspeed_import`).
 """
 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -20,10 +17,8 @@ from torch import nn
 
 from megagoku.config.schema import ZERO_BUCKET_ELEMENTS
 from megagoku.parallel import state
+from megagoku.parallel.deepspeed_import import import_deepspeed
 from megagoku.parallel.optimizer_state import create_adam_state
-
-os.environ.setdefault("TORCH_EXTENSIONS_DIR",
-                      str(Path.home() / ".cache" / "megagoku" / "torch_extensions"))
 
 
 class MegatronMPU:
@@ -92,8 +87,8 @@ class TrainEngine:
             use_deepspeed = dist.get_world_size() > 1 or zero_stage > 0
         self.deepspeed = None
         if use_deepspeed:
-            import deepspeed  # imported here: one-process runs never pay for it
-            self.deepspeed, _, _, _ = deepspeed.initialize(
+            # imported here: one-process runs never pay for it
+            self.deepspeed, _, _, _ = import_deepspeed().initialize(
                 model=model, optimizer=optimizer, mpu=MegatronMPU(),
                 config=deepspeed_config(zero_stage, grad_clip, bucket_elements),
                 dist_init_required=False)

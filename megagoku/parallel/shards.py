@@ -149,14 +149,14 @@ def zero3_construction(grad_clip: float = 1.0):
     """Modules constructed inside are partitioned (ZeRO-3, over the gradient group) as each is
     built, by DeepSpeed's `zero.Init`, in float32 on this rank's accelerator (the CPU here). The values they are built with
     are meaningless (set them with `initialize_partitions`)."""
-    import deepspeed
-
     from megagoku.config.schema import ZERO_BUCKET_ELEMENTS
+    from megagoku.parallel.deepspeed_import import import_deepspeed
     from megagoku.parallel.engine import MegatronMPU, deepspeed_config
 
     # zero.Init reads the launcher's LOCAL_RANK; a one-process run started without one is rank 0.
     # (It reads no bucket size: the default stands in for the run's parallel.zero_bucket_elements.)
     os.environ.setdefault("LOCAL_RANK", "0")
+    deepspeed = import_deepspeed()
     with deepspeed.zero.Init(data_parallel_group=state.gradient_group(), mpu=MegatronMPU(),
                              config_dict_or_path=deepspeed_config(3, grad_clip,
                                                                   ZERO_BUCKET_ELEMENTS),

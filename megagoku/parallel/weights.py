@@ -51,8 +51,8 @@ def gathered(params: Iterable[nn.Parameter]):
     if not params:
         yield
         return
-    import deepspeed
-    with deepspeed.zero.GatheredParameters(params):
+    from megagoku.parallel.deepspeed_import import import_deepspeed
+    with import_deepspeed().zero.GatheredParameters(params):
         yield
 
 

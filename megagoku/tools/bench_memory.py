@@ -78,8 +78,10 @@ def _measure_saves() -> list[dict]:
 
 def rank_main(spec: dict) -> dict:
     """One rank: train (or build on meta) and measure."""
-    import deepspeed  # noqa: F401 (imported before the baseline: not the run's memory)
     import torch
+
+    from megagoku.parallel.deepspeed_import import import_deepspeed
+    import_deepspeed()  # before the baseline: not the run's memory
 
     from megagoku.config import load_training_config
     from megagoku.parallel import collectives
