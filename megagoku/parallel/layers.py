@@ -1,16 +1,17 @@
 """megatron-core tensor-parallel layers and mappings, imported in one place.
 
-megatron-core warns at import time that Transformer Engine and Apex are missing (they are GPU-only
-accelerators it falls back from), and torch 2.13 warns on every sequence-parallel step that the
-`all_gather_into_tensor` / `reduce_scatter_tensor` megatron calls are deprecated; those warnings are silenced here, nothing else.
+torch 2.13 warns on every sequence-parallel step that the `all_gather_into_tensor` /
+`reduce_scatter_tensor` megatron calls are deprecated; that warning is silenced here, nothing else
+(megatron's import itself: `megatron_import`).
 """
 
 import warnings
 
 import torch
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
+from megagoku.parallel.megatron_import import megatron_import
+
+with megatron_import():
     from megatron.core import ModelParallelConfig
     from megatron.core.tensor_parallel import (ColumnParallelLinear, RowParallelLinear,
                                                set_tensor_model_parallel_attributes)

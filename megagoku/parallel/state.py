@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -21,8 +20,9 @@ import torch.distributed as dist
 from megagoku.config.schema import ParallelConfig
 from megagoku.parallel import cpu_compat
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
+from megagoku.parallel.megatron_import import megatron_import
+
+with megatron_import():
     from megatron.core import parallel_state
 
 
