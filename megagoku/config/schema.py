@@ -627,6 +627,16 @@ class VAELoopConfig:
     # normalised to mean 1; 1: every pixel the same. Sparse content needs it (a small shape on
     # black: docs/architecture.md); on natural video nearly every pixel is foreground.
     foreground_weight: float = 1.0
+    # The foreground weight moves linearly from foreground_weight at step foreground_anneal_start
+    # to foreground_weight_end at the last step (`train/vae_trainer.foreground_weight_at`); None:
+    # constant. Why: the weight that gets a sparse foreground learnt at all makes the background's
+    # error cheap later (a haze on the black that costs PSNR: docs/architecture.md).
+    foreground_weight_end: Optional[float] = None
+    foreground_anneal_start: int = 0
+    # The reconstruction error is that of the output clamped to [-1, 1], as it is used (the
+    # latent space and the figures clamp): an output beyond the bound its target sits at counts no
+    # error; elsewhere the raw error, so no gradient vanishes (`train/vae_trainer.clamped_error`).
+    clamped_loss: bool = False
     # Linear warm-up over warmup_steps, then cosine decay to min_lr_ratio * lr (1: constant).
     warmup_steps: int = 0
     min_lr_ratio: float = 1.0
@@ -657,6 +667,12 @@ class VAELoopConfig:
             yield "betas", f"must both be in [0, 1), got {list(self.betas)}"
         if self.foreground_weight < 1:
             yield "foreground_weight", f"must be >= 1 (1: uniform), got {self.foreground_weight}"
+        if self.foreground_weight_end is not None and self.foreground_weight_end < 1:
+            yield "foreground_weight_end", (f"must be >= 1 (1: uniform), got "
+                                            f"{self.foreground_weight_end}")
+        if not 0 <= self.foreground_anneal_start < self.steps:
+            yield "foreground_anneal_start", (f"must be in [0, steps) = [0, {self.steps}), got "
+                                              f"{self.foreground_anneal_start}")
         if not 0 <= self.min_lr_ratio <= 1:
             yield "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"
         if self.l1_weight == 0 and self.mse_weight == 0:

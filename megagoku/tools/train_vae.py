@@ -5,6 +5,7 @@ train the 3D causal VAE on one process; its `<run dir>/vae` folder is what
 from __future__ import annotations
 
 import argparse
+import time
 
 from megagoku.config import load_vae_training_config
 from megagoku.tools.train import add_run_options
@@ -23,10 +24,14 @@ def run(args: argparse.Namespace) -> int:
     from megagoku.train.vae_trainer import train_vae  # heavy imports only after the config is valid
 
     source = args.config or "configs/vae/tiny.yaml"
+    started = time.perf_counter()
     result = train_vae(config, args.run_dir or config.train.run_dir, source=source,
                        overwrite=args.overwrite)
-    print(f"trained {result.steps} steps; recon L1 {result.l1_start:.4f} -> {result.l1_end:.4f}"
-          f" ({result.data_skipped} samples skipped); VAE: {result.vae_dir}")
+    minutes, seconds = divmod(round(time.perf_counter() - started), 60)
+    # The wall time of the whole run: data, training, saves and the final figures.
+    print(f"trained {result.steps} steps in {minutes}m{seconds:02d}s; recon L1 "
+          f"{result.l1_start:.4f} -> {result.l1_end:.4f} ({result.data_skipped} samples "
+          f"skipped); VAE: {result.vae_dir}")
     if result.final is not None:
         print(f"reconstruction of {result.final.summary()}")
         print(f"original (above) vs reconstruction: {result.final.picture}")

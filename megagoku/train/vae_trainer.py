@@ -8,7 +8,10 @@ shapes (one-frame images, clips, resolution tiers) go through the VAE as separat
 same step and the loss is their pixel-weighted mean, so every pixel weighs the same.
 
 Loss = l1_weight * L1(reconstruction, x) + mse_weight * MSE(reconstruction, x) + kl_weight * KL
-(defaults: L1 only), and from step `adversarial_start`, when
+(defaults: L1 only), each pixel's error weighted by `pixel_weights` (the foreground
+`foreground_weight_at(step)` times a background pixel's: `train.foreground_weight`, annealed to
+`train.foreground_weight_end`), the error that of the clamped output when `train.clamped_loss`
+(`clamped_error`), and from step `adversarial_start`, when
 `adversarial_weight` > 0, adversarial_weight * -D(reconstruction).mean() with a small 3D PatchGAN
 D (`models/vae_discriminator.py`) trained alongside with the hinge loss. The weight is fixed: the
 adaptive weight of VQGAN (the ratio of the two terms' gradient norms at the decoder's last layer)
@@ -17,11 +20,12 @@ needs two extra backward passes per shape group, which this small setting does n
 No perceptual (LPIPS) term: it needs pretrained VGG/AlexNet weights, and nothing may be
 downloaded here (the machines are offline). L1 + KL (+ GAN) is what trains. On sparse content,
 such as the shapes on black, L1 alone settles on the per-pixel median, the background, for a long
-time (measured in configs/vae/tiny.yaml); perceptual and adversarial terms are the usual remedy
-(not measured here). Diagnosis there: the tiny VAE overfits one fixed sample with MSE (foreground
-MSE 2.03 -> 0.015 in 125 steps) but not with L1 (~1.9 after 200 steps); on the stream, MSE alone
-gets the foreground MSE from the background-only 1.296 to 0.964 in 600 steps (L1 0.110, above the
-background-only 0.053): better, not yet a usable shapes VAE.
+time (measured with the first configs/vae/tiny.yaml: docs/architecture.md); perceptual and
+adversarial terms are the usual remedy (not measured here). Diagnosis there: the tiny VAE
+overfits one fixed sample with MSE (foreground MSE 2.03 -> 0.015 in 125 steps) but not with L1
+(~1.9 after 200 steps); on the stream, MSE alone gets the foreground MSE from the background-only
+1.296 to 0.964 in 600 steps (L1 0.110, above the background-only 0.053): better, not yet a usable
+shapes VAE (the recipes now weight the foreground: configs/vae/shapes64.yaml).
 
 Foreground quality: `eval_fg_mse` is the MSE on the probe pixels that differ from their sample's
 background (per-channel median) by more than 0.1 in some channel (`foreground_mask`), logged with
@@ -174,8 +178,8 @@ class ProbeMeasurement:
 def measure(vae: CausalVAE, probe: list[torch.Tensor], batch_size: int,
             device: torch.device) -> ProbeMeasurement:
     """Deterministic pass over the probe samples: the reconstruction errors of the posterior
-    mean and the per-channel mean and std of that posterior mean (over every latent position),
-    which the latent space normalises with."""
+    mean (decoded and clamped to [-1, 1]) and the per-channel mean and std of that posterior
+    mean (over every latent position), which the latent space normalises with."""
     was_training = vae.training
     vae.eval()
     sums = defaultdict(float)
@@ -188,7 +192,9 @@ def measure(vae: CausalVAE, probe: list[torch.Tensor], batch_size: int,
         for chunk in batch.split(batch_size):  # at most a training step's worth at once
             x = chunk.to(device)
             mean, _ = vae.encode(x)
-            error = vae.decode(mean) - x
+            # Clamped, as the latent space and the final figures use it (`train.clamped_loss`
+            # trains the decoder to keep black below -1, which only clamping makes exact).
+            error = vae.decode(mean).clamp(-1.0, 1.0) - x
             background, mask = foreground_mask(x)
             baseline = background - x
             mask = mask.expand_as(x)
@@ -224,6 +230,32 @@ def pixel_weights(x: torch.Tensor, foreground_weight: float) -> Optional[torch.T
     _, mask = foreground_mask(x)
     weight = 1.0 + (foreground_weight - 1.0) * mask.to(x.dtype)
     return weight / weight.mean()
+
+
+def foreground_weight_at(tcfg, step: int) -> float:
+    """The foreground weight of training step `step` (1-based): `foreground_weight` up to step
+    `foreground_anneal_start`, then linear to `foreground_weight_end` at the last step (constant
+    when that is None)."""
+    if tcfg.foreground_weight_end is None:
+        return tcfg.foreground_weight
+    start = tcfg.foreground_anneal_start
+    progress = min(1.0, max(0.0, (step - start) / max(1, tcfg.steps - start)))
+    return tcfg.foreground_weight + (tcfg.foreground_weight_end - tcfg.foreground_weight) * progress
+
+
+def clamped_error(reconstruction: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """reconstruction - x, except 0 where the output is beyond the bound of [-1, 1] its target
+    sits at: there the clamped output, which the latent space and the figures use, is exact.
+
+    Why: the shapes' pixels sit at -1 or 1 in every channel but the anti-aliased edges (black is
+    -1). Plain MSE pulls a background output back up to -1 from below, so the decoder hovers
+    at -1 with a haze of both signs that clamping halves at best; counted as used, any output
+    below -1 is exact there and the decoder can keep a margin. Where the target is inside the
+    range, or the output overshoots the other way, the raw error is kept (never smaller than the
+    clamped one): the gradient never vanishes as a plain clamp's would."""
+    error = reconstruction - x
+    exact = ((reconstruction < -1) & (x <= -1)) | ((reconstruction > 1) & (x >= 1))
+    return error.masked_fill(exact, 0.0)
 
 
 def save_vae_atomically(vae: CausalVAE, run_dir: Path, latents_mean: list[float],
@@ -332,6 +364,7 @@ def _train_vae_in(config: VAETrainingConfig, run_dir: Path, dataset, device: tor
         batches = group_by_shape(train_stream.take(tcfg.batch_size))
         total_pixels = sum(b.numel() for b in batches)
         adversarial_now = adversarial and step >= tcfg.adversarial_start
+        foreground_weight = foreground_weight_at(tcfg, step)
         values: dict[str, float] = defaultdict(float)
 
         if discriminator is not None:  # the VAE's pass must not leave gradients in D
@@ -342,8 +375,8 @@ def _train_vae_in(config: VAETrainingConfig, run_dir: Path, dataset, device: tor
             x = batch.to(device)
             share = x.numel() / total_pixels  # pixel weighting across the shape groups
             reconstruction, kl = vae(x, generator)
-            error = reconstruction - x
-            weight = pixel_weights(x, tcfg.foreground_weight)
+            error = clamped_error(reconstruction, x) if tcfg.clamped_loss else reconstruction - x
+            weight = pixel_weights(x, foreground_weight)
             l1, mse = error.abs().mean(), error.pow(2).mean()  # logged unweighted
             if weight is not None:
                 loss = tcfg.l1_weight * (weight * error.abs()).mean() + \
@@ -383,6 +416,7 @@ def _train_vae_in(config: VAETrainingConfig, run_dir: Path, dataset, device: tor
         if not math.isfinite(values["loss"]):
             raise FloatingPointError(f"VAE loss became {values['loss']} at step {step}")
         values["grad_norm"] = grad_norm
+        values["foreground_weight"] = foreground_weight
         window.add(values, sum(b.shape[0] for b in batches), latent_positions)
 
         last = step == tcfg.steps
