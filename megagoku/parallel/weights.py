@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from megagoku.parallel import state
+from megagoku.parallel.deepspeed_import import import_deepspeed
 
 
 def is_tp_split(param: torch.Tensor) -> bool:
@@ -51,7 +52,6 @@ def gathered(params: Iterable[nn.Parameter]):
     if not params:
         yield
         return
-    from megagoku.parallel.deepspeed_import import import_deepspeed
     with import_deepspeed().zero.GatheredParameters(params):
         yield
 

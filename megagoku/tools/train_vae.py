@@ -8,6 +8,7 @@ import argparse
 import time
 
 from megagoku.config import load_vae_training_config
+from megagoku.progress import format_duration
 from megagoku.tools.train import add_run_options
 
 
@@ -27,11 +28,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     result = train_vae(config, args.run_dir or config.train.run_dir, source=source,
                        overwrite=args.overwrite)
-    minutes, seconds = divmod(round(time.perf_counter() - started), 60)
     # The wall time of the whole run: data, training, saves and the final figures.
-    print(f"trained {result.steps} steps in {minutes}m{seconds:02d}s; recon L1 "
-          f"{result.l1_start:.4f} -> {result.l1_end:.4f} ({result.data_skipped} samples "
-          f"skipped); VAE: {result.vae_dir}")
+    print(f"trained {result.steps} steps in {format_duration(time.perf_counter() - started)}; "
+          f"recon L1 {result.l1_start:.4f} -> {result.l1_end:.4f} ({result.data_skipped} "
+          f"samples skipped); VAE: {result.vae_dir}")
     if result.final is not None:
         print(f"reconstruction of {result.final.summary()}")
         print(f"original (above) vs reconstruction: {result.final.picture}")
