@@ -9,7 +9,7 @@ each test's subprocesses). We call none of those kernels (the block's ops are ou
 none of them touch). megatron's own switch, `megatron.core.jit.disable_jit_fuser`, cannot help:
 it lives in the package whose import does the decorating. So while megatron's package loads,
 `torch.compile` is the identity (megatron's `jit_fuser` keeps it: its kernels stay eager, the
-same maths), and torch's own is back the moment the import ends.
+same maths; `uncompiled_import`), and torch's own is back the moment the import ends.
 
 megatron-core also warns at import that Transformer Engine and Apex are missing (GPU-only
 accelerators it falls back from); those warnings are silenced here, nothing else.
@@ -20,23 +20,12 @@ from __future__ import annotations
 import contextlib
 import warnings
 
-import torch
-
-
-def _eager(model=None, **_options):
-    """`torch.compile`'s signature, compiling nothing: `@torch.compile` and `torch.compile(fn)`
-    return fn, `@torch.compile(...)` returns the identity decorator."""
-    return model if model is not None else (lambda fn: fn)
+from megagoku.parallel.uncompiled_import import uncompiled_import
 
 
 @contextlib.contextmanager
 def megatron_import():
     """Import megatron-core modules inside (the first import loads the whole package)."""
-    compile_ = torch.compile
-    torch.compile = _eager
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        torch.compile = compile_
+    with uncompiled_import(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

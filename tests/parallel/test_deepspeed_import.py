@@ -1,6 +1,9 @@
 import ast
+import subprocess
+import sys
 
 from megagoku.parallel.deepspeed_import import import_deepspeed
+from tests.distributed.launch import ROOT
 from tests.test_architecture import PACKAGE
 
 
@@ -26,3 +29,20 @@ def test_the_package_imports_deepspeed_only_through_import_deepspeed():
                 offences.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert not offences, "import deepspeed outside parallel/deepspeed_import.py: " + \
         ", ".join(offences)
+
+
+def test_the_zero_engines_optimizer_check_compiles_nothing():
+    """In a fresh process: the module a ZeRO engine's optimizer check imports (DeepSpeed's Muon,
+    whose kernels are `torch.compile`d as they load) is loaded without torch's inductor, and
+    `torch.compile` is torch's own afterwards. Without `import_deepspeed` loading it uncompiled
+    first, that import pulls in dynamo and inductor."""
+    check = ("import sys, torch\n"
+             "compile_ = torch.compile\n"
+             "from megagoku.parallel.deepspeed_import import import_deepspeed\n"
+             "import_deepspeed()\n"
+             "from deepspeed.runtime.zero.muon.muon_optimizer import MuonWithAuxAdam\n"
+             "assert 'torch._inductor' not in sys.modules, 'DeepSpeed imported torch._inductor'\n"
+             "assert torch.compile is compile_, 'torch.compile was not given back'\n")
+    proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
