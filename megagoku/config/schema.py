@@ -339,6 +339,9 @@ class LoopConfig:
     seed: int = 0
     log_every: int = 10
     max_minutes: float = 0.0  # 0: no limit; else stop (and save) after this much training time
+    # Python's collector off during the run, the young generations collected every gc_every
+    # steps (train/components/garbage.py); 0: Python's automatic collector.
+    gc_every: int = 50
     run_dir: str = "checkpoints/run"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when one is present
     # auto: bf16 autocast over fp32 master weights on a GPU, fp32 on the CPU.
@@ -372,6 +375,8 @@ class LoopConfig:
             yield "ema_decay", f"must be in [0, 1), got {self.ema_decay}"
         if self.log_every <= 0:
             yield "log_every", f"must be positive, got {self.log_every}"
+        if self.gc_every < 0:
+            yield "gc_every", f"must be >= 0 (0: Python's automatic collector), got {self.gc_every}"
         if self.grad_clip < 0:
             yield "grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip}"
         if self.spike_factor != 0 and self.spike_factor <= 1:

@@ -45,6 +45,7 @@ from megagoku.train.anomaly import AnomalyPolicy, TrainingAnomaly
 from megagoku.train.checkpoint import CheckpointReader
 from megagoku.train.components.checkpointing import CheckpointSaver
 from megagoku.train.components.data import TrainData
+from megagoku.train.components.garbage import GarbageCollection
 from megagoku.train.components.launcher import LauncherLink
 from megagoku.train.components.model import TrainedModel
 from megagoku.train.components.optimizer import Optimization
@@ -96,8 +97,9 @@ class Trainer:
 
     def __init__(self, config: TrainingConfig, run_dir: Path, inputs: Inputs,
                  source: str = "<config>", overwrite: bool = False,
-                 resume: Optional[str] = None):
+                 resume: Optional[str] = None, garbage: Optional[GarbageCollection] = None):
         tcfg, ccfg = config.train, config.checkpoint
+        self.garbage = garbage or GarbageCollection(0)  # the caller's to close
         self.config, self.run_dir = config, Path(run_dir)
         device = inputs.device
         if device.type == "cuda":  # the local rank's GPU, chosen when the group started
@@ -239,6 +241,7 @@ class Trainer:
                 stop_reason = "rollback"
                 break
             self.link.beat(step)
+            self.garbage.step(step)
             elapsed = time.perf_counter() - started
             self.checkpoints.count_finished_saves()  # into self.writes
             # collective: every rank stops at the same step
@@ -307,6 +310,15 @@ class Trainer:
 def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
           overwrite: bool = False, resume: Optional[str] = None) -> TrainResult:
     """Train `config` in `run_dir` (every rank of a launch calls this)."""
+    garbage = GarbageCollection(config.train.gc_every)  # the whole run, its set-up included
+    try:
+        return _train(config, Path(run_dir), source, overwrite, resume, garbage)
+    finally:
+        garbage.close()
+
+
+def _train(config: TrainingConfig, run_dir: Path, source: str, overwrite: bool,
+           resume: Optional[str], garbage: GarbageCollection) -> TrainResult:
     inputs = preflight(config, source)  # before the grid: a bad config fails at once
     if inputs.device.type == "cpu":
         return_freed_memory()  # resident memory follows what training holds (host_allocator)
@@ -314,7 +326,7 @@ def train(config: TrainingConfig, run_dir: str | Path, source: str = "<config>",
     failed = True
     try:
         check_fits(config, inputs.device, source)  # before anything is allocated
-        trainer = Trainer(config, Path(run_dir), inputs, source, overwrite, resume)
+        trainer = Trainer(config, run_dir, inputs, source, overwrite, resume, garbage)
         try:
             result = trainer.run()
         finally:
