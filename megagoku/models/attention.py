@@ -81,7 +81,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-@torch.compiler.disable
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      q_layout: SeqLayout, k_layout: SeqLayout, backend: str) -> torch.Tensor:
     """q (Lq, H, D), k and v (Lk, H, D): sample i of q attends to sample i of k only."""
@@ -108,6 +107,21 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             attn_mask=mask[None, None])
         return out[0].transpose(0, 1)
     raise ValueError(f"unknown attention backend {backend!r}")
+
+
+def exclude_from_compile() -> None:
+    """Leave `varlen_attention` out of torch.compile's graphs from now on (its per-sample loop
+    would otherwise specialise a graph to every pack's lengths): `compile_blocks` calls this
+    before compiling. Not a decorator because `torch.compiler.disable` imports dynamo (0.4 s per
+    process on these CPUs), which only a compiled run needs; the attention modules look the
+    function up by name at each call, so they call the excluded one from then on."""
+    global varlen_attention, _excluded_from_compile
+    if not _excluded_from_compile:
+        varlen_attention = torch.compiler.disable(varlen_attention)
+        _excluded_from_compile = True
+
+
+_excluded_from_compile = False
 
 
 def _segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megagoku.config.schema import ModelConfig
-from megagoku.models.attention import CrossAttention, SelfAttention
+from megagoku.models.attention import CrossAttention, SelfAttention, exclude_from_compile
 from megagoku.models.norms import LayerNorm, RMSNorm
 from megagoku.models.pack_context import PackContext, build_pack_context
 from megagoku.ops import (Rope3D, accumulation_dtype, gated_residual, modulated_norm,
@@ -281,6 +281,7 @@ def compile_blocks(blocks: nn.ModuleList) -> None:
     share one graph; the attention kernels run uncompiled between the graph's pieces
     (`varlen_attention` is excluded: its per-sample loop would otherwise specialise the graph
     to every pack's lengths)."""
+    exclude_from_compile()
     for block in blocks:
         block.compile(dynamic=True)
 

@@ -2,11 +2,15 @@
 model, forward and gradients, with the same state dict names. Slow: inductor builds C++ on the
 CPU (about a minute here)."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from megagoku.models import build_model
 from tests.conftest import randomize, small_model_config
+from tests.distributed.launch import ROOT
 from tests.models.test_goku import make_inputs, run_packed
 
 
@@ -28,3 +32,24 @@ def test_compiled_blocks_equal_eager(kernels):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
         for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
             torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_the_attention_kernels_are_left_out_of_compile_which_only_compiled_runs_import():
+    """In a fresh process: building an eager model does not import dynamo (0.4 s per process);
+    a compiled one marks `varlen_attention` for dynamo to leave alone (torch's own disable),
+    which the attention modules then call."""
+    check = (
+        "import sys, torch\n"
+        "from megagoku.models import attention, build_model\n"
+        "from tests.conftest import small_model_config\n"
+        "build_model(small_model_config())\n"
+        "assert 'torch._dynamo' not in sys.modules, 'an eager model imported dynamo'\n"
+        "plain = attention.varlen_attention\n"
+        "build_model(small_model_config(compile=True))\n"
+        "excluded = attention.varlen_attention\n"
+        "assert excluded is not plain and excluded._torchdynamo_disable, 'not excluded'\n"
+        "build_model(small_model_config(compile=True))\n"
+        "assert attention.varlen_attention is excluded, 'excluded twice'\n")
+    proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
