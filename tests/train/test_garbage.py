@@ -57,6 +57,16 @@ def test_a_collector_that_was_off_stays_off():
         gc.enable()
 
 
+def test_what_the_caller_froze_stays_frozen():
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        GarbageCollection(every=2).close()
+        assert gc.isenabled() and gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
+
+
 def test_a_training_run_collects_at_its_steps_and_ends_with_the_collector_as_it_found_it(
         tmp_path, collections):
     cfg = load_training_config(ROOT / "configs/tiny.yaml", [

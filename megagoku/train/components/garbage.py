@@ -11,8 +11,9 @@ whole length, and a step's garbage is freed by reference counting; the few cycle
 imports: never walked again), turns the automatic collector off, and collects the young
 generations itself every `train.gc_every` steps, the same step on every rank (a collection is a
 pause: one rank's is every rank's wait in the next collective). `close()` gives the process its
-collector back as it was, unfrozen: a process that trains more than once (the tests) ends each
-run as it started. `train.gc_every=0` leaves Python's automatic collector alone.
+collector back as it was: a process that trains more than once (the tests) ends each run as it
+started, unfrozen (where the caller had frozen objects itself, they stay frozen: `gc.unfreeze`
+cannot tell theirs from ours). `train.gc_every=0` leaves Python's automatic collector alone.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class GarbageCollection:
     def __init__(self, every: int):
         self.every = every
         self._was_enabled = gc.isenabled()
+        self._was_frozen = gc.get_freeze_count() > 0
         if every > 0:
             gc.freeze()
             gc.disable()
@@ -37,7 +39,8 @@ class GarbageCollection:
 
     def close(self) -> None:
         if self.every > 0:
-            gc.unfreeze()
+            if not self._was_frozen:
+                gc.unfreeze()
             if self._was_enabled:
                 gc.enable()
             self.every = 0  # closed: a second close changes nothing
