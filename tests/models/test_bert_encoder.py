@@ -3,15 +3,13 @@ encoder's real weights: the same ids, the same features to the last bit."""
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from megagoku.models.bert_encoder import BertEncoder, BertTokenizer, is_plain_bert
 from megagoku.models.text_encoder import resolve_encoder_path
-from tests.distributed.launch import ROOT
+from tests.fresh_process import check_in_fresh_process
 
 BUILTIN = "builtin:all-minilm-l6-v2"
 CAPTIONS = ["a red circle moving left", "", "A BLUE square, moving up-right; quickly!! " * 8,
@@ -43,9 +41,7 @@ def test_the_embedded_encoder_starts_without_transformers():
              "from megagoku.models import TextEncoder\n"
              f"TextEncoder({BUILTIN!r}, 16).encode(['a red circle'])\n"
              "assert 'transformers' not in sys.modules, 'transformers was imported'\n")
-    proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    check_in_fresh_process(check)
 
 
 def test_what_this_file_does_not_implement_goes_to_transformers(tmp_path):

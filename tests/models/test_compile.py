@@ -2,15 +2,12 @@
 model, forward and gradients, with the same state dict names. Slow: inductor builds C++ on the
 CPU (about a minute here)."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from megagoku.models import build_model
 from tests.conftest import randomize, small_model_config
-from tests.distributed.launch import ROOT
+from tests.fresh_process import check_in_fresh_process
 from tests.models.test_goku import make_inputs, run_packed
 
 
@@ -50,6 +47,4 @@ def test_the_attention_kernels_are_left_out_of_compile_which_only_compiled_runs_
         "assert excluded is not plain and excluded._torchdynamo_disable, 'not excluded'\n"
         "build_model(small_model_config(compile=True))\n"
         "assert attention.varlen_attention is excluded, 'excluded twice'\n")
-    proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    check_in_fresh_process(check)

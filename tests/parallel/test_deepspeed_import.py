@@ -1,9 +1,7 @@
 import ast
-import subprocess
-import sys
 
 from megagoku.parallel.deepspeed_import import import_deepspeed
-from tests.distributed.launch import ROOT
+from tests.fresh_process import check_in_fresh_process
 from tests.test_architecture import PACKAGE
 
 
@@ -43,6 +41,4 @@ def test_the_zero_engines_optimizer_check_compiles_nothing():
              "from deepspeed.runtime.zero.muon.muon_optimizer import MuonWithAuxAdam\n"
              "assert 'torch._inductor' not in sys.modules, 'DeepSpeed imported torch._inductor'\n"
              "assert torch.compile is compile_, 'torch.compile was not given back'\n")
-    proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    check_in_fresh_process(check)

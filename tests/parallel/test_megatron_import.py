@@ -1,7 +1,4 @@
-import subprocess
-import sys
-
-from tests.distributed.launch import ROOT
+from tests.fresh_process import check_in_fresh_process
 
 
 def test_megatron_loads_without_torch_compile_and_gives_it_back():
@@ -13,6 +10,4 @@ def test_megatron_loads_without_torch_compile_and_gives_it_back():
              "import megagoku.parallel, megatron.core\n"
              "assert 'torch._inductor' not in sys.modules, 'megatron imported torch._inductor'\n"
              "assert torch.compile is compile_, 'torch.compile was not given back'\n")
-    proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    check_in_fresh_process(check)
