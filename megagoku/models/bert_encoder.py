@@ -6,7 +6,8 @@ Why not transformers for it: importing transformers and building a model through
 ~1.6 s per process on these CPUs (its import pulls in torch's dynamo and DTensor, and indexes
 every model it ships), and every process that trains, samples or evaluates on the built-in data
 encodes captions: launched ranks, CLI runs, the tests' subprocesses. Through this file the
-encoder starts in ~0.2 s (its tokenizer, the model and the stored weights). It is held to transformers' own BertModel, token for token and feature for feature, by
+encoder starts in ~0.2 s (its tokenizer, the model and the stored weights). It is held to
+transformers' own BertModel, token for token and feature for feature, by
 tests/models/test_bert_encoder.py. Other encoders (T5 on clusters) still load through
 transformers (`models/text_encoder.py`).
 """
