@@ -44,37 +44,31 @@ _layout = ParallelLayout()
 
 def initialize_groups(cfg: ParallelConfig) -> ParallelLayout:
     """Build the TP / Ulysses / DP groups over the already started world (see `distributed`)."""
-    global _layout
+    global _layout, _grid
     world = dist.get_world_size()
     split = cfg.tensor_parallel * cfg.ulysses
     if world % split:
         raise ValueError(f"parallel: world size {world} is not divisible by tensor_parallel x "
                          f"ulysses = {cfg.tensor_parallel} x {cfg.ulysses}")
     cpu_compat.install()
+    # megatron's groups are built anew only when the grid changed: the groups of the same grid
+    # over the same world are the same groups, reused. Each gloo group keeps a thread that wakes
+    # every 10 ms (gloo's tcp Loop polls `epoll_wait` with a 10-ms timeout) for as long as the
+    # process lives, and megatron's `destroy_model_parallel` forgets its groups without ending
+    # them: a process that trained in turn (the test suite's, ~30 groups a run) ended up with
+    # ~850 such threads waking 85,000 times a second, a core's worth of switches.
     grid = (dist.group.WORLD, cfg.tensor_parallel, cfg.ulysses)
-    if _grid_groups != grid or not parallel_state.model_parallel_is_initialized():
-        _build_grid_groups(grid)
+    if grid != _grid or not parallel_state.model_parallel_is_initialized():
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=cfg.tensor_parallel,
+                                                 context_parallel_size=cfg.ulysses)
+        _grid = grid
     _layout = ParallelLayout(cfg.tensor_parallel, cfg.ulysses, cfg.sequence_parallel)
     return _layout
 
 
-_grid_groups = None  # (world group, TP, Ulysses) that megatron's groups were built for
-
-
-def _build_grid_groups(grid) -> None:
-    """megatron's groups for `grid`, built anew only when the grid changed: the groups of the
-    same grid over the same world are the same groups, reused. Each gloo group keeps a thread
-    that wakes every 10 ms (gloo's tcp Loop polls `epoll_wait` with a 10-ms timeout) for as long
-    as the process lives, and megatron's `destroy_model_parallel` forgets its groups without
-    ending them: a process that trained in turn (the test suite's, ~30 groups a run) ended up
-    with ~850 such threads waking 85,000 times a second, a core's worth of switches."""
-    global _grid_groups
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
-    _, tensor_parallel, ulysses = grid
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel,
-                                             context_parallel_size=ulysses)
-    _grid_groups = grid
+_grid = None  # (world group, TP, Ulysses) that megatron's groups were built for
 
 
 def ensure_single_process_groups() -> None:
