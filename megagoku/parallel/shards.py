@@ -157,9 +157,11 @@ def zero3_construction(grad_clip: float = 1.0):
     # (It reads no bucket size: the default stands in for the run's parallel.zero_bucket_elements.)
     os.environ.setdefault("LOCAL_RANK", "0")
     deepspeed = import_deepspeed()
+    # dtype=None: the dtype then comes from the config (neither bf16 nor fp16: float32). An
+    # explicit dtype is ignored by DeepSpeed 0.19.8 on a CPU without oneDNN fp16 (its
+    # `dtype or half if fp16_supported else bfloat16` lacks brackets): parameters came out bf16.
     with deepspeed.zero.Init(data_parallel_group=state.gradient_group(), mpu=MegatronMPU(),
                              config_dict_or_path=deepspeed_config(3, grad_clip,
                                                                   ZERO_BUCKET_ELEMENTS),
-                             remote_device=None, dtype=torch.float32,
-                             mem_efficient_linear=False):
+                             remote_device=None, dtype=None, mem_efficient_linear=False):
         yield
