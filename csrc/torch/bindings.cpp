@@ -1,8 +1,11 @@
 // torch bindings of the fused kernels: check the tensors, fill the launch structs of
 // csrc/kernels/api.h, and dispatch to the CPU or (when built with it) the CUDA kernels.
 // The autograd Functions around these live in megagoku/ops/fused.py.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
+// pybind11 with torch's Tensor casters; not <torch/extension.h>, which adds the whole C++
+// frontend (torch/all.h) and doubled this file's compile time (47 s against 16 s with -g0).
+#include <torch/csrc/utils/pybind.h>
 
 #include <string>
 #include <tuple>
