@@ -10,6 +10,10 @@ Layout of a cache folder:
     shard-00000.json             the checksum of the manifest records it was encoded from, and
                                  per record: position, kind, caption, shapes; or `skipped` for a
                                  file that could not be decoded
+    empty-caption.safetensors    `text`: the empty caption's features (a caption dropped for
+                                 classifier-free guidance), so that training from the cache never
+                                 loads the text encoder; a cache without it (older, or the file
+                                 damaged) makes the trainer encode "" itself
     .lock                        held by the `megagoku cache` writing the folder (one at a time)
 
 Shard s holds records [s * shard_size, (s + 1) * shard_size) of the manifest and is written by
@@ -51,6 +55,7 @@ from megagoku.storage import (TensorFileError, check_tensor, content_fingerprint
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "cache.json"
+EMPTY_CAPTION_FILE = "empty-caption.safetensors"
 LOCK_FILE = ".lock"
 VERSION = 2  # 1: keyed by the manifest's path only, no checksums
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -161,8 +166,8 @@ class CacheLock:
 
 def clear_cache(folder: Path) -> None:
     """What `--overwrite` removes: the cache's own files, nothing else in the folder."""
-    for path in list(folder.glob("shard-*")) + [folder / INDEX_FILE,
-                                                 folder / f"{INDEX_FILE}.tmp"]:
+    for path in list(folder.glob("shard-*")) + [folder / INDEX_FILE, folder / f"{INDEX_FILE}.tmp",
+                                                 folder / EMPTY_CAPTION_FILE]:
         path.unlink(missing_ok=True)
 
 
@@ -283,6 +288,33 @@ def write_shard(folder: Path, shard: int, positions: Sequence[int], dataset: Man
     return {"written": len(pending), "skipped": len(entries) - len(pending)}
 
 
+def write_empty_caption(folder: Path, encode_text: Callable[[list[str]], list[torch.Tensor]],
+                        dtype: torch.dtype) -> bool:
+    """Write the empty caption's features unless the folder holds them whole; True if written.
+    (The folder's key names the text encoder: a cache of another encoder is refused or rebuilt,
+    `clear_cache` removing this file with the shards.)"""
+    try:
+        read_empty_caption(folder)
+        return False
+    except (TensorFileError, SafetensorError, OSError):  # missing, not whole or altered
+        pass
+    features = encode_text([""])[0]
+    write_tensors(folder / EMPTY_CAPTION_FILE, {"text": features.to("cpu", dtype).contiguous()},
+                  tensor_checksums=True)
+    return True
+
+
+def read_empty_caption(folder: Path) -> torch.Tensor:
+    """The empty caption's features as stored, checked against their checksum; TensorFileError
+    (or SafetensorError, OSError) otherwise."""
+    path = folder / EMPTY_CAPTION_FILE
+    header = read_header(path)
+    with safe_open(str(path), framework="pt") as f:
+        text = f.get_tensor("text")
+    check_tensor(header, "text", text)
+    return text
+
+
 def finish_cache(folder: Path) -> dict:
     """Mark the cache complete once every shard is there (rank 0, after the others finished)."""
     index = _read_index(folder)
@@ -340,6 +372,20 @@ class LatentCache:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def empty_caption(self) -> Optional[torch.Tensor]:
+        """The empty caption's features (float32), or None where the cache has none whole (one
+        written before they were cached, or the file damaged: warned), for the trainer to encode
+        it instead."""
+        if not (self.folder / EMPTY_CAPTION_FILE).exists():
+            return None
+        try:
+            text = read_empty_caption(self.folder)
+        except (TensorFileError, SafetensorError, OSError) as e:
+            log.warning("cache: %s; the empty caption is encoded instead (megagoku cache "
+                        "rewrites the file)", " ".join(str(e).split()))
+            return None
+        return text.float()
 
     def __getstate__(self) -> dict:  # a data worker opens its own shard files
         return {**self.__dict__, "_open": {}}
@@ -408,3 +454,6 @@ class CachedDataset:
 
     def __getitem__(self, index: int) -> Optional[CachedSample]:
         return self.cache.load(self.order.position(index))
+
+    def empty_caption(self) -> Optional[torch.Tensor]:
+        return self.cache.empty_caption()

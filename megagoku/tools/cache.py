@@ -13,6 +13,7 @@ rank s % world) and rank 0 marks the cache complete.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def _write_cache(args: argparse.Namespace, config, dataset, device) -> int:
     from megagoku.data.cache import (DTYPES, CacheError, CacheProgress, cache_settings,
                                      clear_cache, finish_cache, mark_incomplete, open_cache,
                                      records_checksum, shard_positions, shard_problem,
-                                     write_shard)
+                                     write_empty_caption, write_shard)
     from megagoku.models import TextEncoder, build_latent_space
     from megagoku.models.text_encoder import resolve_encoder_path
     from megagoku.parallel import collectives
@@ -125,19 +126,24 @@ def _write_cache(args: argparse.Namespace, config, dataset, device) -> int:
     log.info("cache %s: %d records in %d shards, %d already written; rank %d of %d writes %d%s",
              out, len(dataset), shards, shards - todo, rank, world, len(mine),
              f" ({', '.join(f'{n} {why}' for why, n in problems.items())})" if problems else "")
+
+    @functools.cache
+    def text_encoder() -> TextEncoder:  # loaded by a rank with something to encode
+        return TextEncoder(config.text.encoder, config.text.max_length, device)
+
+    def encode_text(captions: list[str]):
+        feats, cu = text_encoder().encode(captions)
+        return list(feats.split((cu[1:] - cu[:-1]).tolist()))
+
     if mine:
         latent_space = build_latent_space(config.latent, device)
-        text = TextEncoder(config.text.encoder, config.text.max_length, device)
-
-        def encode_text(captions: list[str]):
-            feats, cu = text.encode(captions)
-            return list(feats.split((cu[1:] - cu[:-1]).tolist()))
-
         progress = CacheProgress(total=sum(len(ranges[s]) for s in mine))
         for shard in mine:
             write_shard(out, shard, ranges[shard], dataset, latent_space.encode, encode_text,
                         DTYPES[args.dtype])
             progress.add(len(ranges[shard]), force=shard == mine[-1])
+    if rank == 0 and write_empty_caption(out, encode_text, DTYPES[args.dtype]):
+        log.info("cache %s: wrote the empty caption's features", out)
     collectives.barrier()
     status = 0
     if rank == 0:

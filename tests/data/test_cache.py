@@ -123,6 +123,41 @@ def test_training_reads_the_cache(cached, tmp_path):
     assert records[-1]["data_skipped"] >= 1  # the missing file, skipped when cached, counted
 
 
+def test_the_cache_holds_the_empty_caption_and_rewrites_it_when_damaged(cached, tmp_path,
+                                                                        caplog):
+    manifest, out = cached
+    cfg = load_training_config(CONFIG, overrides(manifest, out))
+    want = TextEncoder(cfg.text.encoder, cfg.text.max_length).encode([""])[0]
+    assert torch.equal(LatentCache(out).empty_caption(), want)  # stored as float32 here
+    copy = tmp_path / "cache"
+    copy.mkdir()
+    for f in out.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    damaged = bytearray((copy / "empty-caption.safetensors").read_bytes())
+    damaged[-1] ^= 0xFF
+    (copy / "empty-caption.safetensors").write_bytes(bytes(damaged))
+    assert LatentCache(copy).empty_caption() is None  # the trainer encodes it instead
+    assert "empty-caption.safetensors: tensor text differs from its checksum" in caplog.text
+    assert main(["cache", "--config", CONFIG, "--manifest", str(manifest), "--out", str(copy),
+                 "--shard-size", "4", "--dtype", "float32"]) == 0  # no shard to write
+    assert torch.equal(LatentCache(copy).empty_caption(), want)
+
+
+def test_training_from_the_cache_loads_no_text_encoder(cached, tmp_path, monkeypatch):
+    from megagoku.train.components import data
+    from megagoku.train.trainer import train
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the text encoder was loaded")
+
+    monkeypatch.setattr(data, "TextEncoder", refused)
+    manifest, out = cached
+    cfg = load_training_config(CONFIG, overrides(manifest, out) + [
+        "train.steps=2", "model.depth=1", "data.tokens_per_step=512", "train.max_minutes=0",
+        "text.dropout=0.5", "sample.every=0", "eval.every=0"])
+    assert train(cfg, tmp_path).steps == 2
+
+
 def test_two_ranks_split_the_shards_and_build_the_same_cache(cached, tmp_path):
     """Under a launcher each rank writes shards s % world == rank; rank 0 completes the index.
     The result equals the single-process cache (up to thread-count rounding: these ranks run

@@ -13,6 +13,7 @@ import torch
 
 from megagoku.config import TrainingConfig
 from megagoku.data import PackingLoader
+from megagoku.data.cache import CachedDataset
 from megagoku.data.packing import PackedBatch, first_frame_tokens, reshard_loader_states
 from megagoku.data.prefetch import PackFeed
 from megagoku.data.workers import ReadOptions
@@ -21,18 +22,6 @@ from megagoku.parallel import collectives, data_parallel_size
 from megagoku.train.preflight import Inputs
 
 log = logging.getLogger(__name__)
-
-
-def caption_features(encoder: TextEncoder, batch, dropped: list[bool]
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Packed caption features and their cu_seqlens; a dropped caption (for CFG) is the empty
-    one. Cached features are used when the batch has them."""
-    if batch.texts is None:
-        return encoder.encode(["" if d else c for d, c in zip(dropped, batch.captions)])
-    empty = encoder.encode([""])[0] if any(dropped) else None
-    feats = [empty if d else t.to(encoder.device) for d, t in zip(dropped, batch.texts)]
-    lengths = torch.tensor([0] + [f.shape[0] for f in feats])
-    return torch.cat(feats), lengths.cumsum(0).to(torch.int32).to(encoder.device)
 
 
 def decode_counts(loader: PackFeed) -> dict[str, int]:
@@ -61,7 +50,12 @@ class TrainData:
         self.config, self.device = config, device
         self.dataset = inputs.dataset
         self.replica, self.replicas = replica, replicas
-        self.text_encoder = TextEncoder(config.text.encoder, config.text.max_length, device)
+        self._text_encoder: Optional[TextEncoder] = None
+        # A latent cache holds every caption's features and the empty one: a run from it loads
+        # no text encoder (a T5-XXL on every rank) unless rank 0 samples or evaluates.
+        empty = inputs.dataset.empty_caption() if isinstance(inputs.dataset, CachedDataset) \
+            else None
+        self.empty_caption = empty.to(device) if empty is not None else None
         # Samples decoded in data workers; on a GPU the next pack is built and copied meanwhile.
         self.loader = PackFeed(
             PackingLoader(inputs.dataset, inputs.encode, config.model.patch_size,
@@ -77,13 +71,36 @@ class TrainData:
         start = time.perf_counter()
         batch = self.loader.next_pack().to(self.device)
         drop = torch.rand(batch.num_samples, generator=generator) < cfg.text.dropout
-        text, text_cu = caption_features(self.text_encoder, batch, drop.tolist())
+        text, text_cu = self.caption_features(batch, drop.tolist())
         first_frame = None
         if cfg.model.image_condition:  # I2V: each video's first frame, sometimes dropped
             keep = torch.rand(batch.num_samples, generator=generator) >= cfg.train.image_dropout
             first_frame = first_frame_tokens(batch, cfg.model.patch_size,
                                              cfg.model.in_channels, keep.tolist())
         return StepInputs(batch, text, text_cu, first_frame, time.perf_counter() - start)
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        """Loaded at its first use."""
+        if self._text_encoder is None:
+            self._text_encoder = TextEncoder(self.config.text.encoder,
+                                             self.config.text.max_length, self.device)
+        return self._text_encoder
+
+    def caption_features(self, batch: PackedBatch, dropped: list[bool]
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed caption features and their cu_seqlens; a dropped caption (for CFG) is the
+        empty one. Cached features are used when the batch has them."""
+        if batch.texts is None:
+            captions = ["" if d else c for d, c in zip(dropped, batch.captions)]
+            return self.text_encoder.encode(captions)
+        empty = None
+        if any(dropped):
+            empty = self.empty_caption if self.empty_caption is not None else \
+                self.text_encoder.encode([""])[0]
+        feats = [empty if d else t.to(self.device) for d, t in zip(dropped, batch.texts)]
+        lengths = torch.tensor([0] + [f.shape[0] for f in feats])
+        return torch.cat(feats), lengths.cumsum(0).to(torch.int32).to(self.device)
 
     def skipped(self) -> float:
         """Unreadable samples skipped so far, over all data-parallel replicas (collective; on
