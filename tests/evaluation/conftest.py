@@ -1,4 +1,4 @@
-"""A quickly trained evaluation classifier (~15 s on one core), shared by the tests of this folder,
+"""A quickly trained evaluation classifier (~15 s), shared by the tests of this folder,
 and a cache directory in which a classifier stands in for the full one of any data geometry the
 tests use. The full recipe (ClassifierSpec's defaults, ~1.5 min) is tested in test_classifier.py
 (slow)."""
@@ -14,7 +14,6 @@ QUICK = dict(steps=200, train_videos=1024, train_images=512)
 
 @pytest.fixture(scope="session")
 def quick_classifier():
-    torch.set_num_threads(1)
     model, report = train_classifier(ClassifierSpec(**QUICK), say=lambda s: None)
     return model, report
 
