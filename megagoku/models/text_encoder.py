@@ -64,12 +64,15 @@ class TextEncoder:
         path = resolve_encoder_path(spec)
         self.max_length = max_length
         # tokenize: captions -> {"input_ids", "attention_mask"}; features: (ids, mask) -> the
-        # last layer's, (B, max_length, dim), computed by `model`
-        if is_plain_bert(path):
-            self.tokenize, self.model = BertTokenizer(path, max_length), BertEncoder.load(path)
-            self.features = self.model
-        else:
-            self.tokenize, self.model, self.features = self._hugging_face(path)
+        # last layer's, (B, max_length, dim), computed by `model`. Built with the global RNG
+        # forked: the layers' random initialisation (overwritten by the weights) would otherwise
+        # advance it, and the trainer loads its encoder at first use, a checkpointed RNG apart.
+        with torch.random.fork_rng(devices=[]):
+            if is_plain_bert(path):
+                self.tokenize, self.model = BertTokenizer(path, max_length), BertEncoder.load(path)
+                self.features = self.model
+            else:
+                self.tokenize, self.model, self.features = self._hugging_face(path)
         self.model.to(device).eval().requires_grad_(False)
         self.dim = _width(path)
         self.device = torch.device(device)

@@ -6,7 +6,11 @@ from megagoku.models.text_encoder import resolve_encoder_path
 
 
 def test_builtin_sentence_encoder_gives_token_features_with_own_lengths():
+    before = torch.get_rng_state()
     enc = TextEncoder("builtin:all-minilm-l6-v2", max_length=16)
+    # Loading it draws nothing from the global RNG: the trainer loads it at its first use,
+    # which is another point of the RNG in a resumed run than in an uninterrupted one.
+    assert torch.equal(torch.get_rng_state(), before)
     assert enc.dim == 384
     feats, cu = enc.encode(["a red circle", "a blue square moving left", ""])
     lengths = (cu[1:] - cu[:-1]).tolist()
@@ -31,7 +35,9 @@ def test_t5_directory_loads_through_the_same_path(tmp_path):
                    num_decoder_layers=1, num_heads=4, decoder_start_token_id=0)
     T5ForConditionalGeneration(cfg).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
+    before = torch.get_rng_state()
     enc = TextEncoder(str(tmp_path), max_length=8)
+    assert torch.equal(torch.get_rng_state(), before)  # loading it draws nothing
     assert type(enc.model).__name__ == "T5EncoderModel" and enc.dim == 32
     feats, cu = enc.encode(["a red circle moving left and then far away right"])
     assert feats.shape == (8, 32) and cu.tolist() == [0, 8]  # truncated to max_length
