@@ -1,7 +1,7 @@
 """Start N ranks of a worker script on this machine the way torchrun does (RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR, MASTER_PORT), wait for all, fail with their output if any fails
 (`megagoku.parallel.local_ranks`, from the repository root); or under torchrun itself
-(`torchrun_train`); and end a worker."""
+(`torchrun_train`); train here as such a rank does (`train_as_a_rank`); and end a worker."""
 
 from __future__ import annotations
 
@@ -15,6 +15,22 @@ from megagoku.parallel import local_ranks
 from megagoku.parallel.local_ranks import free_port  # noqa: F401 (the tests' import)
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def train_as_a_rank(*args, **kwargs):
+    """`megagoku.train.trainer.train` in this process, on one thread as the launched ranks
+    (OMP_NUM_THREADS=1): the same float sums, so a one-process reference differs from a layout
+    by the layout alone."""
+    import torch
+
+    from megagoku.train.trainer import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(*args, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def end_worker() -> None:

@@ -425,7 +425,7 @@ def test_rollbacks_restart_at_once_without_spending_restarts(tmp_path):
     and the run ends bit-identical to a one-process run told to skip the same steps."""
     from megagoku.config import load_training_config
     from megagoku.train.anomaly import SKIP_FILE, add_skip_steps, read_skip_steps
-    from megagoku.train.trainer import train
+    from tests.distributed.launch import train_as_a_rank
 
     spiky = ["train.steps=12", "checkpoint.every=2", "train.anomaly_response=rollback",
              "train.spike_factor=1.001", "train.spike_window=1", "train.max_anomalies=12",
@@ -444,13 +444,8 @@ def test_rollbacks_restart_at_once_without_spending_restarts(tmp_path):
     add_skip_steps(reference, skipped, "told to")
     overrides = [kv for kv in spiky if not kv.startswith(("train.anomaly", "train.spike"))]
     train_args = [TRAIN[i + 1] for i in range(3, len(TRAIN), 2)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the launched worker (OMP_NUM_THREADS=1): the same float sums
-    try:
-        train(load_training_config(ROOT / "configs/tiny.yaml", train_args + overrides),
-              reference, resume="auto")
-    finally:
-        torch.set_num_threads(threads)
+    train_as_a_rank(load_training_config(ROOT / "configs/tiny.yaml", train_args + overrides),
+                    reference, resume="auto")
     assert (reference / SKIP_FILE).exists()
     got, want = final_state(launched, 12), final_state(reference, 12)
     assert got.keys() == want.keys() and all(got[k].equal(want[k]) for k in got)

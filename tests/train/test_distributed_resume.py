@@ -9,8 +9,7 @@ import torch
 
 from megagoku.config import load_training_config
 from megagoku.train.checkpoint import CheckpointReader
-from megagoku.train.trainer import train
-from tests.distributed.launch import ROOT, torchrun_train
+from tests.distributed.launch import ROOT, torchrun_train, train_as_a_rank
 
 RUN = ["train.steps=6", "train.log_every=1", "train.warmup_steps=2", "train.min_lr_ratio=0.1",
        "train.max_minutes=0", "data.tokens_per_step=512", "model.depth=2", "train.ema_decay=0.9",
@@ -53,7 +52,7 @@ def assert_close(ours: dict, reference: dict) -> None:
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("one")
-    train(load_training_config(ROOT / "configs/tiny.yaml", RUN), run_dir)
+    train_as_a_rank(load_training_config(ROOT / "configs/tiny.yaml", RUN), run_dir)
     return run_dir
 
 
@@ -62,7 +61,7 @@ def one_process(tmp_path_factory):
 def test_saved_on_two_ranks_resumes_on_one(layout, one_process, tmp_path):
     torchrun(tmp_path / "two", LAYOUTS[layout])
     assert_close(step_tensors(tmp_path / "two", 6), step_tensors(one_process, 6))
-    train(load_training_config(ROOT / "configs/tiny.yaml", RUN), tmp_path / "one",
+    train_as_a_rank(load_training_config(ROOT / "configs/tiny.yaml", RUN), tmp_path / "one",
           resume=str(tmp_path / "two" / "checkpoints" / "step_00000003"))
     assert_close(step_tensors(tmp_path / "one", 6), step_tensors(one_process, 6))
 

@@ -8,8 +8,7 @@ import torch
 
 from megagoku.config import load_training_config
 from megagoku.train.checkpoint import load_checkpoint
-from megagoku.train.trainer import train
-from tests.distributed.launch import ROOT, torchrun_train
+from tests.distributed.launch import ROOT, torchrun_train, train_as_a_rank
 
 # lr pinned at 1e-3, the rate the tolerances below were set for: where a gradient is near zero,
 # AdamW turns its last-bit differences between layouts (summation order) into updates of up to
@@ -28,7 +27,7 @@ LAYOUTS = {
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("one")
-    train(load_training_config(ROOT / "configs/tiny.yaml", STEPS), run_dir)
+    train_as_a_rank(load_training_config(ROOT / "configs/tiny.yaml", STEPS), run_dir)
     return run_dir
 
 

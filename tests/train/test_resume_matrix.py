@@ -19,9 +19,8 @@ from megagoku.data.packing import PackingLoader
 from megagoku.models import build_latent_space
 from megagoku.train.checkpoint import CheckpointReader
 from megagoku.train.preflight import build_dataset
-from megagoku.train.trainer import train
 from tests.distributed import resume_matrix as mx
-from tests.distributed.launch import ROOT, run_ranks
+from tests.distributed.launch import ROOT, run_ranks, train_as_a_rank
 
 CELLS = [pytest.param(s, l, id=f"{mx.slug(s)}->{mx.slug(l)}",
                       marks=() if (s, l) in mx.FAST else pytest.mark.slow)
@@ -30,16 +29,6 @@ CELLS = [pytest.param(s, l, id=f"{mx.slug(s)}->{mx.slug(l)}",
 
 def config(layout: str):
     return load_training_config(ROOT / "configs/tiny.yaml", mx.overrides(layout))
-
-
-def one_process(*args, **kwargs) -> None:
-    """`train` here, on one thread (as the launched ranks: the same float sums)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(*args, **kwargs)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +42,14 @@ def matrix(request, tmp_path_factory) -> Path:
     saves = sorted({s for s, _ in cells} | {mx.INIT_FROM}, key=mx.SAVES.index)
     start = time.perf_counter()
     if "1 process" in saves:
-        one_process(config("1 process"), mx.run_dir(root, "1 process"))
+        train_as_a_rank(config("1 process"), mx.run_dir(root, "1 process"))
     pairs = [[s, l] for s, l in cells if mx.processes(l) == 2]
     run_ranks(2, ["tests/distributed/resume_worker.py", json.dumps(
         {"root": str(root), "saves": [s for s in saves if mx.processes(s) == 2],
          "cells": pairs, "inits": list(mx.INITS)})], timeout=1500)
     for save, load in cells:
         if mx.processes(load) == 1:
-            one_process(config(load), mx.run_dir(root, save, load),
+            train_as_a_rank(config(load), mx.run_dir(root, save, load),
                         resume=str(mx.checkpoint(root, save, mx.RESUME_AT)))
     print(f"\nresume matrix: {len(saves)} saves, {len(cells)} resumes in "
           f"{time.perf_counter() - start:.0f} s")
