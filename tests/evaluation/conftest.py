@@ -1,6 +1,6 @@
 """A quickly trained evaluation classifier (~15 s), shared by the tests of this folder,
 and a cache directory in which a classifier stands in for the full one of any data geometry the
-tests use. The full recipe (ClassifierSpec's defaults, ~1.5 min) is tested in test_classifier.py
+tests use. The full recipe (ClassifierSpec's defaults, ~50 s) is tested in test_classifier.py
 (slow)."""
 
 import pytest

@@ -49,7 +49,7 @@ def test_saved_on_two_ranks_resumes_on_one(layout, one_process, tmp_path):
     torchrun(tmp_path / "two", LAYOUTS[layout])
     assert_close(step_tensors(tmp_path / "two", 6), step_tensors(one_process, 6))
     train_as_a_rank(load_training_config(ROOT / "configs/tiny.yaml", RUN), tmp_path / "one",
-          resume=str(tmp_path / "two" / "checkpoints" / "step_00000003"))
+                    resume=str(tmp_path / "two" / "checkpoints" / "step_00000003"))
     assert_close(step_tensors(tmp_path / "one", 6), step_tensors(one_process, 6))
 
 
