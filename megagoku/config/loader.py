@@ -73,7 +73,7 @@ def _type_name(tp: Any) -> str:
         return f"a mapping of names to {_type_name(typing.get_args(tp)[1])}s"
     if origin in (list, tuple):
         args = typing.get_args(tp)
-        if origin is tuple:
+        if origin is tuple and args[-1] is not Ellipsis:
             return f"a list of {len(args)} {_type_name(args[0])}s"
         return f"a list of {_type_name(args[0])}s"
     return getattr(tp, "__name__", str(tp))
@@ -106,11 +106,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise bad
         return {k: _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
-    if origin in (list, tuple):  # tuples in the schema have a fixed length
+    if origin in (list, tuple):  # a tuple has a fixed length unless written tuple[T, ...]
         args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or (origin is tuple and len(value) != len(args)):
+        fixed = origin is tuple and args[-1] is not Ellipsis
+        if not isinstance(value, (list, tuple)) or (fixed and len(value) != len(args)):
             raise bad
-        item_types = args if origin is tuple else [args[0]] * len(value)
+        item_types = args if fixed else [args[0]] * len(value)
         items = [_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, item_types))]
         return tuple(items) if origin is tuple else items
     if tp is bool:

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from megagoku.config import ConfigError, load_model_config, load_training_config
+from megagoku.config import (ConfigError, load_model_config, load_training_config,
+                             load_vae_training_config)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,6 +50,19 @@ def test_wrong_type_names_field(tmp_path):
     path = write(tmp_path, "model:\n  attention_backend: fast\n")
     with pytest.raises(ConfigError, match="model.attention_backend: expected one of"):
         load_training_config(path)
+
+
+def test_a_tuple_of_any_length_takes_a_list_of_its_item_type():
+    """`tuple[int, ...]` (the VAE's channel_multipliers: one per level) takes any length, each
+    item coerced and named when wrong; fixed tuples keep their length (above)."""
+    vae = ROOT / "configs/vae/tiny.yaml"
+    cfg = load_vae_training_config(vae, ["vae.channel_multipliers=[1, 2, 4]",
+                                         "vae.patch_size=2"])
+    assert cfg.vae.channel_multipliers == (1, 2, 4)
+    with pytest.raises(ConfigError, match=r"vae.channel_multipliers\[1\]: expected int, got 'x'"):
+        load_vae_training_config(vae, ["vae.channel_multipliers=[1, x, 4]"])
+    with pytest.raises(ConfigError, match=r"vae.channel_multipliers: expected a list of ints"):
+        load_vae_training_config(vae, ["vae.channel_multipliers=3"])
 
 
 def test_impossible_combinations_are_rejected(tmp_path):
