@@ -113,16 +113,28 @@ LEGACY_BLOCK = {"attn_norm": "rms", "qk_norm": "per_head", "mlp_norm_gain": Fals
                 "modulation_fp32": False}
 
 
+# Pixels per latent unit of the VAE latent spaces (ours and the diffusers 3D VAEs we load).
+VAE_SPATIAL_COMPRESSION = 8
+VAE_TEMPORAL_COMPRESSION = 4
+# Our VAE's levels for each patch size: patch x 2 ** (levels - 1) = 8, and at least two
+# downsamplings, which halve time too.
+VAE_PATCH_LEVELS = {1: 4, 2: 3}
+
+
 @dataclass
 class VAEConfig:
-    """Shape of the 3D causal VAE (`megagoku/models/vae.py`): four levels, so 8x8 spatial
-    compression (three 2x downsamplings) and 4x temporal (the last two also halve time)."""
+    """Shape of the 3D causal VAE (`megagoku/models/vae.py`): 8x8 spatial compression and 4x
+    temporal. `patch_size` pixels square are folded into channels at the input and unfolded at
+    the output (1 or 2); the levels then do the rest, one per `channel_multipliers` entry with a
+    2x downsampling between two levels (the last two also halve time): four levels at patch 1,
+    three at patch 2."""
 
     latent_channels: int = 16
     base_channels: int = 64
-    channel_multipliers: tuple[int, int, int, int] = (1, 2, 4, 4)
+    channel_multipliers: tuple[int, ...] = (1, 2, 4, 4)
     blocks_per_level: int = 2
     mid_attention: bool = True  # per-frame self-attention in the bottleneck (keeps causality)
+    patch_size: int = 1
 
     def problems(self) -> Iterator[Problem]:
         for name in ("latent_channels", "base_channels", "blocks_per_level"):
@@ -130,11 +142,12 @@ class VAEConfig:
                 yield name, f"must be positive, got {getattr(self, name)}"
         if any(m <= 0 for m in self.channel_multipliers):
             yield "channel_multipliers", f"must be positive, got {list(self.channel_multipliers)}"
-
-
-# Pixels per latent unit of the VAE latent spaces (ours and the diffusers 3D VAEs we load).
-VAE_SPATIAL_COMPRESSION = 8
-VAE_TEMPORAL_COMPRESSION = 4
+        if self.patch_size not in VAE_PATCH_LEVELS:
+            yield "patch_size", f"must be 1 or 2, got {self.patch_size}"
+        elif len(self.channel_multipliers) != VAE_PATCH_LEVELS[self.patch_size]:
+            yield "channel_multipliers", (
+                f"patch_size {self.patch_size} needs {VAE_PATCH_LEVELS[self.patch_size]} levels "
+                f"(8x8 spatial compression in all), got {len(self.channel_multipliers)}")
 
 
 @dataclass

@@ -12,6 +12,11 @@ encoding at once. Frames larger than a tile are split spatially into overlapping
 linearly (`tiling.py`), an approximation near tile borders and in the norms' statistics (taken
 per tile), as in every tiled VAE with GroupNorm. Both bound the memory of a 720p clip.
 
+With `patch_size` 2 each frame's 2x2 pixel squares are folded into channels at the input and
+unfolded from them at the output (LTX-Video's VAE folds 4x4), and the levels compress the
+remaining 4x4: no layer runs at full resolution, where a thin network's convolutions cost most of
+a step (docs/architecture.md, "the VAE's whole-frame PSNR").
+
 The network starts as a per-frame autoencoder (`CausalConv3d._start_on_the_current_frame`);
 what it takes from earlier frames is learnt.
 
@@ -40,8 +45,6 @@ from megagoku.storage import write_tensors
 
 WEIGHTS_FILE = "vae.safetensors"
 META_FILE = "vae.json"
-# Downsamplings 1..3 halve space; the last two also halve time (4x in all).
-TEMPORAL_DOWN = (False, True, True)
 NORM_GROUPS = 8  # per-frame GroupNorm groups (fewer where the channels do not divide by 8)
 LOGVAR_INIT = -8.0  # the posterior's initial log-variance: a standard deviation of 0.018
 
@@ -210,18 +213,45 @@ class Upsample(nn.Module):
         return self.spatial(x)
 
 
+def halves_time(levels: int) -> list[bool]:
+    """Whether each of the `levels - 1` downsamplings (encoder order) also halves time: the
+    last two do, 4x in all."""
+    return [d >= levels - 3 for d in range(levels - 1)]
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B, C * p * p, T, H / p, W / p): each frame's p x p pixel squares
+    folded into channels."""
+    if p == 1:
+        return x
+    b, c, t, h, w = x.shape
+    x = x.reshape(b, c, t, h // p, p, w // p, p).permute(0, 1, 4, 6, 2, 3, 5)
+    return x.reshape(b, c * p * p, t, h // p, w // p)
+
+
+def unpatchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """The inverse of `patchify`."""
+    if p == 1:
+        return x
+    b, cpp, t, h, w = x.shape
+    x = x.reshape(b, cpp // (p * p), p, p, t, h, w).permute(0, 1, 4, 5, 2, 6, 3)
+    return x.reshape(b, cpp // (p * p), t, h * p, w * p)
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
+        self.patch = cfg.patch_size
         widths = [cfg.base_channels * m for m in cfg.channel_multipliers]
-        layers: list[nn.Module] = [CausalConv3d(3, widths[0])]
+        time_down = halves_time(len(widths))
+        layers: list[nn.Module] = [CausalConv3d(3 * self.patch ** 2, widths[0])]
         cin = widths[0]
         for level, width in enumerate(widths):
             for _ in range(cfg.blocks_per_level):
                 layers.append(ResBlock(cin, width))
                 cin = width
             if level < len(widths) - 1:
-                layers.append(Downsample(cin, TEMPORAL_DOWN[level]))
+                layers.append(Downsample(cin, time_down[level]))
         layers += [ResBlock(cin, cin)]
         if cfg.mid_attention:
             layers.append(FrameAttention(cin))
@@ -236,13 +266,15 @@ class Encoder(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        return self.layers(patchify(x, self.patch))
 
 
 class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
+        self.patch = cfg.patch_size
         widths = [cfg.base_channels * m for m in cfg.channel_multipliers][::-1]
+        time_up = halves_time(len(widths))[::-1]
         cin = widths[0]
         layers: list[nn.Module] = [CausalConv3d(cfg.latent_channels, cin), ResBlock(cin, cin)]
         if cfg.mid_attention:
@@ -253,12 +285,12 @@ class Decoder(nn.Module):
                 layers.append(ResBlock(cin, width))
                 cin = width
             if level < len(widths) - 1:
-                layers.append(Upsample(cin, TEMPORAL_DOWN[::-1][level]))
-        layers += [FrameGroupNorm(cin), nn.SiLU(), CausalConv3d(cin, 3)]
+                layers.append(Upsample(cin, time_up[level]))
+        layers += [FrameGroupNorm(cin), nn.SiLU(), CausalConv3d(cin, 3 * self.patch ** 2)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.layers(z)
+        return unpatchify(self.layers(z), self.patch)
 
 
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -7,18 +7,21 @@ from megagoku.config import ConfigError
 from megagoku.config.schema import LatentConfig, VAEConfig
 from megagoku.models.latent import build_latent_space
 from megagoku.models.vae import (LOGVAR_INIT, CausalConv3d, CausalVAE, CausalVAELatent,
-                                 kl_divergence, load_vae)
+                                 kl_divergence, load_vae, patchify, unpatchify)
 
 TINY = VAEConfig(latent_channels=4, base_channels=8, channel_multipliers=(1, 1, 2, 2),
                  blocks_per_level=1)
+# Pixels folded 2x2 into channels: the three levels left compress 4x in space, 4x in time.
+TINY_PATCH2 = VAEConfig(latent_channels=4, base_channels=8, channel_multipliers=(1, 2, 2),
+                        blocks_per_level=1, patch_size=2)
 
 
-@pytest.fixture(scope="module")
-def vae():
+@pytest.fixture(scope="module", params=[TINY, TINY_PATCH2], ids=["patch1", "patch2"])
+def vae(request):
     """A VAE whose every temporal tap is random: a fresh one starts per frame (zero past taps,
     identity temporal resampling), which would let a broken causal pad or streaming tail pass."""
     torch.manual_seed(0)
-    model = CausalVAE(TINY).eval()
+    model = CausalVAE(request.param).eval()
     for module in model.modules():
         if isinstance(module, CausalConv3d):
             module.conv.reset_parameters()  # PyTorch's default init: every tap random
@@ -64,6 +67,25 @@ def test_chunked_encode_and_decode_equal_whole_clip(vae, frames):
                                    atol=1e-5, rtol=1e-5)
 
 
+def test_patchify_folds_each_pixel_square_into_channels_and_unpatchify_undoes_it():
+    x = torch.arange(2 * 3 * 5 * 4 * 6, dtype=torch.float32).reshape(2, 3, 5, 4, 6)
+    folded = patchify(x, 2)
+    assert folded.shape == (2, 12, 5, 2, 3)
+    # Channel (c, dy, dx) at square (i, j) holds pixel (2i + dy, 2j + dx) of channel c.
+    for c, dy, dx, i, j in [(0, 0, 0, 0, 0), (1, 0, 1, 1, 2), (2, 1, 0, 0, 1), (2, 1, 1, 1, 0)]:
+        torch.testing.assert_close(folded[:, c * 4 + dy * 2 + dx, :, i, j],
+                                   x[:, c, :, 2 * i + dy, 2 * j + dx])
+    assert torch.equal(unpatchify(folded, 2), x)
+    assert patchify(x, 1) is x and unpatchify(x, 1) is x
+
+
+def test_patch_size_and_levels_must_make_8x8():
+    assert not list(TINY_PATCH2.problems())
+    problems = dict(VAEConfig(patch_size=2, channel_multipliers=(1, 2, 4, 4)).problems())
+    assert "needs 3 levels" in problems["channel_multipliers"]
+    assert "must be 1 or 2" in dict(VAEConfig(patch_size=4).problems())["patch_size"]
+
+
 def test_tiled_encode_approaches_the_whole_frame_as_tiles_overlap_more(vae):
     """Spatial tiles are an approximation near their borders (tiling.py's own tests prove the
     blend exact for tile-local functions): blending over an overlap must beat cutting, larger
@@ -80,9 +102,10 @@ def test_tiled_encode_approaches_the_whole_frame_as_tiles_overlap_more(vae):
     assert error(96, 32) == 0
     assert error(48, 16) < error(48, 0)
     assert error(64, 16) < error(48, 16)
-    # Each tile normalises with its own per-frame GroupNorm statistics: 0.25 measured here (a
-    # per-position norm, which the VAE had first, gave < 0.2 but could not learn sparse content).
-    assert error(64, 16) < 0.3
+    # Each tile normalises with its own per-frame GroupNorm statistics: 0.25 measured here at
+    # patch 1, 0.31 at patch 2 (a per-position norm, which the VAE had first, gave < 0.2 but
+    # could not learn sparse content).
+    assert error(64, 16) < (0.3 if vae.config.patch_size == 1 else 0.35)
 
 
 def test_a_fresh_vae_starts_per_frame():

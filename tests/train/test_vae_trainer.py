@@ -112,6 +112,8 @@ def test_images_and_clips_are_separate_passes():
     ("train.batch_size=0", "train.batch_size: must be positive, got 0"),
     ("train.adversarial_weight=-1", "train.adversarial_weight: must be >= 0, got -1.0"),
     ("train.unknown=1", "train.unknown: unknown key"),
+    ("vae.patch_size=2", "vae.channel_multipliers: patch_size 2 needs 3 levels (8x8 spatial "
+                         "compression in all), got 4"),
     ("train.foreground_weight_end=0.5", "train.foreground_weight_end: must be >= 1 (1: uniform), "
                                         "got 0.5"),
     ("train.foreground_anneal_start=600", "train.foreground_anneal_start: must be in [0, steps) "
