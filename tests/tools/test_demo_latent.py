@@ -17,7 +17,8 @@ def small_vae_config(tmp_path: Path) -> Path:
     vae = yaml.safe_load((ROOT / "configs/vae/shapes64.yaml").read_text())
     vae["vae"].update(base_channels=8, channel_multipliers=[1, 1, 2])  # patch 2: three levels
     vae["data"].update(height=16, width=16, frames=5)
-    vae["train"].update(steps=4, log_every=2, stats_samples=4, eval_clips=4)
+    vae["train"].update(steps=4, foreground_anneal_start=1, log_every=2, stats_samples=4,
+                        eval_clips=4)
     path = tmp_path / "vae.yaml"
     path.write_text(yaml.safe_dump(vae))
     return path
