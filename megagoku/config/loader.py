@@ -73,10 +73,15 @@ def _type_name(tp: Any) -> str:
         return f"a mapping of names to {_type_name(typing.get_args(tp)[1])}s"
     if origin in (list, tuple):
         args = typing.get_args(tp)
-        if origin is tuple and args[-1] is not Ellipsis:
+        if _fixed_length(origin, args):
             return f"a list of {len(args)} {_type_name(args[0])}s"
         return f"a list of {_type_name(args[0])}s"
     return getattr(tp, "__name__", str(tp))
+
+
+def _fixed_length(origin: Any, args: tuple) -> bool:
+    """A schema tuple has a fixed length unless written tuple[T, ...]; a list never has."""
+    return origin is tuple and args[-1] is not Ellipsis
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -108,7 +113,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return {k: _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
     if origin in (list, tuple):  # a tuple has a fixed length unless written tuple[T, ...]
         args = typing.get_args(tp)
-        fixed = origin is tuple and args[-1] is not Ellipsis
+        fixed = _fixed_length(origin, args)
         if not isinstance(value, (list, tuple)) or (fixed and len(value) != len(args)):
             raise bad
         item_types = args if fixed else [args[0]] * len(value)
