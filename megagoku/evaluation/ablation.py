@@ -53,7 +53,7 @@ from megagoku.flow import euler_sample, guided_velocity, sampling_schedule, trai
 from megagoku.flow.ddpm import ddim_sample, ddpm_sample, ddpm_training_loss, make_schedule
 from megagoku.models import TextEncoder, build_model
 from megagoku.models.text_encoder import encoder_width
-from megagoku.optim import EMA, Update, warmup_cosine
+from megagoku.optim import EMA, Update, adamw, warmup_cosine
 from megagoku.progress import RateMeter, format_duration
 from megagoku.storage import write_tensors
 
@@ -287,7 +287,7 @@ def train_objective(objective: str, cfg: AblationConfig, encoder: TextEncoder, r
     ema = EMA(model, cfg.ema_decay)
     # The project's update (optim.Update): clipping, AdamW, warm-up then a constant LR (so that
     # an intermediate score does not depend on the total budget through a decay), the EMA.
-    update = Update(model, torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0),
+    update = Update(model, adamw(model.parameters(), lr=cfg.lr, weight_decay=0.0),
                     cfg.grad_clip, warmup_cosine(cfg.warmup_steps, cfg.steps), ema,
                     use_deepspeed=False)
     data = cfg.data

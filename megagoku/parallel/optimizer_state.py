@@ -76,8 +76,11 @@ def create_adam_state(model: nn.Module, optimizer: torch.optim.Optimizer, zero_o
         for moment in ADAM_MOMENTS:
             if moment not in state:
                 state[moment] = torch.zeros_like(flat, memory_format=torch.preserve_format)
-        # torch's AdamW keeps the step as a float32 scalar tensor (on the CPU unless capturable)
-        state["step"] = torch.tensor(float(step), dtype=torch.float32)
+        # torch's AdamW keeps the step as a float32 scalar tensor, on the CPU unless fused or
+        # capturable (then on the parameter's device, where its kernel reads it)
+        on_device = optimizer.defaults.get("fused") or optimizer.defaults.get("capturable")
+        state["step"] = torch.tensor(float(step), dtype=torch.float32,
+                                     device=flat.device if on_device else "cpu")
     if zero3 is None and hasattr(zero_optimizer, "_lazy_init_hp_params_optimizer_state"):
         # ZeRO-1/2: point every parameter's fragment at the state just made (its first step
         # would do this, once: the flag says whether it has)

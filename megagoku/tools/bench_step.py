@@ -6,8 +6,9 @@ The pack is `--samples` samples of `--tokens` tokens in all (equal lengths, or `
 seeded lengths from 1/4 to 7/4 of the mean in whole frames of one size, so samples differ in
 duration; or `--lengths` exactly), each a latent of a (T, H, W) grid of patches with a caption of `--text-tokens` tokens, packed
 as the trainer packs it (`data.packing.pack`). Both models take the same samples and the same
-optimizer step code (`optim.Update`: clip-grad-norm, torch's AdamW). The two systems' steps are
-interleaved, in alternating order, `--repeats` times after `--warmup` steps each, so that both
+optimizer step code (`optim.Update`: clip-grad-norm, then the project's AdamW, `optim.adamw`,
+torch's fused one, as the trainer steps; the optimizer is not the model's, so the peer gets it
+too). The two systems' steps are interleaved, in alternating order, `--repeats` times after `--warmup` steps each, so that both
 see the same load on a shared machine; each phase is the median over the repeats and the spread
 of tokens/s is printed.
 
@@ -314,7 +315,7 @@ def resolve(args: argparse.Namespace) -> tuple[ModelConfig, list[int], torch.dev
 
 def run_step(args: argparse.Namespace) -> int:
     from megagoku.models.flops import pack_train_flops
-    from megagoku.optim import Update
+    from megagoku.optim import Update, adamw
     from megagoku.parallel import ensure_single_process_groups
 
     try:
@@ -328,7 +329,7 @@ def run_step(args: argparse.Namespace) -> int:
     systems = [ours(cfg, pack, device)]
     if args.peer == "wan":
         systems.append(peer(cfg, pack, device, args.peer_compile))
-    updates = [Update(s.model, torch.optim.AdamW(s.model.parameters(), lr=1e-4), grad_clip=1.0,
+    updates = [Update(s.model, adamw(s.model.parameters(), lr=1e-4), grad_clip=1.0,
                       use_deepspeed=False) for s in systems]
     tokens = sum(lengths)
     flops = pack_train_flops(cfg, lengths, [args.text_tokens] * len(lengths))

@@ -176,6 +176,11 @@ def restore_optimizer(model: nn.Module, engine: TrainEngine, reader: CheckpointR
                             _piece(reader, f"optim.{moment}/{name}", param))
 
 
+# How torch's AdamW computes, not what: this run's choice (`optim.adamw`), not the saved run's
+# (a checkpoint of a foreach run resumes fused, the step count then on the parameters' device).
+OPTIMIZER_IMPLEMENTATION_KEYS = ("foreach", "fused", "capturable", "differentiable")
+
+
 def restore_optimizer_meta(optimizer: torch.optim.Optimizer,
                            scheduler: Optional[torch.optim.lr_scheduler.LRScheduler],
                            meta: dict, schedule: Optional[dict]) -> None:
@@ -183,7 +188,7 @@ def restore_optimizer_meta(optimizer: torch.optim.Optimizer,
     state, with the rate the scheduler gives the next step put into the param groups (loading a
     scheduler's state does not touch them)."""
     for group, saved in zip(optimizer.param_groups, meta["groups"]):
-        group.update(saved)
+        group.update({k: v for k, v in saved.items() if k not in OPTIMIZER_IMPLEMENTATION_KEYS})
     if scheduler is not None and schedule is not None:
         scheduler.load_state_dict(schedule)
         for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):

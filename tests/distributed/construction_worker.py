@@ -18,6 +18,7 @@ from megagoku.models.construct import build_initialised  # noqa: E402
 from megagoku.parallel import current_shard, data_parallel_rank, gradient_group  # noqa: E402
 from megagoku.parallel import initialize_groups  # noqa: E402
 from megagoku.parallel.distributed import init_distributed  # noqa: E402
+from megagoku.optim import adamw  # noqa: E402
 from megagoku.parallel.engine import TrainEngine  # noqa: E402
 from megagoku.parallel.shards import meta_owned_bytes, owned_bytes, write_whole  # noqa: E402
 from megagoku.parallel.weights import full_weights  # noqa: E402
@@ -40,7 +41,7 @@ def run(parallel: ParallelConfig) -> tuple[dict[str, torch.Tensor], int]:
     params = dict(model.named_parameters())
     for name, value in scenario.random_weights(model).items():
         write_whole(params[name], value)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, **scenario.ADAM)
+    optimizer = adamw(model.parameters(), lr=1e-2, **scenario.ADAM)
     engine = TrainEngine(model, optimizer, parallel.zero_stage, grad_clip=0.5)
     shard = current_shard()
     for step in range(scenario.STEPS):

@@ -15,6 +15,7 @@ from megagoku.data.packing import pack
 from megagoku.models import build_model
 from megagoku.parallel import (activation_checkpoint, current_shard, data_parallel_rank,
                                gradient_group)
+from megagoku.optim import adamw
 from megagoku.parallel.engine import TrainEngine
 from megagoku.parallel.weights import full_weights, gather_tp, load_full_weights
 from megagoku.train.step import mean_over, pack_total, step_loss
@@ -109,7 +110,7 @@ def run(parallel: ParallelConfig, lr: float = 1e-2, block: str = "released"
     bytes this rank held (`bytes/...`)."""
     model, initial = build(parallel.activation_checkpointing, parallel.activation_checkpoint_every,
                            block)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, **ADAM)
+    optimizer = adamw(model.parameters(), lr=lr, **ADAM)
     engine = TrainEngine(model, optimizer, parallel.zero_stage, grad_clip=0.5)
     shard = current_shard()
     out = {f"init/{k}": v for k, v in initial.items()}
@@ -131,7 +132,7 @@ def reference(data_parallel: int = 1, lr: float = 1e-2, block: str = "released"
               ) -> dict[str, torch.Tensor]:
     """The same three steps in one process; `data_parallel` replicas' packs averaged."""
     model, initial = build(block=block)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, **ADAM)
+    optimizer = adamw(model.parameters(), lr=lr, **ADAM)
     engine = TrainEngine(model, optimizer, 0, grad_clip=0.5, use_deepspeed=False)
     shard = current_shard()
     out = {f"init/{k}": v for k, v in initial.items()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from megagoku.config import TrainingConfig
-from megagoku.optim import Update, warmup_cosine
+from megagoku.optim import Update, adamw, warmup_cosine
 from megagoku.train.checkpoint import CheckpointReader, ModelDirReader
 from megagoku.train.components.model import TrainedModel
 from megagoku.train.train_state import optimizer_meta, restore_optimizer, restore_optimizer_meta
@@ -19,8 +19,8 @@ class Optimization:
     def __init__(self, trained: TrainedModel, config: TrainingConfig):
         tcfg = config.train
         self.model = trained.model
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tcfg.lr, betas=tcfg.betas,
-                                           weight_decay=tcfg.weight_decay)
+        self.optimizer = adamw(self.model.parameters(), lr=tcfg.lr, betas=tcfg.betas,
+                               weight_decay=tcfg.weight_decay)
         self.update = Update(self.model, self.optimizer, tcfg.grad_clip,
                              warmup_cosine(tcfg.warmup_steps, tcfg.steps, tcfg.min_lr_ratio),
                              trained.ema, config.parallel.zero_stage,
