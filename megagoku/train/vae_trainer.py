@@ -64,12 +64,13 @@ from megagoku.data.packing import ConsecutiveSkips
 from megagoku.models.vae import CausalVAE
 from megagoku.models.vae_discriminator import (PatchDiscriminator3D, hinge_discriminator_loss,
                                                hinge_generator_loss)
-from megagoku.optim import Update, warmup_cosine
+from megagoku.optim import Update, adamw, warmup_cosine
 from megagoku.parallel import resolve_device
 from megagoku.train.components.rng import seed_everything
 from megagoku.train.metrics import MetricsLogger
 from megagoku.train.run_dir import RUN_OUTPUTS, prepare_run_dir
 from megagoku.train.run_lock import RunLock
+from megagoku.train.step import autocast
 from megagoku.train.vae_eval import (ReconstructionFigures, evaluate_reconstructions,
                                      foreground_mask, held_out_clips)
 
@@ -330,11 +331,11 @@ def _train_vae_in(config: VAETrainingConfig, run_dir: Path, dataset, device: tor
     # The project's update (optim.Update, one process): clipping (grad_clip 0: none, the norm
     # is still logged), AdamW, no update on a non-finite gradient norm; warm-up + cosine LR
     # (train.warmup_steps, min_lr_ratio; constant by default), no EMA.
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=tcfg.lr, betas=tcfg.betas,
-                                  weight_decay=tcfg.weight_decay)
+    optimizer = adamw(vae.parameters(), lr=tcfg.lr, betas=tcfg.betas,
+                      weight_decay=tcfg.weight_decay)
     schedule = warmup_cosine(tcfg.warmup_steps, tcfg.steps, tcfg.min_lr_ratio)
     update = Update(vae, optimizer, tcfg.grad_clip, schedule, use_deepspeed=False)
-    disc_update = Update(discriminator, torch.optim.AdamW(
+    disc_update = Update(discriminator, adamw(
         discriminator.parameters(), lr=tcfg.lr, betas=tcfg.betas,
         weight_decay=tcfg.weight_decay), 0.0, schedule, use_deepspeed=False) \
         if adversarial else None
@@ -346,8 +347,12 @@ def _train_vae_in(config: VAETrainingConfig, run_dir: Path, dataset, device: tor
     start = measure(vae, probe, tcfg.batch_size, device)
     metrics = MetricsLogger(run_dir, tcfg.steps)
     n_params = sum(p.numel() for p in vae.parameters())
-    log.info("VAE: %.2fM parameters on %s%s; run dir %s", n_params / 1e6, device,
-             " + PatchGAN discriminator" if adversarial else "", run_dir)
+    log.info("VAE: %.2fM parameters on %s%s, %s; run dir %s", n_params / 1e6, device,
+             " + PatchGAN discriminator" if adversarial else "", tcfg.precision, run_dir)
+    if tcfg.precision == "bf16" and device.type == "cpu" and \
+            not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("train.precision bf16: this CPU has no bf16 instructions (AVX-512 BF16 or "
+                    "AMX); oneDNN emulates them, slower than fp32")
     log.info("probe: recon L1 %.4f, foreground MSE %.4f before training; outputting the "
              "background everywhere scores L1 %.4f, foreground MSE %.4f", start.l1,
              start.fg_mse, start.background_l1, start.background_fg_mse)
@@ -377,7 +382,9 @@ def _train_vae_in(config: VAETrainingConfig, run_dir: Path, dataset, device: tor
         for i, batch in enumerate(batches):
             x = batch.to(device)
             share = x.numel() / total_pixels  # pixel weighting across the shape groups
-            reconstruction, kl = vae(x, generator)
+            with autocast(tcfg.precision, device):
+                reconstruction, kl = vae(x, generator)
+            reconstruction, kl = reconstruction.float(), kl.float()
             error = clamped_error(reconstruction, x) if tcfg.clamped_loss else reconstruction - x
             weight = pixel_weights(x, foreground_weight)
             l1, mse = error.abs().mean(), error.pow(2).mean()  # logged unweighted
