@@ -16,15 +16,15 @@ import torch
 from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
 
-def adamw(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-          weight_decay: float = 0.0, eps: float = 1e-8, fused: bool = True
-          ) -> torch.optim.AdamW:
+def adamw(params: Iterable[torch.nn.Parameter], lr: float,
+          betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0,
+          eps: float = 1e-8, fused: bool = True) -> torch.optim.AdamW:
     """AdamW over `params`, fused when `fused` and every parameter is a floating-point tensor on a
-    device torch's fused kernel supports (CPU and CUDA among them); otherwise `foreach`."""
+    device torch's fused kernel supports (CPU and CUDA among them); otherwise torch's default
+    implementation (foreach on a GPU, a loop over the parameters elsewhere)."""
     params = list(params)
     fused = fused and bool(params) and all(
         p.is_floating_point() and p.device.type in _get_fused_kernels_supported_devices()
         for p in params)
     return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps,
                              fused=fused or None)
-

@@ -4,13 +4,13 @@ same width, heads, depth and tokens (`megagoku/tools/bench_peer.py`), in the sam
 
 The pack is `--samples` samples of `--tokens` tokens in all (equal lengths, or `--mix mixed`:
 seeded lengths from 1/4 to 7/4 of the mean in whole frames of one size, so samples differ in
-duration; or `--lengths` exactly), each a latent of a (T, H, W) grid of patches with a caption of `--text-tokens` tokens, packed
-as the trainer packs it (`data.packing.pack`). Both models take the same samples and the same
-optimizer step code (`optim.Update`: clip-grad-norm, then the project's AdamW, `optim.adamw`,
-torch's fused one, as the trainer steps; the optimizer is not the model's, so the peer gets it
-too). The two systems' steps are interleaved, in alternating order, `--repeats` times after `--warmup` steps each, so that both
-see the same load on a shared machine; each phase is the median over the repeats and the spread
-of tokens/s is printed.
+duration; or `--lengths` exactly), each a latent of a (T, H, W) grid of patches with a caption
+of `--text-tokens` tokens, packed as the trainer packs it (`data.packing.pack`). Both models take
+the same samples and the same optimizer step code (`optim.Update`: clip-grad-norm, then the
+project's AdamW, `optim.adamw`, torch's fused one, as the trainer steps; the optimizer is not the
+model's, so the peer gets it too). The two systems' steps are interleaved, in alternating order,
+`--repeats` times after `--warmup` steps each, so that both see the same load on a shared
+machine; each phase is the median over the repeats and the spread of tokens/s is printed.
 
 Printed: tokens/s; step time split into forward (and loss) / backward / optimizer; achieved
 TFLOP/s (the model's FLOPs of the pack, `models.flops.pack_train_flops`: the useful work, the same
