@@ -24,8 +24,10 @@ Around that steady state (what a step keeps), the plan counts what makes the pea
   into its buffers (ZeRO-1/2: the TP piece is copied once, plus the fp32 master partition;
   ZeRO-3: the partitions, plus their fp32 copy);
 - the optimizer's working memory during the step: AdamW's foreach temporary (one tensor the size
-  of the optimizer's partition), and under ZeRO-1/2 the fp32 gradient partition DeepSpeed builds
-  for it; under ZeRO-3 the gradient partition handed to the optimizer plus the larger of
+  of the optimizer's partition; the fused AdamW the trainers use since 2026-12-07,
+  `optim/adamw.py`, allocates none, so this term is now an allowance: the peaks measured in
+  BENCHMARKS.md were taken with the foreach one), and under ZeRO-1/2 the fp32 gradient
+  partition DeepSpeed builds for it; under ZeRO-3 the gradient partition handed to the optimizer plus the larger of
   AdamW's temporary and the gradient norm, which DeepSpeed takes in float64 over the whole flat
   partition (8 bytes per element) and frees before the update;
 - DeepSpeed's buckets under ZeRO (`parallel.zero_bucket_elements`, B elements; DeepSpeed's own
