@@ -27,9 +27,9 @@ Around that steady state (what a step keeps), the plan counts what makes the pea
   of the optimizer's partition; the fused AdamW the trainers use since 2026-12-07,
   `optim/adamw.py`, allocates none, so this term is now an allowance: the peaks measured in
   BENCHMARKS.md were taken with the foreach one), and under ZeRO-1/2 the fp32 gradient
-  partition DeepSpeed builds for it; under ZeRO-3 the gradient partition handed to the optimizer plus the larger of
-  AdamW's temporary and the gradient norm, which DeepSpeed takes in float64 over the whole flat
-  partition (8 bytes per element) and frees before the update;
+  partition DeepSpeed builds for it; under ZeRO-3 the gradient partition handed to the
+  optimizer plus the larger of AdamW's temporary and the gradient norm, which DeepSpeed takes
+  in float64 over the whole flat partition (8 bytes per element) and frees before the update;
 - DeepSpeed's buckets under ZeRO (`parallel.zero_bucket_elements`, B elements; DeepSpeed's own
   defaults would be 2-4 GB in fp32): the gradient bucket, 4 bytes per element (allocated whole
   on a GPU; on the CPU resident as far as gradients fill it: min(B, the rank's parameters)),

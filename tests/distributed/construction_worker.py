@@ -15,10 +15,10 @@ from safetensors.torch import save_file  # noqa: E402
 from megagoku.config import ParallelConfig  # noqa: E402
 from megagoku.models import build_model  # noqa: E402
 from megagoku.models.construct import build_initialised  # noqa: E402
+from megagoku.optim import adamw  # noqa: E402
 from megagoku.parallel import current_shard, data_parallel_rank, gradient_group  # noqa: E402
 from megagoku.parallel import initialize_groups  # noqa: E402
 from megagoku.parallel.distributed import init_distributed  # noqa: E402
-from megagoku.optim import adamw  # noqa: E402
 from megagoku.parallel.engine import TrainEngine  # noqa: E402
 from megagoku.parallel.shards import meta_owned_bytes, owned_bytes, write_whole  # noqa: E402
 from megagoku.parallel.weights import full_weights  # noqa: E402

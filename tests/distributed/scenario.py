@@ -13,9 +13,9 @@ from megagoku.config import FlowConfig, ModelConfig, ParallelConfig
 from megagoku.config.schema import LEGACY_BLOCK
 from megagoku.data.packing import pack
 from megagoku.models import build_model
+from megagoku.optim import adamw
 from megagoku.parallel import (activation_checkpoint, current_shard, data_parallel_rank,
                                gradient_group)
-from megagoku.optim import adamw
 from megagoku.parallel.engine import TrainEngine
 from megagoku.parallel.weights import full_weights, gather_tp, load_full_weights
 from megagoku.train.step import mean_over, pack_total, step_loss

@@ -65,8 +65,9 @@ def test_a_foreach_checkpoint_resumes_fused_with_the_same_state():
         for moment in ("exp_avg", "exp_avg_sq"):
             resumed.state[p][moment].copy_(saved.state[q][moment])
     restore_optimizer_meta(resumed, None, meta, None)
-    assert resumed.param_groups[0]["fused"] and not resumed.param_groups[0]["foreach"]
-    assert resumed.param_groups[0]["lr"] == 1e-2 and resumed.param_groups[0]["weight_decay"] == 0.1
+    group = resumed.param_groups[0]
+    assert group["fused"] and not group["foreach"]
+    assert group["lr"] == 1e-2 and group["weight_decay"] == 0.1
 
     train(saved_net, saved, 5, start=1)
     train(resumed_net, resumed, 5, start=1)
