@@ -119,6 +119,9 @@ VAE_TEMPORAL_COMPRESSION = 4
 # Our VAE's levels for each patch size: patch x 2 ** (levels - 1) = 8, and at least two
 # downsamplings, which halve time too.
 VAE_PATCH_LEVELS = {1: 4, 2: 3}
+# A trainer's `train.precision`, the Transformer's and the VAE's (`train/step.autocast`): bf16
+# autocast over fp32 master weights, or fp32; auto: bf16 on a GPU, fp32 on the CPU.
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 @dataclass
@@ -358,8 +361,7 @@ class LoopConfig:
     gc_every: int = 50
     run_dir: str = "checkpoints/run"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: the GPU when one is present
-    # auto: bf16 autocast over fp32 master weights on a GPU, fp32 on the CPU.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     # Loss anomalies (megagoku/train/anomaly.py): a non-finite loss or gradient norm always, a
     # spike when spike_factor > 0 (loss > spike_factor x the mean of the last spike_window).
     anomaly_response: Literal["skip", "rollback", "stop"] = "skip"
@@ -662,8 +664,8 @@ class VAELoopConfig:
     # bf16: the forward under bf16 autocast over the fp32 weights (the optimizer's master copy),
     # the loss in fp32; the figures and the saved VAE are fp32. On a CPU it pays only where
     # oneDNN has bf16 instructions (AVX-512 BF16 or AMX: a step 1.6x faster on this project's
-    # machine); elsewhere it is emulated and slower. auto: bf16 on a GPU, fp32 on the CPU.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # machine); elsewhere it is emulated and slower.
+    precision: Precision = "auto"
     adversarial_weight: float = 0.0  # 0: no discriminator
     adversarial_start: int = 0  # step from which the discriminator trains and the term applies
     log_every: int = 10

@@ -23,8 +23,8 @@ def adamw(params: Iterable[torch.nn.Parameter], lr: float,
     device torch's fused kernel supports (CPU and CUDA among them); otherwise torch's default
     implementation (foreach on a GPU, a loop over the parameters elsewhere)."""
     params = list(params)
+    devices = _get_fused_kernels_supported_devices()
     fused = fused and bool(params) and all(
-        p.is_floating_point() and p.device.type in _get_fused_kernels_supported_devices()
-        for p in params)
+        p.is_floating_point() and p.device.type in devices for p in params)
     return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps,
                              fused=fused or None)
