@@ -259,7 +259,7 @@ def test_the_recipe_learns_the_shapes_not_just_the_background(tmp_path):
     against 22.5 in 800: docs/architecture.md)."""
     cfg = load_vae_training_config(CONFIG, [
         "vae.latent_channels=8", "vae.base_channels=16", "vae.patch_size=2",
-        "vae.channel_multipliers=[1, 2, 2]", "data.height=32", "data.width=32", "data.frames=5",
+        "vae.channel_multipliers=[1, 1, 2]", "data.height=32", "data.width=32", "data.frames=5",
         "train.steps=150",
         "train.batch_size=4", "train.lr=2e-3", "train.warmup_steps=10", "train.min_lr_ratio=0.1",
         "train.l1_weight=0", "train.mse_weight=1", "train.foreground_weight=10",
