@@ -251,10 +251,10 @@ def test_the_recipe_learns_the_shapes_not_just_the_background(tmp_path):
     foreground error of held-out clips below the baseline that outputs the background (ratio 1),
     which a VAE that learnt only the background (the first recipe, after any number of steps)
     scores. The shipped recipe's network (configs/vae/shapes64.yaml: 2x2 patches, three levels
-    of 16, 32 and 64 channels; 8 latent channels here), in fp32 so that it runs as fast on any
-    CPU: 150 steps of 32x32x5 clips, ~13 s: measured 42% of the baseline on one and on two
-    threads (the patch-1 network of four levels measured the same in ~30 s); the 64x64
-    recipe's full run reaches 4.8%. Without train.clamped_loss, which the full recipes add: with
+    of 16, 16 and 32 channels; 8 latent channels here), in fp32 so that it runs as fast on any
+    CPU: 150 steps of 32x32x5 clips, ~13 s: measured 41% of the baseline on one thread, 43% on
+    two (the patch-1 network of four levels measured about the same in ~30 s); the 64x64
+    recipe's full run reaches 3.0%. Without train.clamped_loss, which the full recipes add: with
     it the patch-1 network's 150 steps measured 63% (at 64x64x17 it gave 23.2 dB in 750 steps
     against 22.5 in 800: docs/architecture.md)."""
     cfg = load_vae_training_config(CONFIG, [
