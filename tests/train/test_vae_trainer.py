@@ -17,6 +17,7 @@ from megagoku.train.vae_trainer import group_by_shape, train_vae
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/vae/tiny.yaml"
+RECIPE = ROOT / "configs/vae/shapes64.yaml"  # the latent demo's VAE
 # A VAE of 0.18M parameters on 5x16x16 clips: ~0.05 s a step on 2 cores.
 TINY = ["vae.latent_channels=4", "vae.base_channels=8", "vae.channel_multipliers=[1, 1, 2, 2]",
         "vae.blocks_per_level=1", "data.height=16", "data.width=16", "data.frames=5",
@@ -257,10 +258,12 @@ def test_the_recipe_learns_the_shapes_not_just_the_background(tmp_path):
     recipe's full run reaches 3.0%. Without train.clamped_loss, which the full recipes add: with
     it the patch-1 network's 150 steps measured 63% (at 64x64x17 it gave 23.2 dB in 750 steps
     against 22.5 in 800: docs/architecture.md)."""
+    shipped = load_vae_training_config(RECIPE).vae
     cfg = load_vae_training_config(CONFIG, [
-        "vae.latent_channels=8", "vae.base_channels=16", "vae.patch_size=2",
-        "vae.channel_multipliers=[1, 1, 2]", "data.height=32", "data.width=32", "data.frames=5",
-        "train.steps=150",
+        "vae.latent_channels=8", f"vae.base_channels={shipped.base_channels}",
+        f"vae.patch_size={shipped.patch_size}",
+        f"vae.channel_multipliers={list(shipped.channel_multipliers)}",
+        "data.height=32", "data.width=32", "data.frames=5", "train.steps=150",
         "train.batch_size=4", "train.lr=2e-3", "train.warmup_steps=10", "train.min_lr_ratio=0.1",
         "train.l1_weight=0", "train.mse_weight=1", "train.foreground_weight=10",
         "train.clamped_loss=false", "train.stats_samples=4", "train.eval_clips=16",
