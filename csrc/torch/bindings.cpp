@@ -13,7 +13,9 @@
 #include "../cpu/isa.h"
 #include "../kernels/api.h"
 
-#ifdef MEGAGOKU_WITH_CUDA
+// MEGAGOKU_CUDA_SIM: the CUDA kernels compiled for cuda_sim (csrc/cuda_sim/sim.h), the test
+// build in which CPU tensors run through them (tests/csrc/cuda_sim.py); never an installed one.
+#if defined(MEGAGOKU_WITH_CUDA) && !defined(MEGAGOKU_CUDA_SIM)
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #endif
@@ -28,7 +30,9 @@ mk::DType kernel_dtype(const at::Tensor& t) {
     case at::kDouble: return mk::DType::f64;
     case at::kBFloat16: return mk::DType::bf16;
     case at::kHalf:
+#ifndef MEGAGOKU_CUDA_SIM
       TORCH_CHECK(t.is_cuda(), "megagoku kernels: float16 runs on CUDA only (use bfloat16 on the CPU)");
+#endif
       return mk::DType::f16;
     default:
       TORCH_CHECK(false, "megagoku kernels: unsupported dtype ", t.scalar_type(),
@@ -52,7 +56,11 @@ void check_error(const char* error, const char* op) {
   TORCH_CHECK(error == nullptr, "megagoku kernels: ", op, " failed: ", error);
 }
 
+#ifdef MEGAGOKU_CUDA_SIM
+void* current_stream() { return nullptr; }
+#else
 void* current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+#endif
 #endif
 
 // Runs `cpu(threads)` for a CPU tensor, or `cuda(stream)` with x's GPU current. The CUDA launch
@@ -65,6 +73,11 @@ void* current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 template <typename Cpu, typename Cuda>
 void run_on(const at::Tensor& x, Cpu cpu, Cuda cuda) {
+#ifdef MEGAGOKU_CUDA_SIM
+  (void)x;
+  (void)cpu;
+  cuda(current_stream());  // every tensor is a CPU one, every call a simulated CUDA launch
+#else
   if (!x.is_cuda()) {
     cpu(at::get_num_threads());
     return;
@@ -75,6 +88,7 @@ void run_on(const at::Tensor& x, Cpu cpu, Cuda cuda) {
 #else
   (void)cuda;
   TORCH_CHECK(false, "megagoku kernels were built without CUDA; rebuild with a CUDA torch and nvcc");
+#endif
 #endif
 }
 

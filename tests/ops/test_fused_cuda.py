@@ -5,9 +5,16 @@ inputs read in place, every output element written, run-to-run bit-identical res
 and per-sample sums have a fixed order), agreement with the CPU kernels, and a whole model whose
 fused and reference ops agree under bf16 autocast.
 
-These run only where torch sees a GPU (CI has none; `tools/gpu_check.sh` runs them on a lent
-one). On such a machine an extension built without CUDA fails them: the kernels are the product.
+Each test runs twice: on the GPU ("gpu", where torch sees one: `launchers/gpu_check.sh` runs them
+on a lent one; on such a machine an extension built without CUDA fails them, the kernels are the
+product), and on cuda_sim ("sim", everywhere: the same CUDA sources compiled for a GPU simulated on
+the CPU, tests/csrc/cuda_sim.py), where the tensors are CPU tensors and `fused._C` is the simulated
+build, so that CI, which has no GPU, runs the CUDA kernels' logic: indexing, strides, vector
+paths, grid-stride loops, warp sums, the fixed-order weight sums, the launch plans.
 """
+
+from contextlib import contextmanager, nullcontext
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,7 +27,6 @@ from megagoku.ops.fused import (gated_residual_fused, modulated_norm_fused, rms_
                                 rope_fused, whole_width_rms_norm_fused)
 from tests.ops.test_fused_rope import SPLITS, packed_positions
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 CUDA_TOLERANCE = {torch.float32: dict(atol=2e-5, rtol=2e-5),
                   torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
@@ -29,21 +35,53 @@ DTYPES = list(CUDA_TOLERANCE)
 WIDTHS = [1792, 3072, 64, 97, 33, 1]
 
 
-@pytest.fixture(autouse=True)
-def cuda_extension():
-    reason = fused.unavailable_reason("cuda")
-    assert reason is None, reason
-    yield
-    torch.cuda.synchronize()
+CPU_KERNELS = fused._C  # the CPU kernels, for the CUDA == CPU tests on both backends
+ON = SimpleNamespace(backend="gpu", device="cuda")  # set by the backend fixture
+
+
+@pytest.fixture(scope="session")
+def simulated_kernels():
+    from tests.csrc.cuda_sim import build
+
+    return build()
+
+
+@pytest.fixture(autouse=True, params=["gpu", "sim"])
+def backend(request, monkeypatch):
+    if request.param == "gpu":
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU (the sim backend runs these kernels on the CPU)")
+        reason = fused.unavailable_reason("cuda")
+        assert reason is None, reason
+        monkeypatch.setattr(ON, "backend", "gpu")
+        monkeypatch.setattr(ON, "device", "cuda")
+        yield
+        torch.cuda.synchronize()
+    else:
+        assert CPU_KERNELS is not None, fused.unavailable_reason("cpu")
+        monkeypatch.setattr(fused, "_C", request.getfixturevalue("simulated_kernels"))
+        monkeypatch.setattr(ON, "backend", "sim")
+        monkeypatch.setattr(ON, "device", "cpu")
+        yield
+
+
+@contextmanager
+def on_cpu_kernels():
+    """The fused ops call the CPU kernels inside (on "sim" the simulated CUDA ones outside)."""
+    simulated, fused._C = fused._C, CPU_KERNELS
+    try:
+        yield
+    finally:
+        fused._C = simulated
 
 
 def poisoned(shape, dtype):
-    return torch.full(shape, float("nan"), dtype=dtype, device="cuda")
+    return torch.full(shape, float("nan"), dtype=dtype, device=ON.device)
 
 
 def randn(*shape, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).to(dtype).cuda()
+    return torch.randn(*shape, generator=g).to(dtype).to(ON.device)
 
 
 def check_rms_norm(x, weight, dtype):
@@ -58,7 +96,7 @@ def check_rms_norm(x, weight, dtype):
     ref = rms_norm_reference(ref_inputs[0], ref_inputs[1] if w is not None else None, 1e-6)
     ref_grads = torch.autograd.grad(ref, ref_inputs, dy.cpu().double())
     tol = CUDA_TOLERANCE[dtype]
-    assert out.is_cuda and out.dtype == dtype and out.shape == x.shape
+    assert out.device.type == ON.device and out.dtype == dtype and out.shape == x.shape
     torch.testing.assert_close(out.cpu().double(), ref, **tol)
     for got, want in zip(grads, ref_grads):
         scale = 1.0 if got.shape == x.shape else max(1.0, x.numel() / x.shape[-1]) ** 0.5
@@ -104,18 +142,21 @@ def test_rms_norm_writes_every_element_and_is_bit_identical_run_to_run(dtype):
 def test_rms_norm_cuda_agrees_with_the_cpu_kernel(dtype):
     x, w, dy = randn(300, 3072, dtype=dtype), randn(3072), randn(300, 3072, seed=4, dtype=dtype)
     outs = []
-    for device in ("cuda", "cpu"):
-        xd = x.to(device).requires_grad_()
-        wd = w.to(device).requires_grad_()
-        out = rms_norm_fused(xd, wd, 1e-6)
-        outs.append([t.cpu().float() for t in (out, *torch.autograd.grad(out, (xd, wd),
-                                                                          dy.to(device)))])
+    for device, kernels in ((ON.device, nullcontext()), ("cpu", on_cpu_kernels())):
+        with kernels:
+            xd = x.to(device).requires_grad_()
+            wd = w.to(device).requires_grad_()
+            out = rms_norm_fused(xd, wd, 1e-6)
+            outs.append([t.cpu().float() for t in (out, *torch.autograd.grad(out, (xd, wd),
+                                                                              dy.to(device)))])
     tol = CUDA_TOLERANCE[dtype]
     for got, want in zip(*outs):
         torch.testing.assert_close(got, want, atol=tol["atol"] * 20, rtol=tol["rtol"])
 
 
 def test_rms_norm_refuses_outputs_on_another_device():
+    if ON.backend == "sim":
+        pytest.skip("the simulation has one device: the bindings' device check needs a GPU")
     x = randn(4, 8)
     with pytest.raises(RuntimeError, match="does not match x"):
         fused._C.rms_norm_forward(x, torch.ones(8), 1e-6, torch.empty(4, 8),
@@ -133,7 +174,7 @@ def check_against_float64(fn, ref_fn, inputs, dy, dtype, sums_over=1):
     ref = ref_fn(*ref_inputs)
     ref_grads = torch.autograd.grad(ref, ref_inputs, dy.cpu().double())
     tol = CUDA_TOLERANCE[dtype]
-    assert out.is_cuda and out.dtype == dtype
+    assert out.device.type == ON.device and out.dtype == dtype
     torch.testing.assert_close(out.cpu().double(), ref, **tol)
     for i, (got, want) in enumerate(zip(grads, ref_grads)):
         scale = 1.0 if got.shape == out.shape else sums_over ** 0.5
@@ -174,7 +215,7 @@ def test_whole_width_tensor_parallel_path_matches_reference(dtype):
 @pytest.mark.parametrize("width", [1792, 3072, 97])
 def test_modulated_norm_matches_reference(dtype, kind, width):
     lengths = [1000, 0, 3, 2500, 596]  # a sample without tokens, a short one, long ones
-    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).cuda()
+    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(ON.device)
     x = (randn(sum(lengths), width, seed=width, dtype=dtype) * 3 + 0.5).requires_grad_()
     shift = randn(len(lengths), width, seed=1).requires_grad_()
     scale = (randn(len(lengths), width, seed=2) * 0.5).requires_grad_()
@@ -196,7 +237,7 @@ def test_modulated_norm_matches_reference(dtype, kind, width):
 @pytest.mark.parametrize("width", [1792, 97])
 def test_gated_residual_matches_reference(dtype, width):
     lengths = [1000, 0, 3, 2500]
-    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).cuda()
+    segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(ON.device)
     x = randn(sum(lengths), width, seed=width, dtype=dtype).requires_grad_()
     out = randn(sum(lengths), width, seed=1, dtype=dtype).requires_grad_()
     gate = randn(len(lengths), width, seed=2).requires_grad_()
@@ -214,7 +255,7 @@ def test_new_kernels_write_every_element_and_are_bit_identical_run_to_run(dtype)
     qkv = randn(rows, heads, 3, head_dim, dtype=dtype)
     x, w = qkv[:, :, 0], randn(heads * head_dim)
     dy = randn(rows, heads, head_dim, seed=3, dtype=dtype)
-    segment = torch.repeat_interleave(torch.arange(3), torch.tensor([2000, 0, 3003])).cuda()
+    segment = torch.repeat_interleave(torch.arange(3), torch.tensor([2000, 0, 3003])).to(ON.device)
     hx, hdy = randn(rows, width, seed=4, dtype=dtype), randn(rows, width, seed=5, dtype=dtype)
     shift, scale, gain = randn(3, width, seed=6), randn(3, width, seed=7), randn(width, seed=8)
     results = []
@@ -246,8 +287,8 @@ def test_new_kernels_write_every_element_and_are_bit_identical_run_to_run(dtype)
         out.update({"gate/y": gy, "gate/dout": gdout, "gate/dgate": gdgate})
         for name, t in out.items():
             assert not t.isnan().any(), f"{name} has unwritten elements"
-        assert torch.equal(out["layer/dshift"][1], torch.zeros(width, device="cuda"))
-        assert torch.equal(out["gate/dgate"][1], torch.zeros(width, device="cuda"))
+        assert torch.equal(out["layer/dshift"][1], torch.zeros(width, device=ON.device))
+        assert torch.equal(out["gate/dgate"][1], torch.zeros(width, device=ON.device))
         results.append(out)
     for name in results[0]:
         assert torch.equal(results[0][name], results[1][name]), name
@@ -262,21 +303,22 @@ def test_new_kernels_cuda_agree_with_the_cpu_kernels(dtype):
     hx, hdy = randn(300, 3072, seed=5, dtype=dtype), randn(300, 3072, seed=6, dtype=dtype)
     shift, scale, gain = randn(2, 3072, seed=7), randn(2, 3072, seed=8), randn(3072, seed=9)
     outs = []
-    for device in ("cuda", "cpu"):
-        q = qkv.to(device).requires_grad_()
-        wd = w.to(device).requires_grad_()
-        out = whole_width_rms_norm_fused(q[:, :, 0], wd, 1e-6)
-        result = [out, *torch.autograd.grad(out, (q, wd), dy.to(device))]
-        xd, sd, cd, gd = (t.to(device).requires_grad_() for t in (hx, shift, scale, gain))
-        out = modulated_norm_fused(xd, "rms", gd, 1e-6, sd, cd, segment.to(device))
-        result += [out, *torch.autograd.grad(out, (xd, sd, cd, gd), hdy.to(device))]
-        outs.append([t.cpu().float() for t in result])
+    for device, kernels in ((ON.device, nullcontext()), ("cpu", on_cpu_kernels())):
+        with kernels:
+            q = qkv.to(device).requires_grad_()
+            wd = w.to(device).requires_grad_()
+            out = whole_width_rms_norm_fused(q[:, :, 0], wd, 1e-6)
+            result = [out, *torch.autograd.grad(out, (q, wd), dy.to(device))]
+            xd, sd, cd, gd = (t.to(device).requires_grad_() for t in (hx, shift, scale, gain))
+            out = modulated_norm_fused(xd, "rms", gd, 1e-6, sd, cd, segment.to(device))
+            result += [out, *torch.autograd.grad(out, (xd, sd, cd, gd), hdy.to(device))]
+            outs.append([t.cpu().float() for t in result])
     for got, want in zip(*outs):
         torch.testing.assert_close(got, want, atol=tol["atol"] * 40, rtol=tol["rtol"])
 
 
 def rotate(x, positions, split, inplace=False):
-    return rope_fused(x, positions, rope_inv_freq(split, 10000.0).cuda(), split, inplace)
+    return rope_fused(x, positions, rope_inv_freq(split, 10000.0).to(ON.device), split, inplace)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -285,7 +327,7 @@ def test_rope_matches_reference_on_a_packed_sequence(dtype, split):
     positions = packed_positions()
     x = randn(positions.shape[0], 3, sum(split), dtype=dtype).requires_grad_()
     dy = randn(*x.shape, seed=1, dtype=dtype)
-    out = rotate(x, positions.cuda(), split)
+    out = rotate(x, positions.to(ON.device), split)
     (dx,) = torch.autograd.grad(out, (x,), dy)
     xr = x.detach().cpu().double().requires_grad_()
     ref = apply_rope(xr, rope_angles(positions, split, 10000.0))
@@ -296,13 +338,13 @@ def test_rope_matches_reference_on_a_packed_sequence(dtype, split):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_rope_in_place_strided_and_every_element_written(dtype):
-    positions = packed_positions([(8, 16, 16), (1, 6, 5)]).cuda()
+    positions = packed_positions([(8, 16, 16), (1, 6, 5)]).to(ON.device)
     split = (16, 24, 24)
     qkv = randn(positions.shape[0], 6, 3, 64, dtype=dtype)
     k = qkv[:, :, 1]
     ref = apply_rope(k.cpu().double(), rope_angles(positions.cpu(), split, 10000.0))
     out = poisoned(k.shape, dtype)
-    fused._C.rope_3d(k, out, positions, rope_inv_freq(split, 10000.0).cuda(), 8, 12, False)
+    fused._C.rope_3d(k, out, positions, rope_inv_freq(split, 10000.0).to(ON.device), 8, 12, False)
     assert not out.isnan().any()
     torch.testing.assert_close(out.cpu().double(), ref, **CUDA_TOLERANCE[dtype])
     before = qkv.clone()
@@ -313,7 +355,7 @@ def test_rope_in_place_strided_and_every_element_written(dtype):
 
 def test_a_model_on_the_gpu_gives_the_same_result_with_fused_and_reference_ops():
     """The whole Goku block stack (norms, whole-width QK norm, float32 modulated norms, RoPE) on
-    the GPU under bf16 autocast: fused and reference ops agree, and both agree with the fp32 CPU
+    the GPU (or cuda_sim) under bf16 autocast: fused and reference ops agree, and both agree with the fp32 CPU
     model."""
     from megagoku.models import build_model
     from tests.conftest import randomize, small_model_config
@@ -324,9 +366,10 @@ def test_a_model_on_the_gpu_gives_the_same_result_with_fused_and_reference_ops()
     args = (batch.tokens, timesteps, batch.positions, batch.cu_seqlens, torch.cat(texts), text_cu)
     outputs = {}
     for kernels in ("fused", "reference"):
-        model = randomize(build_model(small_model_config(kernels=kernels))).cuda()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = model(*(a.cuda() for a in args))
+        model = randomize(build_model(small_model_config(kernels=kernels))).to(ON.device)
+        # cuda_sim: float32 (megatron's linear layers have no backward under CPU autocast).
+        with torch.autocast(ON.device, dtype=torch.bfloat16, enabled=ON.backend == "gpu"):
+            out = model(*(a.to(ON.device) for a in args))
         out.float().square().mean().backward()
         grads = {n: p.grad.float().cpu() for n, p in model.named_parameters()}
         outputs[kernels] = (out.float().cpu(), grads)
