@@ -51,10 +51,15 @@ struct alignas(sizeof(T) * N) Vec {
 template <typename T>
 constexpr int kVec16 = 16 / sizeof(T);
 
-template <typename A>
+// The sum over each group of kLanes consecutive lanes (the whole warp by default), in every lane
+// of the group. All 32 lanes must call it (full mask), also those whose group has no row.
+template <int kLanes = 32, typename A>
 __device__ __forceinline__ A warp_sum(A v) {
+  static_assert(kLanes >= 1 && kLanes <= 32 && (kLanes & (kLanes - 1)) == 0, "lanes: 2^k <= 32");
 #pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  for (int offset = kLanes / 2; offset > 0; offset >>= 1) {
+    v += __shfl_xor_sync(0xffffffffu, v, offset, kLanes);
+  }
   return v;
 }
 

@@ -12,38 +12,47 @@ namespace cuda {
 constexpr int kRowThreads = 128;  // 4 warps, 4 rows in flight per block
 constexpr int kRowWarps = kRowThreads / 32;
 
-// Where column c of a block's weight-gradient sum lives in shared memory. Lane l adds columns
-// l*N .. l*N+N-1 of every 32*N-wide chunk; stored as-is, the 32 lanes of a warp would hit N-way
-// conflicting banks. Within each chunk element i of lane l goes to i*32 + l instead.
-template <int N>
+// Short rows take a group of L lanes each (L = 8 or 16: 4 or 2 rows per warp), long ones the
+// whole warp (L = 32); a lane moves N elements at a time, so a group covers L * N columns a step.
+// Where column c of a block's weight-gradient sum lives in its group's row of shared memory.
+// Lane l of a group adds columns l*N .. l*N+N-1 of every L*N-wide chunk; stored as-is, the lanes
+// would hit N-way conflicting banks. Within each chunk element i of lane l goes to i*L + l.
+template <int N, int L = 32>
 __device__ __forceinline__ int64_t dw_slot(int64_t c) {
-  const int64_t base = c - c % (32 * N);
+  const int64_t base = c - c % (L * N);
   const int64_t r = c - base;
-  return base + (r % N) * 32 + r / N;
+  return base + (r % N) * L + r / N;
 }
 
-template <int N>
+template <int N, int L = 32>
 __host__ __device__ __forceinline__ int64_t dw_slots(int64_t cols) {
-  return (cols + 32 * N - 1) / (32 * N) * (32 * N);
+  return (cols + L * N - 1) / (L * N) * (L * N);
 }
 
-// Zero the block's [kRowWarps][slots] weight-gradient rows (every thread calls it).
-template <typename A>
-__device__ __forceinline__ void zero_dw_rows(A* shared, int64_t slots) {
-  for (int64_t c = threadIdx.x; c < kRowWarps * slots; c += blockDim.x) shared[c] = 0;
+// The distance between the shared-memory rows of a warp's groups: a whole number of banks plus L,
+// so that the groups of one warp (writing slot i*L + l of their own rows) hit 32 distinct banks.
+template <int N, int L = 32>
+__host__ __device__ __forceinline__ int64_t dw_row_stride(int64_t cols) {
+  return L == 32 ? dw_slots<N, L>(cols) : (dw_slots<N, L>(cols) + 31) / 32 * 32 + L;
+}
+
+// Zero the block's [kRowWarps * 32 / L][stride] weight-gradient rows (every thread calls it).
+template <int L = 32, typename A>
+__device__ __forceinline__ void zero_dw_rows(A* shared, int64_t stride) {
+  for (int64_t c = threadIdx.x; c < kRowWarps * (32 / L) * stride; c += blockDim.x) shared[c] = 0;
   __syncthreads();
 }
 
-// After the rows: the warps' sums added in a fixed order into this block's partial row.
-template <int N, typename A>
-__device__ __forceinline__ void store_block_dw(const A* shared, int64_t slots, int64_t cols,
+// After the rows: the groups' sums added in a fixed order into this block's partial row.
+template <int N, int L = 32, typename A>
+__device__ __forceinline__ void store_block_dw(const A* shared, int64_t stride, int64_t cols,
                                                A* dw_partial) {
   __syncthreads();
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-    const int64_t slot = dw_slot<N>(c);
+    const int64_t slot = dw_slot<N, L>(c);
     A total = 0;
 #pragma unroll
-    for (int w = 0; w < kRowWarps; ++w) total += shared[w * slots + slot];
+    for (int g = 0; g < kRowWarps * (32 / L); ++g) total += shared[g * stride + slot];
     dw_partial[static_cast<int64_t>(blockIdx.x) * cols + c] = total;
   }
 }
@@ -79,16 +88,18 @@ __host__ inline const char* launch_column_sum(const A* partial, int blocks, int6
   return launch_error();
 }
 
-// As many blocks as can be resident at once (none waiting for a second wave), fewer for few rows.
+// As many blocks as can be resident at once (none waiting for a second wave), fewer for few rows
+// (a warp takes rows_per_warp rows at a time).
 template <typename Kernel>
-int grid_for_rows(Kernel kernel, int64_t rows, size_t shared) {
+int grid_for_rows(Kernel kernel, int64_t rows, size_t shared, int rows_per_warp = 1) {
   int per_sm = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRowThreads, shared) !=
           cudaSuccess ||
       per_sm < 1) {
     per_sm = 1;
   }
-  const int64_t wanted = (rows + kRowWarps - 1) / kRowWarps;
+  const int64_t per_block = static_cast<int64_t>(kRowWarps) * rows_per_warp;
+  const int64_t wanted = (rows + per_block - 1) / per_block;
   const int64_t resident = static_cast<int64_t>(sm_count()) * per_sm;
   return static_cast<int>(wanted < resident ? (wanted > 0 ? wanted : 1) : resident);
 }

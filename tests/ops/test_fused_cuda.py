@@ -32,7 +32,10 @@ CUDA_TOLERANCE = {torch.float32: dict(atol=2e-5, rtol=2e-5),
                   torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
                   torch.float16: dict(atol=2e-3, rtol=2e-3)}
 DTYPES = list(CUDA_TOLERANCE)
-WIDTHS = [1792, 3072, 64, 97, 33, 1]
+# Whole warps per row (1792, 3072, 97, 33), and the short rows that a group of lanes takes (8 or
+# 16 lanes, 4 or 2 rows per warp): 64 (16 lanes in fp32, 8 in bf16/fp16), 128 (32 / 16), 32 (8),
+# and with scalar loads (no vectors: the width is not a multiple of them) 13 (16 lanes) and 1 (8).
+WIDTHS = [1792, 3072, 64, 128, 32, 97, 33, 13, 1]
 
 
 CPU_KERNELS = fused._C  # the CPU kernels, for the CUDA == CPU tests on both backends
