@@ -121,7 +121,9 @@ __global__ void __launch_bounds__(kRowThreads)
       *reinterpret_cast<V*>(dxr + c) = out;
     }
   }
-  if (want_dw) store_block_dw<N, L>(reinterpret_cast<const A*>(shared_bytes), stride, cols, dw_partial);
+  if (want_dw) {
+    store_block_dw<N, L>(reinterpret_cast<const A*>(shared_bytes), stride, cols, dw_partial);
+  }
 }
 
 // Calls f(std::integral_constant<int, L>{}) with the lanes per row chosen for cols.
@@ -168,9 +170,11 @@ auto with_backward_kernel(const RmsNormBackward& a, F&& f) {
                        vector_ok(a.x, a.x_stride, a.cols, sizeof(T), N) &&
                        vector_ok(a.dx, a.dx_stride, a.cols, sizeof(T), N);
   if (vectors) {
-    return with_lanes(a.cols, N, [&](auto lanes) { return f(std::integral_constant<int, N>{}, lanes); });
+    return with_lanes(a.cols, N,
+                      [&](auto lanes) { return f(std::integral_constant<int, N>{}, lanes); });
   }
-  return with_lanes(a.cols, 1, [&](auto lanes) { return f(std::integral_constant<int, 1>{}, lanes); });
+  return with_lanes(a.cols, 1,
+                    [&](auto lanes) { return f(std::integral_constant<int, 1>{}, lanes); });
 }
 
 // How the backward runs: the same answer for the workspace size and for the launch.

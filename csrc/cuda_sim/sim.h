@@ -360,7 +360,9 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) 
 }
 template <typename Kernel>
 inline cudaError_t cudaFuncSetAttribute(Kernel kernel, cudaFuncAttribute, int bytes) {
-  if (bytes < 0 || static_cast<size_t>(bytes) > cuda_sim::kOptinShared) return cudaErrorInvalidValue;
+  if (bytes < 0 || static_cast<size_t>(bytes) > cuda_sim::kOptinShared) {
+    return cudaErrorInvalidValue;
+  }
   cuda_sim::state.shared_optin[reinterpret_cast<const void*>(kernel)] = static_cast<size_t>(bytes);
   return cudaSuccess;
 }

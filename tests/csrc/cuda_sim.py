@@ -67,9 +67,9 @@ def build(verbose: bool = False):
             cuda_sources.append(str(target))
     flags = ["-O2", "-g0", "-std=c++17", "-fopenmp", "-DMEGAGOKU_WITH_CUDA", "-DMEGAGOKU_CUDA_SIM",
              f"-I{CSRC / 'cuda_sim'}", "-Wno-unknown-pragmas"]
-    return load(name="megagoku_cuda_sim", sources=[str(CSRC / s) for s in CPU_SOURCES] + cuda_sources,
-                extra_cflags=flags, extra_ldflags=["-fopenmp"], build_directory=str(out),
-                verbose=verbose)
+    sources = [str(CSRC / s) for s in CPU_SOURCES] + cuda_sources
+    return load(name="megagoku_cuda_sim", sources=sources, extra_cflags=flags,
+                extra_ldflags=["-fopenmp"], build_directory=str(out), verbose=verbose)
 
 
 def build_probe() -> Path:
