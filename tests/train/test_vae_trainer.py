@@ -20,7 +20,7 @@ CONFIG = ROOT / "configs/vae/tiny.yaml"
 RECIPE = ROOT / "configs/vae/shapes64.yaml"  # the latent demo's VAE
 # A VAE of 0.18M parameters on 5x16x16 clips: ~0.05 s a step on 2 cores.
 TINY = ["vae.latent_channels=4", "vae.base_channels=8", "vae.channel_multipliers=[1, 1, 2, 2]",
-        "vae.blocks_per_level=1", "data.height=16", "data.width=16", "data.frames=5",
+        "vae.patch_size=1", "vae.blocks_per_level=1", "data.height=16", "data.width=16", "data.frames=5",
         "data.image_fraction=0.25", "train.batch_size=4", "train.stats_samples=8",
         "train.lr=2e-3", "train.log_every=10"]
 
@@ -117,8 +117,8 @@ def test_images_and_clips_are_separate_passes():
                          "compression in all), got 4"),
     ("train.foreground_weight_end=0.5", "train.foreground_weight_end: must be >= 1 (1: uniform), "
                                         "got 0.5"),
-    ("train.foreground_anneal_start=600", "train.foreground_anneal_start: must be in [0, steps) "
-                                          "= [0, 600), got 600"),
+    ("train.foreground_anneal_start=1700", "train.foreground_anneal_start: must be in [0, steps) "
+                                           "= [0, 1700), got 1700"),
     ("train.precision=fp16", "train.precision: expected one of 'auto', 'fp32', 'bf16', got 'fp16'"),
 ])
 def test_bad_config_is_one_line_naming_file_and_field(override, message):
