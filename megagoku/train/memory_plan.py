@@ -23,20 +23,19 @@ Around that steady state (what a step keeps), the plan counts what makes the pea
   initial value computed whole, one logical tensor at a time; then DeepSpeed flattens the weights
   into its buffers (ZeRO-1/2: the TP piece is copied once, plus the fp32 master partition;
   ZeRO-3: the partitions, plus their fp32 copy);
-- the optimizer's working memory during the step: AdamW's foreach temporary (one tensor the size
-  of the optimizer's partition; the fused AdamW the trainers use since 2026-12-07,
-  `optim/adamw.py`, allocates none, so this term is now an allowance: the peaks measured in
-  BENCHMARKS.md were taken with the foreach one), and under ZeRO-1/2 the fp32 gradient
-  partition DeepSpeed builds for it; under ZeRO-3 the gradient partition handed to the
-  optimizer plus the larger of AdamW's temporary and the gradient norm, which DeepSpeed takes
-  in float64 over the whole flat partition (8 bytes per element) and frees before the update;
+- the optimizer's working memory during the step: the trainers' AdamW is torch's fused one
+  (`optim/adamw.py`), which allocates nothing of a parameter's size (the foreach one it replaced
+  made a temporary the size of the optimizer's partition: measured, BENCHMARKS.md "Full width");
+  under ZeRO-1/2 the fp32 gradient partition DeepSpeed builds for it; under ZeRO-3 the gradient
+  partition handed to the optimizer plus the gradient norm, which DeepSpeed takes in float64
+  over the whole flat partition (8 bytes per element) and frees before the update;
 - DeepSpeed's buckets under ZeRO (`parallel.zero_bucket_elements`, B elements; DeepSpeed's own
   defaults would be 2-4 GB in fp32): the gradient bucket, 4 bytes per element (allocated whole
   on a GPU; on the CPU resident as far as gradients fill it: min(B, the rank's parameters)),
   and under ZeRO-3 the gathered parameters it keeps live or
   prefetched during forward and backward (at most B, plus the module being computed: the
   largest tensor). Without ZeRO, the gradients flattened for the all-reduce after backward are
-  one transient copy, no larger than the optimizer's temporary;
+  one transient copy: the optimizer step's working memory above;
 - the checkpoint snapshot: this rank's share of the logical tensors (weights, EMA, two moments:
   16 bytes per parameter, spread evenly over the ranks) copied to host memory for the background
   writer, plus the largest logical tensor gathered whole (twice: the pieces and their
@@ -167,10 +166,11 @@ def transient_bytes(local: int, shards: int, zero_stage: int, total: int, world:
     return {
         "ema": ema,
         "startup_peak": weights + ema + max(4 * largest, flatten),
-        # ZeRO-1/2: the fp32 gradient partition and AdamW's temporary; ZeRO-3: the gradient
-        # partition handed to the optimizer, and its norm taken in float64 over the whole flat
-        # partition (8 bytes per element), freed before AdamW's temporary exists
-        "optimizer_working": 4 * in_optimizer * {0: 1, 1: 2, 2: 2, 3: 3}[zero_stage],
+        # ZeRO-0: the gradients flattened for the all-reduce; ZeRO-1/2: the fp32 gradient
+        # partition; ZeRO-3: the gradient partition handed to the optimizer, and its norm taken
+        # in float64 over the whole flat partition (8 bytes per element). The fused AdamW adds
+        # no temporary (the foreach one added 4 bytes per element of the partition).
+        "optimizer_working": 4 * in_optimizer * {0: 1, 1: 1, 2: 1, 3: 3}[zero_stage],
         "snapshot": 16 * total / world,
         "snapshot_gather": 8 * largest,
         # DeepSpeed allocates the bucket whole (a GPU's allocator counts all of it); host pages
