@@ -151,7 +151,8 @@ struct Fiber {
 };
 
 struct Block {
-  std::vector<Fiber> fibers;
+  std::vector<Fiber> fibers;  // kept between launches (their stacks); the first `count` are live
+  int count = 0;
   Context scheduler;
   int current = 0;
   const std::function<void()>* body = nullptr;
@@ -174,7 +175,7 @@ inline void fiber_main() {
 // exchanges; when no warp can, a barrier that every live thread has reached is released.
 // Returns false when the block is finished or stuck (the error says why).
 inline bool release(unsigned block_linear) {
-  const int n = static_cast<int>(block.fibers.size());
+  const int n = block.count;
   bool moved = false;
   for (int w = 0; w * 32 < n; ++w) {
     const int first = w * 32, last = first + 32 < n ? first + 32 : n;
@@ -205,14 +206,14 @@ inline bool release(unsigned block_linear) {
   }
   if (moved) return true;
   int live = 0, at_barrier = 0;
-  for (const Fiber& f : block.fibers) {
-    live += f.at != At::done;
-    at_barrier += f.at == At::barrier;
+  for (int i = 0; i < n; ++i) {
+    live += block.fibers[i].at != At::done;
+    at_barrier += block.fibers[i].at == At::barrier;
   }
   if (live == 0) return false;
   if (at_barrier == live) {
-    for (Fiber& f : block.fibers) {
-      if (f.at == At::barrier) f.at = At::ready;
+    for (int i = 0; i < n; ++i) {
+      if (block.fibers[i].at == At::barrier) block.fibers[i].at = At::ready;
     }
     return true;
   }
@@ -247,6 +248,7 @@ inline unsigned char* dynamic_shared_bytes = nullptr;
 inline void run_grid(dim3 grid, dim3 threads, size_t shared, const std::function<void()>& body) {
   const unsigned count = threads.x * threads.y * threads.z;
   if (block.fibers.size() < count) block.fibers.resize(count);
+  block.count = static_cast<int>(count);
   for (Fiber& f : block.fibers) {
     if (f.stack == nullptr) f.stack = std::malloc(kStack);
   }

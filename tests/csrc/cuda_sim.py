@@ -6,11 +6,13 @@ The kernel sources are copied with the two pieces of CUDA syntax a C++ compiler 
 rewritten: `kernel<<<grid, block, shared, stream>>>(args)` becomes
 `::cuda_sim::launch(kernel, grid, block, shared, stream)(args)` and
 `extern __shared__ unsigned char name[];` a pointer to the launch's dynamic shared memory. The
-build (~1 minute, once per change of the sources) goes to build/cuda_sim/<hash of the sources>.
+build (under a minute, once per change of the sources; the source lists are setup.py's) goes to
+build/cuda_sim/<hash of the sources>.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import re
@@ -19,9 +21,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
-CPU_SOURCES = ["torch/bindings.cpp", "cpu/isa.cpp", "cpu/rms_norm.cpp", "cpu/whole_width.cpp",
-               "cpu/modulate.cpp", "cpu/rope.cpp", "cpu/rows_generic.cpp", "cpu/rows_avx2.cpp",
-               "cpu/rows_avx512.cpp"]
+
+
+def setup_sources(name: str) -> list[str]:
+    """setup.py's list `name` (CPU_SOURCES, CUDA_SOURCES), read without running setup.py."""
+    for node in ast.parse((ROOT / "setup.py").read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name
+                                                for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise LookupError(f"setup.py has no {name}")
+
 
 LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^;{}()]*?>)?)<<<")
 DYNAMIC_SHARED = re.compile(r"extern __shared__ unsigned char (\w+)\[\];")
@@ -41,7 +50,7 @@ def sources_digest() -> str:
     h = hashlib.sha256()
     files = sorted(p for d in ("cuda", "cuda_sim", "kernels", "cpu", "torch")
                    for p in (CSRC / d).iterdir() if p.is_file())
-    for path in files + [Path(__file__)]:
+    for path in files + [ROOT / "setup.py", Path(__file__)]:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -56,18 +65,19 @@ def build(verbose: bool = False):
     (out / "kernels").mkdir(exist_ok=True)
     for path in (CSRC / "kernels").iterdir():
         (out / "kernels" / path.name).write_text(path.read_text())
-    cuda_sources = []
+    cuda_sources = setup_sources("CUDA_SOURCES")
+    compiled = []
     for path in sorted((CSRC / "cuda").iterdir()):
         # Renamed: the CPU kernels of the same name would make the same object file.
         target = out / "cuda" / (path.stem + ("_cuda.cpp" if path.suffix == ".cu" else path.suffix))
         text = rewrite(path.read_text())
         if not target.exists() or target.read_text() != text:
             target.write_text(text)
-        if path.suffix == ".cu":
-            cuda_sources.append(str(target))
+        if f"cuda/{path.name}" in cuda_sources:
+            compiled.append(str(target))
     flags = ["-O2", "-g0", "-std=c++17", "-fopenmp", "-DMEGAGOKU_WITH_CUDA", "-DMEGAGOKU_CUDA_SIM",
              f"-I{CSRC / 'cuda_sim'}", "-Wno-unknown-pragmas"]
-    sources = [str(CSRC / s) for s in CPU_SOURCES] + cuda_sources
+    sources = [str(CSRC / s) for s in setup_sources("CPU_SOURCES")] + compiled
     return load(name="megagoku_cuda_sim", sources=sources, extra_cflags=flags,
                 extra_ldflags=["-fopenmp"], build_directory=str(out), verbose=verbose)
 

@@ -42,8 +42,10 @@ def test_a_lane_that_leaves_before_its_warps_shuffle_fails_the_launch(probe):
     x, out, message = torch.ones(64), torch.zeros(64), message_buffer()
     assert probe.probe_warp_sum(pointer(x), pointer(out), 64, 24, 8, message, 256) == LAUNCH_FAILURE
     assert b"lane 24 did not reach the full-mask shuffle" in message.value
-    # The state is sticky only until read: the next correct launch succeeds.
-    assert probe.probe_warp_sum(pointer(x), pointer(out), 64, 32, 8, None, 0) == 0
+    # The error is sticky only until read, and the abandoned block's threads are not the next
+    # launch's: a correct launch of fewer threads succeeds.
+    assert probe.probe_warp_sum(pointer(x), pointer(out), 32, 32, 8, None, 0) == 0
+    assert torch.equal(out[:32], torch.full((32,), 8.0))
 
 
 def test_a_race_on_shared_memory_changes_from_launch_to_launch(probe):
