@@ -56,6 +56,12 @@ def sources_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def write_if_changed(path: Path, text: str) -> None:
+    """Untouched when the same: a newer copy would make ninja recompile what includes it."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
 def build(verbose: bool = False):
     """The compiled `megagoku_cuda_sim` module (built on the first call after a change)."""
     from torch.utils.cpp_extension import load
@@ -64,15 +70,13 @@ def build(verbose: bool = False):
     (out / "cuda").mkdir(parents=True, exist_ok=True)
     (out / "kernels").mkdir(exist_ok=True)
     for path in (CSRC / "kernels").iterdir():
-        (out / "kernels" / path.name).write_text(path.read_text())
+        write_if_changed(out / "kernels" / path.name, path.read_text())
     cuda_sources = setup_sources("CUDA_SOURCES")
     compiled = []
     for path in sorted((CSRC / "cuda").iterdir()):
         # Renamed: the CPU kernels of the same name would make the same object file.
         target = out / "cuda" / (path.stem + ("_cuda.cpp" if path.suffix == ".cu" else path.suffix))
-        text = rewrite(path.read_text())
-        if not target.exists() or target.read_text() != text:
-            target.write_text(text)
+        write_if_changed(target, rewrite(path.read_text()))
         if f"cuda/{path.name}" in cuda_sources:
             compiled.append(str(target))
     flags = ["-O2", "-g0", "-std=c++17", "-fopenmp", "-DMEGAGOKU_WITH_CUDA", "-DMEGAGOKU_CUDA_SIM",
